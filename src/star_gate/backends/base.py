@@ -1,0 +1,48 @@
+"""The one protocol every backend implements: batched chat generation and completion log-probs.
+
+Both methods take a list and return a list in the same order, so stages can batch freely and a
+vLLM or OpenAI-compatible backend can replace the transformers one without any stage changing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+Message = dict[str, str]
+Chat = list[Message]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1
+    temperature: float = 0.9  # 0 means greedy decoding
+    top_p: float = 0.9
+    max_new_tokens: int = 64
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError("SamplingParams.n must be at least 1")
+        if self.temperature < 0:
+            raise ValueError("SamplingParams.temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("SamplingParams.top_p must be in (0, 1]")
+        if self.max_new_tokens < 1:
+            raise ValueError("SamplingParams.max_new_tokens must be at least 1")
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A model that serves one or more roles."""
+
+    name: str
+
+    def generate(self, chats: Sequence[Chat], params: SamplingParams) -> list[list[str]]:
+        """Return params.n sampled assistant replies for each chat, in input order."""
+        ...
+
+    def logprobs(self, chats: Sequence[Chat], completions: Sequence[str]) -> list[float]:
+        """Return log p(completion | chat) for each pair: the sum over the completion's tokens only."""
+        ...

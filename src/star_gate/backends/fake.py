@@ -1,0 +1,48 @@
+"""A deterministic fake backend for testing the pipeline without a model.
+
+Generation returns canned text derived from the chat; log-probs reward completions whose words
+appear in the prompt, so better conversations (ones that reveal persona facts) score higher, as
+with a real model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+
+from star_gate.backends.base import Chat, SamplingParams
+
+_WORD = re.compile(r"[a-z]+")
+
+
+class FakeBackend:
+    def __init__(self, model: str = "fake", **_ignored):
+        self.name = model
+        self.calls = {"generate": 0, "logprobs": 0}
+
+    def generate(self, chats: Sequence[Chat], params: SamplingParams) -> list[list[str]]:
+        self.calls["generate"] += 1
+        out = []
+        for chat in chats:
+            last = chat[-1]["content"]
+            samples = []
+            for i in range(params.n):
+                digest = hashlib.sha256(f"{params.seed}|{i}|{last}".encode()).hexdigest()[:6]
+                if last.startswith("Facts about you:"):
+                    samples.append(last.split("\n")[1].removeprefix("- "))
+                elif "answer my original request" in last:
+                    samples.append(f"Here is my tailored answer ({digest}).")
+                else:
+                    samples.append(f"Question {digest}: what about you matters here?")
+            out.append(samples)
+        return out
+
+    def logprobs(self, chats: Sequence[Chat], completions: Sequence[str]) -> list[float]:
+        self.calls["logprobs"] += 1
+        scores = []
+        for chat, completion in zip(chats, completions):
+            context = set(_WORD.findall(" ".join(m["content"].lower() for m in chat)))
+            words = _WORD.findall(completion.lower())
+            scores.append(-float(sum(1.0 if w in context else 3.0 for w in words)))
+        return scores

@@ -1,0 +1,157 @@
+"""The transformers backend: local models on CPU or GPU.
+
+Generation uses left padding so every row's new tokens start at the same column; prompts are
+sorted by length before batching to waste little compute on padding. Log-probs also use left
+padding, with explicit position ids, so that a padded row computes exactly what it would alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from star_gate.backends.base import Chat, SamplingParams
+from star_gate.backends.models import resolve_model
+
+
+def pick_device(device: str) -> str:
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
+
+
+class TransformersBackend:
+    """Serve a causal LM with transformers.
+
+    Example:
+        >>> backend = TransformersBackend("bundled")
+        >>> backend.generate([[{"role": "user", "content": "Hi"}]], SamplingParams(n=2))
+    """
+
+    def __init__(
+        self,
+        model: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 16,
+        max_context: int = 2048,
+        progress: bool = True,
+        model_object=None,
+        tokenizer=None,
+    ):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.name = model
+        self.device = pick_device(device)
+        self.batch_size = batch_size
+        self.max_context = max_context
+        self.progress = progress
+        self.truncated_prompts = 0  # prompts cut from the left to fit max_context (counted, not hidden)
+        if model_object is None:
+            path = resolve_model(model)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model_object = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, self.device))
+        self.model = model_object.to(self.device).eval()
+        self.tokenizer = tokenizer
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.stop_ids = sorted(
+            {i for i in (self.tokenizer.eos_token_id, self.model.generation_config.eos_token_id) if i is not None}
+        )
+
+    # -- shared -----------------------------------------------------------------------------
+    def encode_prompt(self, chat: Chat, room: int = 0) -> list[int]:
+        """Token ids of a chat ready for the assistant's reply, left-truncated to leave `room`."""
+        text = self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        limit = self.max_context - room
+        if len(ids) > limit:
+            self.truncated_prompts += 1
+            ids = ids[len(ids) - limit :]
+        return ids
+
+    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        return ids, mask
+
+    def _batches(self, order: list[int], desc: str):
+        starts = range(0, len(order), self.batch_size)
+        bar = tqdm(starts, desc=desc, leave=False, disable=not self.progress or len(starts) < 2)
+        for start in bar:
+            yield order[start : start + self.batch_size]
+
+    # -- generation -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, chats: Sequence[Chat], params: SamplingParams) -> list[list[str]]:
+        prompts = [self.encode_prompt(chat, room=params.max_new_tokens) for chat in chats]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        results: list[list[str]] = [[] for _ in prompts]
+        torch.manual_seed(params.seed)
+        for batch in self._batches(order, "generate"):
+            for index, texts in zip(batch, self._generate_batch([prompts[i] for i in batch], params)):
+                results[index] = texts
+        return results
+
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[list[str]]:
+        ids, mask = self._left_pad(prompts)
+        sampling = (
+            {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+            if params.temperature > 0
+            else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        )
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=params.max_new_tokens,
+            num_return_sequences=params.n,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+            **sampling,
+        )
+        new_tokens = out[:, ids.shape[1] :]
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        texts = [t.strip() for t in texts]
+        return [texts[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
+
+    # -- scoring ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def logprobs(self, chats: Sequence[Chat], completions: Sequence[str]) -> list[float]:
+        if len(chats) != len(completions):
+            raise ValueError("logprobs needs one completion per chat")
+        targets = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
+        prompts = [self.encode_prompt(chat, room=len(t)) for chat, t in zip(chats, targets)]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(targets[i]))
+        results = [0.0] * len(prompts)
+        for batch in self._batches(order, "score"):
+            scores = self._logprob_batch([prompts[i] for i in batch], [targets[i] for i in batch])
+            for index, score in zip(batch, scores):
+                results[index] = score
+        return results
+
+    def _logprob_batch(self, prompts: list[list[int]], targets: list[list[int]]) -> list[float]:
+        ids, mask = self._left_pad([p + t for p, t in zip(prompts, targets)])
+        # Without explicit positions a left-padded row would be shifted and score differently.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        longest = max(len(t) for t in targets)
+        # Left padding puts every completion at the end, so only the last columns need logits.
+        logits = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=longest + 1
+        ).logits[:, :-1].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        next_ids = ids[:, -longest:]
+        token_logp = logp.gather(-1, next_ids.unsqueeze(-1)).squeeze(-1)
+        scores = []
+        for row, target in enumerate(targets):
+            scores.append(token_logp[row, longest - len(target) :].sum().item() if target else 0.0)
+        return scores

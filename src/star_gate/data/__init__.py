@@ -1,0 +1,1 @@
+"""Records, JSONL files and datasets of tasks, personas and gold responses."""

@@ -1,0 +1,128 @@
+"""Load and validate a dataset folder: tasks.jsonl, personas.jsonl, gold.jsonl, splits.json.
+
+Schemas (one JSON object per line):
+    tasks.jsonl     {"task_id": str, "text": str}
+    personas.jsonl  {"persona_id": str, "name": str, "description": str}
+    gold.jsonl      {"task_id": str, "persona_id": str, "text": str, "oracle": str}
+    splits.json     {"A": {"tasks": [ids], "personas": [ids]}, "B": {...}, "test": {...}}
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+from pathlib import Path
+
+from star_gate.data.jsonl import DataError, read_jsonl
+from star_gate.data.records import Dataset, Gold, Persona, Task
+
+BUNDLED = "bundled"
+
+_SCHEMAS: dict[str, dict[str, type]] = {
+    "tasks.jsonl": {"task_id": str, "text": str},
+    "personas.jsonl": {"persona_id": str, "name": str, "description": str},
+    "gold.jsonl": {"task_id": str, "persona_id": str, "text": str},
+}
+_OPTIONAL = {"gold.jsonl": {"oracle": str}}
+
+
+def bundled_path() -> Path:
+    return Path(str(importlib.resources.files("star_gate.data") / "bundled"))
+
+
+def resolve_dataset_path(path: str | Path) -> Path:
+    return bundled_path() if str(path) == BUNDLED else Path(path)
+
+
+def _validated_rows(path: Path) -> list[tuple[int, dict]]:
+    schema, optional = _SCHEMAS[path.name], _OPTIONAL.get(path.name, {})
+    rows = []
+    for number, row in read_jsonl(path):
+        for key, kind in schema.items():
+            if key not in row:
+                raise DataError(path, number, f"missing field '{key}'")
+            if not isinstance(row[key], kind):
+                raise DataError(path, number, f"field '{key}' must be a string")
+            if not row[key].strip():
+                raise DataError(path, number, f"field '{key}' is empty")
+        for key in row.keys() - schema.keys() - optional.keys():
+            raise DataError(path, number, f"unknown field '{key}'")
+        for key, kind in optional.items():
+            if key in row and not isinstance(row[key], kind):
+                raise DataError(path, number, f"field '{key}' must be a string")
+        rows.append((number, row))
+    return rows
+
+
+def _unique(path: Path, rows: list[tuple[int, dict]], key) -> dict:
+    seen: dict = {}
+    for number, row in rows:
+        ident = key(row)
+        if ident in seen:
+            raise DataError(path, number, f"duplicate id {ident!r} (first on line {seen[ident][0]})")
+        seen[ident] = (number, row)
+    return seen
+
+
+def load_dataset(path: str | Path = BUNDLED) -> Dataset:
+    """Read and cross-check a dataset folder.
+
+    Raises:
+        DataError: naming file, line and field for the first problem found.
+    """
+    root = resolve_dataset_path(path)
+    if not root.is_dir():
+        raise DataError(root, None, "dataset folder not found")
+    tasks_path, personas_path, gold_path = (root / n for n in _SCHEMAS)
+    tasks = {
+        k: Task(r["task_id"], r["text"])
+        for k, (_, r) in _unique(tasks_path, _validated_rows(tasks_path), lambda r: r["task_id"]).items()
+    }
+    personas = {
+        k: Persona(r["persona_id"], r["name"], r["description"])
+        for k, (_, r) in _unique(
+            personas_path, _validated_rows(personas_path), lambda r: r["persona_id"]
+        ).items()
+    }
+    gold_rows = _unique(
+        gold_path, _validated_rows(gold_path), lambda r: (r["task_id"], r["persona_id"])
+    )
+    gold = {}
+    for key, (number, row) in gold_rows.items():
+        if row["task_id"] not in tasks:
+            raise DataError(gold_path, number, f"field 'task_id': unknown task {row['task_id']!r}")
+        if row["persona_id"] not in personas:
+            raise DataError(
+                gold_path, number, f"field 'persona_id': unknown persona {row['persona_id']!r}"
+            )
+        gold[key] = Gold(row["task_id"], row["persona_id"], row["text"], row.get("oracle", "unknown"))
+    splits = _load_splits(root / "splits.json", tasks, personas, gold)
+    return Dataset(tasks, personas, gold, splits)
+
+
+def _load_splits(path: Path, tasks, personas, gold) -> dict[str, dict[str, list[str]]]:
+    try:
+        splits = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(path, None, "file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(path, None, f"not valid JSON ({err})") from None
+    if not isinstance(splits, dict):
+        raise DataError(path, None, "expected an object mapping split names to task and persona ids")
+    for name, spec in splits.items():
+        if not isinstance(spec, dict) or set(spec) != {"tasks", "personas"}:
+            raise DataError(path, None, f"split '{name}' must have exactly 'tasks' and 'personas'")
+        for field_name, known in (("tasks", tasks), ("personas", personas)):
+            ids = spec[field_name]
+            if not isinstance(ids, list) or not ids:
+                raise DataError(path, None, f"split '{name}' field '{field_name}' must be a non-empty list")
+            for ident in ids:
+                if ident not in known:
+                    raise DataError(path, None, f"split '{name}' field '{field_name}': unknown id {ident!r}")
+        for task_id in spec["tasks"]:
+            for persona_id in spec["personas"]:
+                if (task_id, persona_id) not in gold:
+                    raise DataError(
+                        path, None, f"split '{name}': no gold response for pair ({task_id}, {persona_id})"
+                    )
+    return splits

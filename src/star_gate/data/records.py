@@ -1,0 +1,134 @@
+"""The records that flow between stages.
+
+Every stage is a function from a list of these records to another list of them. They are plain
+frozen dataclasses with string ids so that they round-trip through JSONL unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+Speaker = Literal["questioner", "roleplayer"]
+
+
+@dataclass(frozen=True)
+class Task:
+    task_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Persona:
+    persona_id: str
+    name: str
+    description: str
+
+
+@dataclass(frozen=True)
+class Gold:
+    """The oracle's persona-tailored answer to one task."""
+
+    task_id: str
+    persona_id: str
+    text: str
+    oracle: str = "unknown"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One (task, persona) cell of a split, with its gold response."""
+
+    task: Task
+    persona: Persona
+    gold: Gold
+
+    @property
+    def pair_id(self) -> str:
+        return f"{self.task.task_id}|{self.persona.persona_id}"
+
+
+@dataclass(frozen=True)
+class Turn:
+    speaker: Speaker
+    text: str
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A simulated dialogue about one pair, stored with game roles (not chat roles)."""
+
+    task_id: str
+    persona_id: str
+    sample_index: int
+    target_turns: int
+    turns: tuple[Turn, ...] = ()
+    roleplayer_persona_id: str | None = None  # differs from persona_id in the random-persona control
+    logprob: float | None = None  # log p_base(gold | task, conversation), set by the score stage
+    response: str | None = None  # final assistant answer, set by the regularize stage
+
+    @property
+    def pair_id(self) -> str:
+        return f"{self.task_id}|{self.persona_id}"
+
+    @property
+    def questions(self) -> list[str]:
+        return [t.text for t in self.turns if t.speaker == "questioner"]
+
+    @property
+    def answers(self) -> list[str]:
+        return [t.text for t in self.turns if t.speaker == "roleplayer"]
+
+    @property
+    def is_finished(self) -> bool:
+        return len(self.answers) >= self.target_turns
+
+    def with_turn(self, speaker: Speaker, text: str) -> Conversation:
+        return dataclasses.replace(self, turns=(*self.turns, Turn(speaker, text)))
+
+    def replace(self, **changes) -> Conversation:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, row: dict) -> Conversation:
+        turns = tuple(Turn(t["speaker"], t["text"]) for t in row.get("turns", ()))
+        return cls(**{**row, "turns": turns})
+
+
+@dataclass(frozen=True)
+class ScoredControl:
+    """A gold log-prob under a control condition that needs no conversation."""
+
+    task_id: str
+    persona_id: str
+    condition: Literal["negative", "positive"]
+    logprob: float
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, row: dict) -> ScoredControl:
+        return cls(**row)
+
+
+@dataclass
+class Dataset:
+    """Tasks, personas, gold responses and the splits that group them."""
+
+    tasks: dict[str, Task]
+    personas: dict[str, Persona]
+    gold: dict[tuple[str, str], Gold]
+    splits: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+
+    def pairs(self, split: str) -> list[Pair]:
+        spec = self.splits[split]
+        return [
+            Pair(self.tasks[t], self.personas[p], self.gold[(t, p)])
+            for t in spec["tasks"]
+            for p in spec["personas"]
+        ]

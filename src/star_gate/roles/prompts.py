@@ -1,0 +1,132 @@
+"""Every prompt the project sends, as named and versioned templates.
+
+A config picks a template by name (`roles.questioner.prompt: questioner_fewshot`). Changing a
+template's text must bump its version: the version is written into each run's manifest, so results
+from different prompts are never mixed silently. Few-shot examples are chat messages placed between
+the system prompt and the real conversation; they are how a 135M model learns the format at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    name: str
+    version: str
+    system: str
+    few_shot: tuple[tuple[str, str], ...] = ()  # (chat role, content), in order
+
+    def opening(self, **fields: str) -> list[Message]:
+        """System prompt (formatted with fields) followed by the few-shot messages."""
+        messages = [{"role": "system", "content": self.system.format(**fields)}]
+        messages += [{"role": role, "content": text} for role, text in self.few_shot]
+        return messages
+
+
+QUESTIONER_PLAIN = PromptTemplate(
+    name="questioner_plain",
+    version="1",
+    system=(
+        "You are a helpful assistant. Before answering a request, ask the user one short "
+        "clarifying question about themselves, so that your final answer fits them. Ask exactly "
+        "one question per turn. Answer the request only when the user asks you to."
+    ),
+)
+
+# The worked examples teach the format: one question about the person, never the answer.
+QUESTIONER_FEWSHOT = PromptTemplate(
+    name="questioner_fewshot",
+    version="1",
+    system=QUESTIONER_PLAIN.system,
+    few_shot=(
+        ("user", "Recommend me a podcast for my commute."),
+        ("assistant", "Happy to help! What topics do you enjoy reading or talking about most?"),
+        ("user", "I like history and true stories about ordinary people."),
+        ("assistant", "Good to know. How long is your commute, and do you prefer short episodes or long series?"),
+        ("user", "Suggest a hobby I could pick up."),
+        ("assistant", "Sure! How much free time do you have each week, and do you prefer being indoors or outdoors?"),
+    ),
+)
+
+ROLEPLAYER_PERSONA = PromptTemplate(
+    name="roleplayer_persona",
+    version="1",
+    system=(
+        "You are role-playing this person:\n{persona}\n\n"
+        "You asked an AI assistant: \"{task}\". The assistant will ask you questions. Answer each "
+        "question in the first person, in one or two sentences, as this person, using only the "
+        "facts above. Do not answer your own request and do not ask questions back.\n\n"
+        "Example. Question: What do you do for work? Answer: I work as a night-shift nurse."
+    ),
+)
+
+# Sees only the m persona facts most similar to the question, so it cannot drift from the persona.
+ROLEPLAYER_GROUNDED = PromptTemplate(
+    name="roleplayer_grounded",
+    version="1",
+    system=(
+        "You are a person talking to an AI assistant. Answer its question in the first person, "
+        "in one or two sentences, using only the facts given. Do not ask questions back."
+    ),
+    few_shot=(
+        ("user", "Facts about you:\n- I grew up in a fishing village near Bergen in Norway.\n"
+                 "- I work night shifts as a nurse.\n\nQuestion: Where did you grow up?"),
+        ("assistant", "I grew up in a small fishing village near Bergen, in Norway."),
+        ("user", "Facts about you:\n- I am vegetarian and allergic to peanuts.\n"
+                 "- I love spicy food.\n\nQuestion: What kind of food do you like?"),
+        ("assistant", "I love spicy food, but I am vegetarian and allergic to peanuts."),
+    ),
+)
+
+# Used to score gold responses with the frozen base model and for the final answer.
+RESPONDER = PromptTemplate(
+    name="responder",
+    version="1",
+    system="You are a helpful assistant. Tailor your answer to the user.",
+)
+
+FINAL_CUE = "Thank you. Now please answer my original request: {task}"
+PERSONA_CONTEXT = "Some information about me:\n{persona}\n\n{task}"
+
+ORACLE = PromptTemplate(
+    name="oracle",
+    version="1",
+    system=(
+        "You write the ideal answer to a user's request, tailored to the user described below. "
+        "Use what the description says; invent nothing about the user. Answer in 60 to 140 words.\n\n"
+        "The user:\n{persona}"
+    ),
+)
+
+JUDGE = PromptTemplate(
+    name="judge",
+    version="1",
+    system=(
+        "You compare two answers to a user's request. The user is described below. Decide which "
+        "answer suits this user better. Reply with exactly 'A' or 'B'.\n\nThe user:\n{persona}"
+    ),
+)
+
+TEMPLATES: dict[str, PromptTemplate] = {
+    t.name: t
+    for t in (
+        QUESTIONER_PLAIN,
+        QUESTIONER_FEWSHOT,
+        ROLEPLAYER_PERSONA,
+        ROLEPLAYER_GROUNDED,
+        RESPONDER,
+        ORACLE,
+        JUDGE,
+    )
+}
+
+
+def get_template(name: str) -> PromptTemplate:
+    try:
+        return TEMPLATES[name]
+    except KeyError:
+        raise ValueError(f"unknown prompt template {name!r}; choose from {sorted(TEMPLATES)}") from None

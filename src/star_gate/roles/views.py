@@ -1,0 +1,72 @@
+"""Map a conversation (stored with game roles) to the chat messages each role sees.
+
+The questioner is the chat "assistant" and the roleplayer the "user" in the questioner's view;
+the roleplayer's own view flips them. The persona appears only in the roleplayer's view (and the
+positive control), never in the questioner's.
+"""
+
+from __future__ import annotations
+
+from star_gate.data.records import Conversation, Persona
+from star_gate.roles.prompts import FINAL_CUE, PERSONA_CONTEXT, RESPONDER, Message, PromptTemplate
+
+
+def _dialogue_as_assistant(conversation: Conversation) -> list[Message]:
+    """Questions as assistant turns, answers as user turns."""
+    role = {"questioner": "assistant", "roleplayer": "user"}
+    return [{"role": role[t.speaker], "content": t.text} for t in conversation.turns]
+
+
+def questioner_chat(template: PromptTemplate, task: str, conversation: Conversation) -> list[Message]:
+    """What the questioner sees when asking its next question."""
+    return [*template.opening(), {"role": "user", "content": task}, *_dialogue_as_assistant(conversation)]
+
+
+def final_answer_chat(template: PromptTemplate, task: str, conversation: Conversation) -> list[Message]:
+    """The questioner's view with the task repeated after the last answer, asking for the answer.
+
+    Used for the regularization response and as the prompt of every training example.
+    """
+    return _with_final_cue(questioner_chat(template, task, conversation), task)
+
+
+def scoring_chat(task: str, conversation: Conversation) -> list[Message]:
+    """The prompt under which the frozen base model scores the gold response: log p(g | t, s)."""
+    base = [*RESPONDER.opening(), {"role": "user", "content": task}, *_dialogue_as_assistant(conversation)]
+    return _with_final_cue(base, task) if conversation.turns else base
+
+
+def negative_control_chat(task: str) -> list[Message]:
+    """log p(g | t): the task alone."""
+    return [*RESPONDER.opening(), {"role": "user", "content": task}]
+
+
+def positive_control_chat(task: str, persona: Persona) -> list[Message]:
+    """log p(g | u, t): the persona written into the request."""
+    content = PERSONA_CONTEXT.format(persona=persona.description, task=task)
+    return [*RESPONDER.opening(), {"role": "user", "content": content}]
+
+
+def _with_final_cue(messages: list[Message], task: str) -> list[Message]:
+    cue = FINAL_CUE.format(task=task)
+    if messages[-1]["role"] == "user":
+        # Consecutive user turns confuse some chat templates: merge the cue into the last answer.
+        last = messages[-1]
+        return [*messages[:-1], {"role": "user", "content": f"{last['content']}\n\n{cue}"}]
+    return [*messages, {"role": "user", "content": cue}]
+
+
+def roleplayer_chat(
+    template: PromptTemplate, persona: Persona, task: str, conversation: Conversation
+) -> list[Message]:
+    """What the persona roleplayer sees: its persona, the task, the dialogue so far, the question."""
+    flipped = {"questioner": "user", "roleplayer": "assistant"}
+    dialogue = [{"role": flipped[t.speaker], "content": t.text} for t in conversation.turns]
+    return [*template.opening(persona=persona.description, task=task), *dialogue]
+
+
+def grounded_roleplayer_chat(template: PromptTemplate, facts: list[str], question: str) -> list[Message]:
+    """What the grounded roleplayer sees: only the retrieved facts and the current question."""
+    listed = "\n".join(f"- {fact}" for fact in facts)
+    content = f"Facts about you:\n{listed}\n\nQuestion: {question}"
+    return [*template.opening(), {"role": "user", "content": content}]

@@ -1,0 +1,32 @@
+"""Append the final assistant answer to each kept conversation.
+
+"policy" (the paper): the previous policy answers at temperature 0, which keeps the trained model
+able to answer and not only ask. "none" and "gold" are the paper's ablations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from star_gate.data.records import Conversation, Pair
+from star_gate.roles.players import Questioner
+
+
+def regularize(
+    kept: Sequence[Conversation],
+    pairs: Sequence[Pair],
+    policy: Questioner | None,
+    mode: Literal["policy", "none", "gold"],
+    max_new_tokens: int = 200,
+) -> list[Conversation]:
+    by_id = {p.pair_id: p for p in pairs}
+    if mode == "none":
+        return [c.replace(response=None) for c in kept]
+    if mode == "gold":
+        return [c.replace(response=by_id[c.pair_id].gold.text) for c in kept]
+    if policy is None:
+        raise ValueError("regularize mode 'policy' needs the previous policy")
+    tasks = [by_id[c.pair_id].task.text for c in kept]
+    responses = policy.respond(tasks, kept, max_new_tokens)
+    return [c.replace(response=r) for c, r in zip(kept, responses)]

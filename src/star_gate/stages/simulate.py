@@ -1,0 +1,63 @@
+"""Simulate conversations between the questioner and the roleplayer.
+
+All live conversations of a turn are generated in one batched call per player, not one
+conversation at a time. Each conversation's length is drawn uniformly from 1..K up front.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from star_gate.data.records import Conversation, Pair, Persona
+from star_gate.roles.players import Questioner, Roleplayer
+
+
+def simulate(
+    pairs: Sequence[Pair],
+    questioner: Questioner,
+    roleplayer: Roleplayer,
+    conversations_per_pair: int,
+    max_turns: int,
+    seed: int,
+    roleplayer_personas: dict[str, Persona] | None = None,
+) -> list[Conversation]:
+    """Return conversations_per_pair conversations for each pair, in pair order.
+
+    Args:
+        roleplayer_personas: pair_id -> persona the roleplayer plays instead of the pair's own
+            (the random-persona control); None means each pair's own persona.
+    """
+    rng = random.Random(seed)
+    by_id = {p.pair_id: p for p in pairs}
+    acting = {
+        p.pair_id: (roleplayer_personas or {}).get(p.pair_id, p.persona) for p in pairs
+    }
+    conversations = [
+        Conversation(
+            task_id=p.task.task_id,
+            persona_id=p.persona.persona_id,
+            sample_index=s,
+            target_turns=rng.randint(1, max_turns),
+            roleplayer_persona_id=acting[p.pair_id].persona_id,
+        )
+        for p in pairs
+        for s in range(conversations_per_pair)
+    ]
+    for turn in range(max_turns):
+        live = [i for i, c in enumerate(conversations) if not c.is_finished]
+        if not live:
+            break
+        tasks = [by_id[conversations[i].pair_id].task.text for i in live]
+        questions = questioner.ask(tasks, [conversations[i] for i in live], seed=seed * 1000 + 2 * turn)
+        for i, question in zip(live, questions):
+            conversations[i] = conversations[i].with_turn("questioner", question)
+        answers = roleplayer.answer(
+            [acting[conversations[i].pair_id] for i in live],
+            tasks,
+            [conversations[i] for i in live],
+            seed=seed * 1000 + 2 * turn + 1,
+        )
+        for i, answer in zip(live, answers):
+            conversations[i] = conversations[i].with_turn("roleplayer", answer)
+    return conversations

@@ -1,0 +1,166 @@
+"""Fine-tune Q_BASE on the kept conversations, with loss only on the questioner's turns.
+
+TRL's `assistant_only_loss` needs `{% generation %}` tags that many chat templates (SmolLM2's among
+them) lack. Instead the loss mask is built from message boundaries, which works for any template
+that renders a conversation as the concatenation of its prefixes: the characters of message i are
+those between the rendering of messages[:i] (plus the assistant header) and that of messages[:i+1].
+TRL then trains on the pre-tokenized `input_ids` with those `assistant_masks`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from star_gate.data.records import Conversation, Pair
+from star_gate.roles import views
+from star_gate.roles.prompts import Message, PromptTemplate
+
+
+def training_chat(
+    template: PromptTemplate, task: str, conversation: Conversation
+) -> tuple[list[Message], list[int]]:
+    """The questioner's view of a kept conversation (plus its final answer, if any).
+
+    Returns the messages and the indices of those that carry loss: the questions and the final
+    answer. The system prompt, few-shot examples, task and roleplayer answers are context only.
+    """
+    if conversation.response is None:
+        messages = views.questioner_chat(template, task, conversation)
+    else:
+        messages = views.final_answer_chat(template, task, conversation)
+        messages.append({"role": "assistant", "content": conversation.response})
+    first_real = len(template.opening()) + 1  # after the opening and the task
+    trainable = [i for i in range(first_real, len(messages)) if messages[i]["role"] == "assistant"]
+    return messages, trainable
+
+
+def _render(tokenizer, messages: list[Message], add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def tokenize_with_loss_mask(
+    tokenizer, messages: list[Message], trainable: Sequence[int], max_length: int
+) -> tuple[list[int], list[int], bool]:
+    """Token ids of the whole chat, a 0/1 mask of the tokens that carry loss, and whether the
+    sequence was cut. Sequences over max_length keep their last max_length tokens, since the
+    loss-bearing turns come last.
+
+    Raises:
+        ValueError: if the chat template does not render conversations prefix by prefix.
+    """
+    full = _render(tokenizer, messages)
+    spans = []
+    for index in trainable:
+        start = len(_render(tokenizer, messages[:index], add_generation_prompt=True))
+        upto = _render(tokenizer, messages[: index + 1])
+        if not full.startswith(upto):
+            raise ValueError(
+                "the chat template does not render a conversation as the concatenation of its "
+                "prefixes, so loss masks cannot be derived from message boundaries"
+            )
+        spans.append((start, len(upto)))
+    encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = encoded["input_ids"]
+    mask = [
+        int(any(start <= token_start < end for start, end in spans))
+        for token_start, _ in encoded["offset_mapping"]
+    ]
+    truncated = len(ids) > max_length
+    if truncated:
+        ids, mask = ids[-max_length:], mask[-max_length:]
+    return ids, mask, truncated
+
+
+def build_examples(
+    conversations: Sequence[Conversation],
+    pairs: Sequence[Pair],
+    template: PromptTemplate,
+    tokenizer,
+    max_length: int,
+) -> tuple[list[dict], int]:
+    """Tokenized training examples and how many were truncated."""
+    by_id = {p.pair_id: p for p in pairs}
+    examples, truncated = [], 0
+    for conversation in conversations:
+        messages, trainable = training_chat(template, by_id[conversation.pair_id].task.text, conversation)
+        ids, mask, cut = tokenize_with_loss_mask(tokenizer, messages, trainable, max_length)
+        truncated += cut
+        examples.append({"input_ids": ids, "assistant_masks": mask})
+    return examples, truncated
+
+
+def finetune(
+    examples: list[dict],
+    base_model: str,
+    output_dir: Path,
+    *,
+    learning_rate: float,
+    epochs: float,
+    batch_size: int,
+    gradient_accumulation: int,
+    scheduler: str,
+    warmup_ratio: float,
+    validation_fraction: float,
+    bf16: bool | None,
+    seed: int,
+    model_object=None,
+    tokenizer=None,
+) -> dict:
+    """Full fine-tuning of base_model (always from its initial weights) with TRL's SFTTrainer.
+
+    Saves a standard Hugging Face checkpoint (model + tokenizer) to output_dir and returns the
+    training metrics.
+    """
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from star_gate.backends.models import resolve_model
+
+    if model_object is None:
+        path = resolve_model(base_model)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model_object = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    dataset = Dataset.from_list(examples)
+    eval_dataset = None
+    held_out = int(len(examples) * validation_fraction)
+    if held_out >= 1:
+        split = dataset.train_test_split(test_size=held_out, seed=seed)
+        dataset, eval_dataset = split["train"], split["test"]
+    use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() if bf16 is None else bf16
+    args = SFTConfig(
+        output_dir=str(output_dir / "trainer"),
+        learning_rate=learning_rate,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation,
+        lr_scheduler_type=scheduler,
+        warmup_steps=float(warmup_ratio),  # a float in [0, 1) is a ratio of total steps
+        bf16=use_bf16,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="epoch" if eval_dataset is not None else "no",
+        report_to=[],
+        seed=seed,
+        max_length=None,  # already truncated by build_examples, keeping the loss-bearing end
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(
+        model=model_object,
+        args=args,
+        train_dataset=dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+    )
+    result = trainer.train()
+    metrics = {"train_loss": result.training_loss, "steps": result.global_step, "examples": len(dataset)}
+    if eval_dataset is not None:
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+    trainer.save_model(str(output_dir))
+    tokenizer.save_pretrained(str(output_dir))
+    return metrics
