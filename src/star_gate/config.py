@@ -40,7 +40,11 @@ class RoleConfig(Section):
 
 
 class RoleplayerConfig(RoleConfig):
-    grounded: bool = Field(True, description="answer from the m retrieved persona facts (else: whole persona)")
+    mode: Literal["persona", "grounded", "facts"] = Field(
+        "grounded",
+        description="persona: the model sees the whole persona (paper); grounded: the model answers "
+        "from the m persona facts nearest to the question; facts: those m facts are the answer",
+    )
     facts_per_answer: int = Field(2, ge=1, description="m: facts retrieved per question when grounded")
     embedder: str = Field("bundled", description="sentence encoder for fact retrieval ('bundled' = all-MiniLM-L6-v2)")
 
@@ -50,6 +54,19 @@ class RolesConfig(Section):
     roleplayer: RoleplayerConfig = RoleplayerConfig(temperature=0.7, top_p=0.9)
     oracle: RoleConfig = RoleConfig(prompt="oracle", temperature=0.0, max_new_tokens=200)
     judge: RoleConfig = RoleConfig(prompt="judge", temperature=0.0, max_new_tokens=4)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keep_role_defaults(cls, data):
+        """A partly given role keeps this role's own defaults (e.g. the judge's temperature 0)."""
+        if isinstance(data, dict):
+            data = {
+                name: {**cls.model_fields[name].default.model_dump(exclude_unset=True), **value}
+                if name in cls.model_fields and isinstance(value, dict)
+                else value
+                for name, value in data.items()
+            }
+        return data
 
 
 class DataConfig(Section):

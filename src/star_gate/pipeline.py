@@ -105,15 +105,17 @@ class Pipeline:
     def roleplayer(self) -> Roleplayer:
         role = self.config.roles.roleplayer
         params = SamplingParams(temperature=role.temperature, top_p=role.top_p, max_new_tokens=role.max_new_tokens)
-        backend = self.backend(role)
-        if not role.grounded:
+        backend = self.backend(role) if role.mode != "facts" else None
+        if role.mode == "persona":
             return PersonaRoleplayer(backend, get_template(role.prompt or "roleplayer_persona"), params)
         if self._retriever is None:
             from star_gate.roles.grounding import FactRetriever
 
             self._retriever = FactRetriever(role.embedder)
         template = get_template(role.prompt or "roleplayer_grounded")
-        return GroundedRoleplayer(backend, template, params, self._retriever, role.facts_per_answer)
+        return GroundedRoleplayer(
+            backend, template, params, self._retriever, role.facts_per_answer, verbatim=role.mode == "facts"
+        )
 
     # -- data -----------------------------------------------------------------------------------
     def split_for(self, iteration: int) -> str:

@@ -28,6 +28,13 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     return getattr(torch, dtype)
 
 
+def count_generated(new_tokens: torch.Tensor, stop_ids: list[int]) -> int:
+    """Tokens each row generated up to and including its first stop token (the rest is padding)."""
+    stopped = torch.isin(new_tokens, torch.tensor(stop_ids, device=new_tokens.device))
+    after_stop = (stopped.cumsum(-1) - stopped.int()) > 0
+    return int((~after_stop).sum())
+
+
 class TransformersBackend:
     """Serve a causal LM with transformers.
 
@@ -55,6 +62,7 @@ class TransformersBackend:
         self.max_context = max_context
         self.progress = progress
         self.truncated_prompts = 0  # prompts cut from the left to fit max_context (counted, not hidden)
+        self.generated_tokens = 0  # new tokens produced, up to and including each row's stop token
         if model_object is None:
             path = resolve_model(model)
             tokenizer = AutoTokenizer.from_pretrained(path)
@@ -120,6 +128,7 @@ class TransformersBackend:
             **sampling,
         )
         new_tokens = out[:, ids.shape[1] :]
+        self.generated_tokens += count_generated(new_tokens, self.stop_ids)
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         texts = [t.strip() for t in texts]
         return [texts[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]

@@ -54,12 +54,17 @@ def _validated_rows(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
-def _unique(path: Path, rows: list[tuple[int, dict]], key) -> dict:
+def _unique(path: Path, rows: list[tuple[int, dict]], *fields: str) -> dict:
+    """Index rows by the value of `fields` (a tuple of values when there are several)."""
     seen: dict = {}
     for number, row in rows:
-        ident = key(row)
+        ident = row[fields[0]] if len(fields) == 1 else tuple(row[f] for f in fields)
         if ident in seen:
-            raise DataError(path, number, f"duplicate id {ident!r} (first on line {seen[ident][0]})")
+            names = ", ".join(f"'{f}'" for f in fields)
+            label = "field" if len(fields) == 1 else "fields"
+            raise DataError(
+                path, number, f"{label} {names}: duplicate id {ident!r} (first on line {seen[ident][0]})"
+            )
         seen[ident] = (number, row)
     return seen
 
@@ -76,16 +81,16 @@ def load_dataset(path: str | Path = BUNDLED) -> Dataset:
     tasks_path, personas_path, gold_path = (root / n for n in _SCHEMAS)
     tasks = {
         k: Task(r["task_id"], r["text"])
-        for k, (_, r) in _unique(tasks_path, _validated_rows(tasks_path), lambda r: r["task_id"]).items()
+        for k, (_, r) in _unique(tasks_path, _validated_rows(tasks_path), "task_id").items()
     }
     personas = {
         k: Persona(r["persona_id"], r["name"], r["description"])
         for k, (_, r) in _unique(
-            personas_path, _validated_rows(personas_path), lambda r: r["persona_id"]
+            personas_path, _validated_rows(personas_path), "persona_id"
         ).items()
     }
     gold_rows = _unique(
-        gold_path, _validated_rows(gold_path), lambda r: (r["task_id"], r["persona_id"])
+        gold_path, _validated_rows(gold_path), "task_id", "persona_id"
     )
     gold = {}
     for key, (number, row) in gold_rows.items():

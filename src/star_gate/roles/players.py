@@ -67,11 +67,12 @@ class PersonaRoleplayer:
 class GroundedRoleplayer:
     """Sees only the m persona facts nearest to the current question."""
 
-    backend: Backend
+    backend: Backend | None  # None in verbatim mode
     template: PromptTemplate
     params: SamplingParams
     retriever: FactRetriever
     facts_per_answer: int = 2
+    verbatim: bool = False  # answer with the retrieved first-person facts themselves, no model call
 
     def facts_for(self, persona: Persona, question: str) -> list[str]:
         return self.retriever.top_facts(question, split_facts(persona.description), self.facts_per_answer)
@@ -84,10 +85,10 @@ class GroundedRoleplayer:
         seed: int,
     ) -> list[str]:
         questions = [c.questions[-1] for c in conversations]
-        chats = [
-            views.grounded_roleplayer_chat(self.template, self.facts_for(p, q), q)
-            for p, q in zip(personas, questions)
-        ]
+        facts = [self.facts_for(p, q) for p, q in zip(personas, questions)]
+        if self.verbatim:
+            return [" ".join(f) for f in facts]
+        chats = [views.grounded_roleplayer_chat(self.template, f, q) for f, q in zip(facts, questions)]
         replies = self.backend.generate(chats, replace(self.params, n=1, seed=seed))
         return [first_paragraph(r[0]) for r in replies]
 

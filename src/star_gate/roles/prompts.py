@@ -47,6 +47,10 @@ QUESTIONER_FEWSHOT = PromptTemplate(
         ("assistant", "Happy to help! What topics do you enjoy reading or talking about most?"),
         ("user", "I like history and true stories about ordinary people."),
         ("assistant", "Good to know. How long is your commute, and do you prefer short episodes or long series?"),
+        ("user", "About forty minutes by train, and I like series. "
+                 "Thank you. Now please answer my original request: Recommend me a podcast for my commute."),
+        ("assistant", "Since you love history and real lives, try a narrative history series with "
+                      "episodes of about forty minutes, so each one fits your train ride."),
         ("user", "Suggest a hobby I could pick up."),
         ("assistant", "Sure! How much free time do you have each week, and do you prefer being indoors or outdoors?"),
     ),

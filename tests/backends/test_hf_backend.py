@@ -1,0 +1,157 @@
+"""The transformers backend on the tiny in-process model: batching changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from star_gate.backends.base import Backend, SamplingParams
+from star_gate.backends.hf import TransformersBackend, pick_dtype
+
+# Deliberately unsorted lengths, so the backend's length sort must be undone on output.
+CHATS = [
+    [
+        {"role": "system", "content": "You are a helpful assistant. Tailor your answer to the user."},
+        {"role": "user", "content": "Recommend me a book."},
+        {"role": "assistant", "content": "Happy to help! What topics do you enjoy most?"},
+        {"role": "user", "content": "I like history and true stories about ordinary people."},
+    ],
+    [{"role": "user", "content": "Hi"}],
+    [
+        {"role": "user", "content": "Where did you grow up?"},
+        {"role": "assistant", "content": "I grew up on a farm."},
+        {"role": "user", "content": "ok"},
+    ],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What should I cook tonight?"}],
+    [{"role": "user", "content": "Suggest a hobby I could pick up, something I can do outdoors with friends."}],
+]
+COMPLETIONS = [
+    "Try a narrative history series.",
+    "Hello!",
+    "Fiddle music and long bike rides, mostly on weekends near the sea.",
+    "Soup.",
+    "Cycling with a club.",
+]
+
+
+def manual_logprob(model, tokenizer, chat, completion) -> float:
+    """log p(completion | chat) from one unpadded forward pass over prompt + completion."""
+    prompt_text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    target = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt + target])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits.float(), dim=-1)[0]
+    positions = range(len(prompt) - 1, len(prompt) + len(target) - 1)
+    return sum(logp[pos, tok].item() for pos, tok in zip(positions, target))
+
+
+def test_backend_satisfies_protocol(tiny_backend):
+    assert isinstance(tiny_backend, Backend)
+    assert tiny_backend.name == "tiny"
+
+
+def test_batched_logprobs_equal_one_at_a_time(tiny_backend):
+    assert len({len(tiny_backend.encode_prompt(c)) for c in CHATS}) == len(CHATS)  # all lengths differ
+    batched = tiny_backend.logprobs(CHATS, COMPLETIONS)
+    single = [tiny_backend.logprobs([c], [x])[0] for c, x in zip(CHATS, COMPLETIONS)]
+    assert batched == pytest.approx(single, abs=1e-4)
+
+
+def test_logprobs_sum_only_completion_tokens(tiny_backend, tiny_model, tiny_tokenizer):
+    scores = tiny_backend.logprobs(CHATS, COMPLETIONS)
+    manual = [manual_logprob(tiny_model, tiny_tokenizer, c, x) for c, x in zip(CHATS, COMPLETIONS)]
+    assert scores == pytest.approx(manual, abs=1e-4)
+    assert all(s < 0 for s in scores)
+
+
+def test_logprob_of_full_sequence_is_not_what_is_returned(tiny_backend, tiny_model, tiny_tokenizer):
+    """Guard against summing prompt tokens too: the whole-sequence sum is far lower."""
+    chat, completion = CHATS[0], COMPLETIONS[0]
+    text = tiny_tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) + completion
+    ids = torch.tensor([tiny_tokenizer(text, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        logp = torch.log_softmax(tiny_model(input_ids=ids).logits, dim=-1)[0, :-1]
+    whole = logp.gather(-1, ids[0, 1:, None]).sum().item()
+    assert tiny_backend.logprobs([chat], [completion])[0] > whole + 10
+
+
+def test_longer_completion_scores_lower(tiny_backend):
+    chat = CHATS[1]
+    short, longer = tiny_backend.logprobs([chat, chat], ["Hello", "Hello there, how are you today?"])
+    assert longer < short
+
+
+def test_empty_completion_scores_zero_in_a_batch(tiny_backend):
+    scores = tiny_backend.logprobs(CHATS[:2], ["", COMPLETIONS[1]])
+    assert scores[0] == 0.0
+    assert scores[1] == pytest.approx(tiny_backend.logprobs(CHATS[1:2], COMPLETIONS[1:2])[0], abs=1e-4)
+
+
+def test_logprobs_needs_one_completion_per_chat(tiny_backend):
+    with pytest.raises(ValueError, match="one completion per chat"):
+        tiny_backend.logprobs(CHATS, COMPLETIONS[:2])
+
+
+def test_batched_greedy_generate_equals_one_at_a_time(tiny_backend):
+    params = SamplingParams(temperature=0.0, max_new_tokens=10)
+    batched = tiny_backend.generate(CHATS, params)
+    single = [tiny_backend.generate([c], params)[0] for c in CHATS]
+    assert batched == single
+    assert len({tuple(r) for r in single}) > 1  # the chats really get different replies
+
+
+def test_generate_returns_n_samples_per_chat_in_input_order(tiny_backend):
+    params = SamplingParams(n=3, temperature=1.0, top_p=1.0, max_new_tokens=6, seed=5)
+    replies = tiny_backend.generate(CHATS, params)
+    assert len(replies) == len(CHATS)
+    assert all(len(r) == 3 and all(isinstance(t, str) for t in r) for r in replies)
+    assert tiny_backend.generate(CHATS, params) == replies  # seeded
+    assert tiny_backend.generate(CHATS, SamplingParams(**{**params.__dict__, "seed": 6})) != replies
+    # order: the greedy reply of each chat sits at that chat's index, whatever the batch order
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=6)
+    forward, backward = tiny_backend.generate(CHATS, greedy), tiny_backend.generate(CHATS[::-1], greedy)
+    assert forward == backward[::-1]
+    assert all(len(r) == 1 for r in forward)
+
+
+def test_generation_stops_at_either_end_of_turn_token(tiny_model, tiny_tokenizer):
+    """Both the tokenizer's eos and the model's generation eos stop a reply."""
+    start_id = tiny_tokenizer.convert_tokens_to_ids("<|im_start|>")
+    tiny_model.generation_config.eos_token_id = start_id
+    backend = TransformersBackend(
+        model="tiny", model_object=tiny_model, tokenizer=tiny_tokenizer, progress=False, device="cpu"
+    )
+    assert backend.stop_ids == sorted({tiny_tokenizer.eos_token_id, start_id})
+    replies = backend.generate(CHATS, SamplingParams(n=2, temperature=1.5, top_p=1.0, max_new_tokens=20))
+    assert all("<|im_end|>" not in t and "<|im_start|>" not in t for r in replies for t in r)
+
+
+def test_prompts_are_cut_from_the_left_and_counted(tiny_model, tiny_tokenizer):
+    backend = TransformersBackend(
+        model="tiny", model_object=tiny_model, tokenizer=tiny_tokenizer, progress=False, device="cpu",
+        max_context=64,
+    )
+    long_chat = [{"role": "user", "content": "Where did you grow up? " * 40}]
+    ids = backend.encode_prompt(long_chat, room=10)
+    assert len(ids) == 54
+    full = tiny_tokenizer(
+        tiny_tokenizer.apply_chat_template(long_chat, tokenize=False, add_generation_prompt=True),
+        add_special_tokens=False,
+    )["input_ids"]
+    assert ids == full[-54:]  # the end (with the assistant header) is kept
+    assert backend.truncated_prompts == 1
+    backend.encode_prompt(CHATS[1], room=10)
+    assert backend.truncated_prompts == 1
+
+
+def test_loads_by_path(tiny_dir):
+    backend = TransformersBackend(str(tiny_dir), device="cpu", progress=False)
+    assert backend.model.dtype == torch.float32
+    assert backend.logprobs(CHATS[:1], COMPLETIONS[:1])[0] < 0
+
+
+def test_pick_dtype():
+    assert pick_dtype("auto", "cpu") == torch.float32
+    assert pick_dtype("auto", "cuda:0") == torch.bfloat16
+    assert pick_dtype("float16", "cpu") == torch.float16

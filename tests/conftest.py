@@ -1,0 +1,267 @@
+"""Shared fixtures: a tiny in-process chat model and a small dataset folder.
+
+Nothing here touches the network. The tiny model is a randomly initialised two-layer Llama with a
+byte-level BPE tokenizer trained on an in-memory corpus, saved once per session to a temporary
+folder so that code which loads models by path can use it too.
+
+Tests marked `slow` (the bundled SmolLM2 model) run only when asked for with `-m slow`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] "
+    "+ '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% endif %}"
+)
+END_OF_TURN = "<|im_end|>\n"
+
+
+def pytest_configure(config):
+    # The tiny model gains nothing from threads, and OpenMP threads spinning against another busy
+    # process on a 2-core machine can make a 0.1 s generate take 10 s. The slow test restores them.
+    import torch
+
+    config.stash[TORCH_THREADS] = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+
+TORCH_THREADS = pytest.StashKey[int]()
+
+
+@pytest.fixture
+def all_torch_threads(request):
+    """Give torch back all its threads for a test that runs a real (not tiny) model."""
+    import torch
+
+    torch.set_num_threads(request.config.stash[TORCH_THREADS])
+    yield
+    torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip slow tests unless the mark expression names them (`pytest -m slow`)."""
+    if "slow" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with `pytest -m slow`")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+# -- the tiny model -------------------------------------------------------------------------------
+
+
+def _corpus() -> list[str]:
+    from star_gate.roles.prompts import FINAL_CUE, PERSONA_CONTEXT, TEMPLATES
+
+    texts = [t.system for t in TEMPLATES.values()]
+    texts += [content for t in TEMPLATES.values() for _, content in t.few_shot]
+    texts += [FINAL_CUE, PERSONA_CONTEXT]
+    texts += [row["text"] for row in TASKS] + [row["description"] for row in PERSONAS]
+    texts += ["user assistant system", "Where did you grow up? I grew up on a farm near the sea."]
+    return texts * 2
+
+
+def build_tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=700,
+        special_tokens=["<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(_corpus(), trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        additional_special_tokens=["<|im_start|>"],
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+def build_tiny_model(tokenizer):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1234)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=4096,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A folder holding the tiny model and its tokenizer, loadable with from_pretrained."""
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = build_tiny_tokenizer()
+    build_tiny_model(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_dir):
+    """The tiny model's tokenizer (shared: copy it before changing it)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_dir)
+
+
+@pytest.fixture
+def tiny_model(tiny_dir):
+    """A fresh copy of the tiny model's initial weights."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+
+
+@pytest.fixture
+def tiny_backend(tiny_model, tiny_tokenizer):
+    from star_gate.backends.hf import TransformersBackend
+
+    return TransformersBackend(
+        model="tiny", model_object=tiny_model, tokenizer=tiny_tokenizer, progress=False, device="cpu", batch_size=2
+    )
+
+
+# -- a small dataset -------------------------------------------------------------------------------
+
+TASKS = [
+    {"task_id": "t1", "text": "What should I cook tonight?"},
+    {"task_id": "t2", "text": "Recommend me a book."},
+    {"task_id": "t3", "text": "Where should I go on vacation this year?"},
+    {"task_id": "t4", "text": "How should I start saving money?"},
+    {"task_id": "t5", "text": "Suggest a hobby I could pick up."},
+    {"task_id": "t6", "text": "What music should I listen to while working?"},
+]
+PERSONAS = [
+    {
+        "persona_id": f"p{i}",
+        "name": name,
+        "description": f"My name is {name}. I grew up in {home}. I work as {job}. I love {love}.",
+    }
+    for i, (name, home, job, love) in enumerate(
+        [
+            ("Aoife Brennan", "a farm in County Mayo", "a retired teacher", "Irish fiddle music"),
+            ("Kenji Sato", "a flat in Osaka", "a software engineer", "long bike rides"),
+            ("Maria Lopez", "a fishing village in Galicia", "a nurse on night shifts", "spicy food"),
+            ("Tom Becker", "a suburb of Munich", "a bus driver", "crime novels"),
+            ("Priya Nair", "the city of Kochi", "an architect", "painting with watercolours"),
+            ("Sam Okafor", "a town near Lagos", "a chef", "jazz records"),
+        ],
+        start=1,
+    )
+]
+SPLITS = {
+    "A": {"tasks": ["t1", "t2"], "personas": ["p1", "p2"]},
+    "B": {"tasks": ["t3", "t4"], "personas": ["p3", "p4"]},
+    "test": {"tasks": ["t5", "t6"], "personas": ["p5", "p6"]},
+}
+
+
+def gold_rows() -> list[dict]:
+    tasks = {t["task_id"]: t["text"] for t in TASKS}
+    names = {p["persona_id"]: p["name"] for p in PERSONAS}
+    return [
+        {
+            "task_id": t,
+            "persona_id": p,
+            "text": f"{names[p].split()[0]}, here is my answer to '{tasks[t]}' that fits your life.",
+            "oracle": "tests",
+        }
+        for spec in SPLITS.values()
+        for t in spec["tasks"]
+        for p in spec["personas"]
+    ]
+
+
+def write_dataset(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("tasks.jsonl", TASKS), ("personas.jsonl", PERSONAS), ("gold.jsonl", gold_rows())):
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (folder / "splits.json").write_text(json.dumps(SPLITS, indent=1), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def dataset_dir(tmp_path) -> Path:
+    """A valid dataset folder: 6 tasks, 6 personas, 12 gold; splits A, B, test of 2 x 2 pairs."""
+    return write_dataset(tmp_path / "dataset")
+
+
+@pytest.fixture
+def dataset(dataset_dir):
+    from star_gate.data.loaders import load_dataset
+
+    return load_dataset(dataset_dir)
+
+
+# -- recording wrappers ---------------------------------------------------------------------------
+
+
+class RecordingBackend:
+    """Wraps a backend and records every call: (method, chats, params or completions)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = inner.name
+        self.calls: list[tuple[str, list, object]] = []
+
+    def generate(self, chats, params):
+        self.calls.append(("generate", [list(c) for c in chats], params))
+        return self.inner.generate(chats, params)
+
+    def logprobs(self, chats, completions):
+        self.calls.append(("logprobs", [list(c) for c in chats], list(completions)))
+        return self.inner.logprobs(chats, completions)
+
+
+@pytest.fixture
+def recording():
+    """Factory: recording(backend) -> a RecordingBackend around it."""
+    return RecordingBackend
+
+
+@pytest.fixture
+def fake():
+    from star_gate.backends.fake import FakeBackend
+
+    return FakeBackend()
+
+
+@pytest.fixture(scope="session")
+def retriever():
+    """The bundled all-MiniLM-L6-v2 fact retriever (about 2 s to load, once per session)."""
+    from star_gate.roles.grounding import FactRetriever
+
+    return FactRetriever("bundled")

@@ -1,0 +1,62 @@
+"""Persona facts: sentence splitting and retrieval with the bundled MiniLM encoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from star_gate.data.loaders import load_dataset
+from star_gate.roles.grounding import split_facts
+
+
+@pytest.mark.parametrize(
+    ("text", "facts"),
+    [
+        ("I am Ann. I grew up in Cork.", ["I am Ann.", "I grew up in Cork."]),
+        ("  Do I cook? Yes! I bake bread.  ", ["Do I cook?", "Yes!", "I bake bread."]),
+        ('He said hi. "Hello," I replied.', ["He said hi.", '"Hello," I replied.']),
+        ("I earn 3.5 times more. i.e. a lot", ["I earn 3.5 times more. i.e. a lot"]),  # no capital: no split
+        ("One sentence without a full stop", ["One sentence without a full stop"]),
+        ("", []),
+    ],
+)
+def test_split_facts(text, facts):
+    assert split_facts(text) == facts
+
+
+def test_bundled_personas_split_into_several_facts():
+    for persona in load_dataset("bundled").personas.values():
+        facts = split_facts(persona.description)
+        assert len(facts) >= 5
+        assert " ".join(facts) == " ".join(persona.description.split())
+
+
+def test_growing_up_question_finds_growing_up_fact(retriever):
+    description = load_dataset("bundled").personas["pa1"].description
+    facts = split_facts(description)
+    (best,) = retriever.top_facts("Where did you grow up?", facts, 1)
+    assert best == "I grew up on a dairy farm in County Mayo."
+
+
+def test_top_facts_keep_original_order(retriever):
+    facts = [
+        "I work as a nurse on night shifts.",
+        "My favourite food is spicy curry.",
+        "I grew up in a fishing village near Bergen.",
+        "I have two cats.",
+    ]
+    chosen = retriever.top_facts("Where are you from and where did you grow up?", facts, 2)
+    assert len(chosen) == 2 and facts[2] in chosen
+    assert chosen == [f for f in facts if f in chosen]
+    assert retriever.top_facts("anything", facts, 4) == facts
+    assert retriever.top_facts("anything", facts[:1], 3) == facts[:1]
+
+
+def test_embeddings_are_unit_norm_and_cached(retriever):
+    texts = ["I love jazz.", "I love jazz music.", "The tax office is closed."]
+    emb = retriever.embed(texts)
+    assert emb.shape == (3, 384)
+    assert torch.allclose(emb.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert emb[0] @ emb[1] > emb[0] @ emb[2]
+    assert all(t in retriever._cache for t in texts)
+    assert torch.equal(retriever.embed(texts[::-1]), emb.flip(0))
