@@ -4,7 +4,8 @@ Nothing here touches the network. The tiny model is a randomly initialised two-l
 byte-level BPE tokenizer trained on an in-memory corpus, saved once per session to a temporary
 folder so that code which loads models by path can use it too.
 
-Tests marked `slow` (the bundled SmolLM2 model) run only when asked for with `-m slow`.
+Tests marked `slow` load the bundled SmolLM2 model (minutes on a CPU); `pytest -m "not slow"`
+skips them. `make test` (and CI) runs everything.
 """
 
 from __future__ import annotations
@@ -22,39 +23,14 @@ CHATML = (
     "+ '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
     "{% endif %}"
 )
-END_OF_TURN = "<|im_end|>\n"
 
 
 def pytest_configure(config):
     # The tiny model gains nothing from threads, and OpenMP threads spinning against another busy
-    # process on a 2-core machine can make a 0.1 s generate take 10 s. The slow test restores them.
+    # process on a 2-core machine can make a 0.1 s generate take 10 s.
     import torch
 
-    config.stash[TORCH_THREADS] = torch.get_num_threads()
     torch.set_num_threads(1)
-
-
-TORCH_THREADS = pytest.StashKey[int]()
-
-
-@pytest.fixture
-def all_torch_threads(request):
-    """Give torch back all its threads for a test that runs a real (not tiny) model."""
-    import torch
-
-    torch.set_num_threads(request.config.stash[TORCH_THREADS])
-    yield
-    torch.set_num_threads(1)
-
-
-def pytest_collection_modifyitems(config, items):
-    """Skip slow tests unless the mark expression names them (`pytest -m slow`)."""
-    if "slow" in (config.option.markexpr or ""):
-        return
-    skip = pytest.mark.skip(reason="slow: run with `pytest -m slow`")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
 
 
 # -- the tiny model -------------------------------------------------------------------------------
@@ -150,7 +126,12 @@ def tiny_backend(tiny_model, tiny_tokenizer):
     from star_gate.backends.hf import TransformersBackend
 
     return TransformersBackend(
-        model="tiny", model_object=tiny_model, tokenizer=tiny_tokenizer, progress=False, device="cpu", batch_size=2
+        model="tiny",
+        model_object=tiny_model,
+        tokenizer=tiny_tokenizer,
+        progress=False,
+        device="cpu",
+        batch_size=2,
     )
 
 
@@ -174,7 +155,12 @@ PERSONAS = [
         [
             ("Aoife Brennan", "a farm in County Mayo", "a retired teacher", "Irish fiddle music"),
             ("Kenji Sato", "a flat in Osaka", "a software engineer", "long bike rides"),
-            ("Maria Lopez", "a fishing village in Galicia", "a nurse on night shifts", "spicy food"),
+            (
+                "Maria Lopez",
+                "a fishing village in Galicia",
+                "a nurse on night shifts",
+                "spicy food",
+            ),
             ("Tom Becker", "a suburb of Munich", "a bus driver", "crime novels"),
             ("Priya Nair", "the city of Kochi", "an architect", "painting with watercolours"),
             ("Sam Okafor", "a town near Lagos", "a chef", "jazz records"),
@@ -207,10 +193,20 @@ def gold_rows() -> list[dict]:
 
 def write_dataset(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("tasks.jsonl", TASKS), ("personas.jsonl", PERSONAS), ("gold.jsonl", gold_rows())):
+    for name, rows in (
+        ("tasks.jsonl", TASKS),
+        ("personas.jsonl", PERSONAS),
+        ("gold.jsonl", gold_rows()),
+    ):
         (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     (folder / "splits.json").write_text(json.dumps(SPLITS, indent=1), encoding="utf-8")
     return folder
+
+
+@pytest.fixture(scope="session")
+def dataset_factory():
+    """write_dataset(folder) -> folder: writes the small dataset there (for wider-scoped fixtures)."""
+    return write_dataset
 
 
 @pytest.fixture

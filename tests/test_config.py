@@ -75,9 +75,14 @@ def test_unknown_key_without_close_match_has_no_suggestion():
 
 
 def test_top_k_above_n_is_refused():
-    with pytest.raises(ConfigError, match=r"select\.top_k \(3\) cannot exceed simulate\.conversations_per_pair \(2\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"select\.top_k \(3\) cannot exceed simulate\.conversations_per_pair \(2\)",
+    ):
         load_config(None, ["select.top_k=3", "simulate.conversations_per_pair=2"])
-    assert load_config(None, ["select.top_k=2", "simulate.conversations_per_pair=2"]).select.top_k == 2
+    assert (
+        load_config(None, ["select.top_k=2", "simulate.conversations_per_pair=2"]).select.top_k == 2
+    )
 
 
 @pytest.mark.parametrize(
@@ -137,7 +142,9 @@ def test_overrides_win_over_file(tmp_path):
 
 def test_partly_given_role_keeps_its_own_defaults():
     defaults = load_config(None).roles
-    config = load_config(None, ["roles.roleplayer.mode=facts", "roles.judge.model=x", "roles.oracle.top_p=0.5"])
+    config = load_config(
+        None, ["roles.roleplayer.mode=facts", "roles.judge.model=x", "roles.oracle.top_p=0.5"]
+    )
     assert config.roles.roleplayer.mode == "facts"
     assert config.roles.roleplayer.temperature == defaults.roleplayer.temperature == 0.7
     assert config.roles.judge.model == "x"
@@ -191,7 +198,9 @@ def test_file_errors(tmp_path):
 
 
 def test_yaml_roundtrip(tmp_path):
-    config = load_config(None, ["seed=3", "data.train_splits=[B, A]", "train.bf16=true", "evaluate.max_turns=2"])
+    config = load_config(
+        None, ["seed=3", "data.train_splits=[B, A]", "train.bf16=true", "evaluate.max_turns=2"]
+    )
     path = tmp_path / "saved.yaml"
     path.write_text(config_to_yaml(config))
     assert load_config(path) == config

@@ -62,6 +62,12 @@ def run(config: ConfigArg, overrides: OverridesArg = None, restart: RestartOpt =
     rows = pipeline.run_all()
     console.print(f"run directory: {cfg.run_dir}")
     print_eval_table(rows)
+    gain = pipeline.paired_gain(cfg.iterations, 0)
+    if gain is not None:
+        sems = gain.mean / gain.sem if gain.sem > 0 else float("nan")
+        console.print(
+            f"{gain.label}: {gain.mean:+.2f} ± {gain.sem:.2f} nats over {gain.count} pairs ({sems:+.1f} SEMs)"
+        )
 
 
 @app.command()
@@ -131,3 +137,48 @@ def chat(
 def main() -> None:  # pragma: no cover
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Check (and later build) persona–task–gold datasets.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("check")
+def data_check(
+    path: Annotated[str, typer.Argument(help="dataset folder, or 'bundled'")] = "bundled",
+    model: Annotated[str, typer.Option(help="scoring model for the control check")] = "bundled",
+    pairs: Annotated[int, typer.Option(help="pairs for the control check (0: all)")] = 0,
+    no_model: Annotated[bool, typer.Option("--no-model", help="text checks only")] = False,
+    min_share: Annotated[float, typer.Option(help="required positive-over-negative share")] = 0.9,
+) -> None:
+    """Validate a dataset: one gold per pair, no (near-)duplicates, gold lengths, and the share of
+    pairs whose gold is likelier with the persona than without (positive over negative control)."""
+    from star_gate.data.checks import check_texts
+    from star_gate.data.loaders import load_dataset
+
+    try:
+        dataset = load_dataset(path)
+    except DataError as err:
+        err_console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    report = check_texts(dataset)
+    for fact in report.facts:
+        console.print(fact)
+    for problem in report.problems:
+        console.print(f"[red]problem:[/red] {problem}")
+    failed = not report.ok
+    if not no_model:
+        from star_gate.backends.hf import TransformersBackend
+        from star_gate.stages import score_controls
+
+        every_pair = [pair for split in dataset.splits for pair in dataset.pairs(split)]
+        chosen = every_pair[:: max(1, len(every_pair) // pairs)][:pairs] if pairs else every_pair
+        console.print(f"scoring {len(chosen)} pairs x 2 controls with {model} ({2 * len(chosen)} model calls)")
+        controls = score_controls(chosen, TransformersBackend(model, progress=sys.stderr.isatty()))
+        half = len(chosen)
+        wins = sum(pos.logprob > neg.logprob for neg, pos in zip(controls[:half], controls[half:]))
+        share = wins / half
+        console.print(f"positive control beats negative on {wins}/{half} pairs = {share:.1%} (required {min_share:.0%})")
+        failed |= share < min_share
+    console.print("[red]FAILED[/red]" if failed else "[green]passed[/green]")
+    raise typer.Exit(1 if failed else 0)

@@ -252,6 +252,21 @@ class Pipeline:
             self.release_policy(iteration - 1)
         return self.eval_table()
 
+    def paired_gain(self, later: int, earlier: int = 0) -> EvalRow | None:
+        """Per test pair, mean log-prob under Q_later's conversations minus Q_earlier's; mean ± SEM
+        over pairs. Pairing removes the (large) differences between gold answers' lengths."""
+        keys = [f"eval/iter_{later}", f"eval/iter_{earlier}"]
+        if not all(self.run.is_done(k) for k in keys):
+            return None
+        per_pair = []
+        for key in keys:
+            groups: dict[str, list[float]] = {}
+            for c in self.run.records(key, Conversation.from_json):
+                groups.setdefault(c.pair_id, []).append(c.logprob)
+            per_pair.append({k: statistics.fmean(v) for k, v in groups.items()})
+        diffs = [per_pair[0][k] - per_pair[1][k] for k in per_pair[0] if k in per_pair[1]]
+        return EvalRow(f"Q_{later} - Q_{earlier}, paired by test pair", *mean_sem(diffs), len(diffs))
+
     def eval_table(self) -> list[EvalRow]:
         """Mean ± SEM of test gold log-probs: controls, then each iteration's conversations."""
         rows = []

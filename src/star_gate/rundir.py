@@ -8,6 +8,7 @@ result, and rerunning the command resumes after the last finished stage.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -57,6 +58,8 @@ class RunDir:
         return entry is not None and self.path(entry["output"]).exists()
 
     def mark_done(self, key: str, output: Path, **info) -> None:
+        counts = ", ".join(f"{k}={v}" for k, v in info.items() if isinstance(v, (int, float, str)))
+        print(f"[{time.strftime('%H:%M:%S')}] done {key} {counts}", file=sys.stderr, flush=True)
         self.manifest["stages"][key] = {
             "output": str(output.relative_to(self.root)),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),

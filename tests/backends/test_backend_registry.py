@@ -18,7 +18,9 @@ def test_backend_class_by_name():
 
 
 def test_unknown_backend_lists_choices():
-    with pytest.raises(ValueError, match=r"unknown backend 'vllm9'; choose from \['fake', 'transformers'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown backend 'vllm9'; choose from \['fake', 'transformers'\]"
+    ):
         backend_class("vllm9")
 
 
@@ -72,7 +74,9 @@ def test_bundled_model_resolves_to_an_existing_cache_entry(monkeypatch, tmp_path
     target.mkdir()
     (target / "config.json").write_text("{}")
     monkeypatch.setenv("STAR_GATE_CACHE", str(tmp_path))
-    monkeypatch.setattr("star_gate.backends.models.convert_gguf", lambda *a: pytest.fail("converted again"))
+    monkeypatch.setattr(
+        "star_gate.backends.models.convert_gguf", lambda *a: pytest.fail("converted again")
+    )
     assert resolve_model("bundled") == str(target)
 
 

@@ -24,7 +24,9 @@ def test_generate_is_deterministic_and_ordered(fake):
 
 
 def test_generate_answers_by_prompt_kind(fake):
-    facts = [{"role": "user", "content": "Facts about you:\n- I grew up in Cork.\n\nQuestion: Where?"}]
+    facts = [
+        {"role": "user", "content": "Facts about you:\n- I grew up in Cork.\n\nQuestion: Where?"}
+    ]
     final = [{"role": "user", "content": "Thank you. Now please answer my original request: X"}]
     assert fake.generate([facts], SamplingParams())[0] == ["I grew up in Cork."]
     assert fake.generate([final], SamplingParams())[0][0].startswith("Here is my tailored answer")

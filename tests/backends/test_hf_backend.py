@@ -11,7 +11,10 @@ from star_gate.backends.hf import TransformersBackend, pick_dtype
 # Deliberately unsorted lengths, so the backend's length sort must be undone on output.
 CHATS = [
     [
-        {"role": "system", "content": "You are a helpful assistant. Tailor your answer to the user."},
+        {
+            "role": "system",
+            "content": "You are a helpful assistant. Tailor your answer to the user.",
+        },
         {"role": "user", "content": "Recommend me a book."},
         {"role": "assistant", "content": "Happy to help! What topics do you enjoy most?"},
         {"role": "user", "content": "I like history and true stories about ordinary people."},
@@ -22,8 +25,16 @@ CHATS = [
         {"role": "assistant", "content": "I grew up on a farm."},
         {"role": "user", "content": "ok"},
     ],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What should I cook tonight?"}],
-    [{"role": "user", "content": "Suggest a hobby I could pick up, something I can do outdoors with friends."}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What should I cook tonight?"},
+    ],
+    [
+        {
+            "role": "user",
+            "content": "Suggest a hobby I could pick up, something I can do outdoors with friends.",
+        }
+    ],
 ]
 COMPLETIONS = [
     "Try a narrative history series.",
@@ -52,7 +63,9 @@ def test_backend_satisfies_protocol(tiny_backend):
 
 
 def test_batched_logprobs_equal_one_at_a_time(tiny_backend):
-    assert len({len(tiny_backend.encode_prompt(c)) for c in CHATS}) == len(CHATS)  # all lengths differ
+    assert len({len(tiny_backend.encode_prompt(c)) for c in CHATS}) == len(
+        CHATS
+    )  # all lengths differ
     batched = tiny_backend.logprobs(CHATS, COMPLETIONS)
     single = [tiny_backend.logprobs([c], [x])[0] for c, x in zip(CHATS, COMPLETIONS)]
     assert batched == pytest.approx(single, abs=1e-4)
@@ -68,7 +81,10 @@ def test_logprobs_sum_only_completion_tokens(tiny_backend, tiny_model, tiny_toke
 def test_logprob_of_full_sequence_is_not_what_is_returned(tiny_backend, tiny_model, tiny_tokenizer):
     """Guard against summing prompt tokens too: the whole-sequence sum is far lower."""
     chat, completion = CHATS[0], COMPLETIONS[0]
-    text = tiny_tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) + completion
+    text = (
+        tiny_tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        + completion
+    )
     ids = torch.tensor([tiny_tokenizer(text, add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
         logp = torch.log_softmax(tiny_model(input_ids=ids).logits, dim=-1)[0, :-1]
@@ -78,14 +94,29 @@ def test_logprob_of_full_sequence_is_not_what_is_returned(tiny_backend, tiny_mod
 
 def test_longer_completion_scores_lower(tiny_backend):
     chat = CHATS[1]
-    short, longer = tiny_backend.logprobs([chat, chat], ["Hello", "Hello there, how are you today?"])
+    short, longer = tiny_backend.logprobs(
+        [chat, chat], ["Hello", "Hello there, how are you today?"]
+    )
     assert longer < short
 
 
 def test_empty_completion_scores_zero_in_a_batch(tiny_backend):
     scores = tiny_backend.logprobs(CHATS[:2], ["", COMPLETIONS[1]])
     assert scores[0] == 0.0
-    assert scores[1] == pytest.approx(tiny_backend.logprobs(CHATS[1:2], COMPLETIONS[1:2])[0], abs=1e-4)
+    assert scores[1] == pytest.approx(
+        tiny_backend.logprobs(CHATS[1:2], COMPLETIONS[1:2])[0], abs=1e-4
+    )
+
+
+def test_all_empty_completions_score_zero(tiny_backend):
+    assert tiny_backend.logprobs(CHATS[:2], ["", ""]) == [0.0, 0.0]
+
+
+def test_greedy_with_several_samples_repeats_the_greedy_reply(tiny_backend):
+    params = SamplingParams(n=3, temperature=0.0, max_new_tokens=6)
+    replies = tiny_backend.generate(CHATS[:2], params)
+    single = tiny_backend.generate(CHATS[:2], SamplingParams(temperature=0.0, max_new_tokens=6))
+    assert replies == [[s[0]] * 3 for s in single]
 
 
 def test_logprobs_needs_one_completion_per_chat(tiny_backend):
@@ -110,7 +141,10 @@ def test_generate_returns_n_samples_per_chat_in_input_order(tiny_backend):
     assert tiny_backend.generate(CHATS, SamplingParams(**{**params.__dict__, "seed": 6})) != replies
     # order: the greedy reply of each chat sits at that chat's index, whatever the batch order
     greedy = SamplingParams(temperature=0.0, max_new_tokens=6)
-    forward, backward = tiny_backend.generate(CHATS, greedy), tiny_backend.generate(CHATS[::-1], greedy)
+    forward, backward = (
+        tiny_backend.generate(CHATS, greedy),
+        tiny_backend.generate(CHATS[::-1], greedy),
+    )
     assert forward == backward[::-1]
     assert all(len(r) == 1 for r in forward)
 
@@ -120,16 +154,26 @@ def test_generation_stops_at_either_end_of_turn_token(tiny_model, tiny_tokenizer
     start_id = tiny_tokenizer.convert_tokens_to_ids("<|im_start|>")
     tiny_model.generation_config.eos_token_id = start_id
     backend = TransformersBackend(
-        model="tiny", model_object=tiny_model, tokenizer=tiny_tokenizer, progress=False, device="cpu"
+        model="tiny",
+        model_object=tiny_model,
+        tokenizer=tiny_tokenizer,
+        progress=False,
+        device="cpu",
     )
     assert backend.stop_ids == sorted({tiny_tokenizer.eos_token_id, start_id})
-    replies = backend.generate(CHATS, SamplingParams(n=2, temperature=1.5, top_p=1.0, max_new_tokens=20))
+    replies = backend.generate(
+        CHATS, SamplingParams(n=2, temperature=1.5, top_p=1.0, max_new_tokens=20)
+    )
     assert all("<|im_end|>" not in t and "<|im_start|>" not in t for r in replies for t in r)
 
 
 def test_prompts_are_cut_from_the_left_and_counted(tiny_model, tiny_tokenizer):
     backend = TransformersBackend(
-        model="tiny", model_object=tiny_model, tokenizer=tiny_tokenizer, progress=False, device="cpu",
+        model="tiny",
+        model_object=tiny_model,
+        tokenizer=tiny_tokenizer,
+        progress=False,
+        device="cpu",
         max_context=64,
     )
     long_chat = [{"role": "user", "content": "Where did you grow up? " * 40}]
@@ -155,3 +199,40 @@ def test_pick_dtype():
     assert pick_dtype("auto", "cpu") == torch.float32
     assert pick_dtype("auto", "cuda:0") == torch.bfloat16
     assert pick_dtype("float16", "cpu") == torch.float16
+
+
+@pytest.fixture
+def absolute_position_backend(tiny_tokenizer):
+    """A tiny GPT-2: learned absolute positions, so a left-padded row is wrong without position ids."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tiny_tokenizer),
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=1024,
+        eos_token_id=tiny_tokenizer.eos_token_id,
+        bos_token_id=tiny_tokenizer.eos_token_id,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+    )
+    model = GPT2LMHeadModel(config)
+    model.generation_config.eos_token_id = tiny_tokenizer.eos_token_id
+    return TransformersBackend(
+        "gpt2-tiny",
+        model_object=model,
+        tokenizer=tiny_tokenizer,
+        progress=False,
+        device="cpu",
+        batch_size=3,
+    )
+
+
+def test_batching_is_exact_with_absolute_positions(absolute_position_backend):
+    backend = absolute_position_backend
+    batched = backend.logprobs(CHATS, COMPLETIONS)
+    single = [backend.logprobs([c], [x])[0] for c, x in zip(CHATS, COMPLETIONS)]
+    assert batched == pytest.approx(single, abs=1e-4)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=8)
+    assert backend.generate(CHATS, greedy) == [backend.generate([c], greedy)[0] for c in CHATS]

@@ -39,7 +39,10 @@ def test_small_dataset_loads(dataset_dir):
     assert len(dataset.tasks) == 6 and len(dataset.personas) == 6 and len(dataset.gold) == 12
     pairs = dataset.pairs("A")
     assert [p.pair_id for p in pairs] == ["t1|p1", "t1|p2", "t2|p1", "t2|p2"]
-    assert all(p.gold.task_id == p.task.task_id and p.gold.persona_id == p.persona.persona_id for p in pairs)
+    assert all(
+        p.gold.task_id == p.task.task_id and p.gold.persona_id == p.persona.persona_id
+        for p in pairs
+    )
     assert pairs[0].gold.oracle == "tests"
 
 
@@ -55,8 +58,17 @@ def test_oracle_is_optional(dataset_dir):
 def test_blank_lines_are_skipped_but_counted(dataset_dir):
     path = dataset_dir / "tasks.jsonl"
     lines = path.read_text().splitlines()
-    path.write_text("\n" + "\n".join(lines[:2]) + "\n\n" + '{"task_id": "t1", "text": "again"}\n' + "\n".join(lines[2:]))
-    with pytest.raises(DataError, match=r"tasks\.jsonl, line 5: field 'task_id': duplicate id 't1' \(first on line 2\)"):
+    path.write_text(
+        "\n"
+        + "\n".join(lines[:2])
+        + "\n\n"
+        + '{"task_id": "t1", "text": "again"}\n'
+        + "\n".join(lines[2:])
+    )
+    with pytest.raises(
+        DataError,
+        match=r"tasks\.jsonl, line 5: field 'task_id': duplicate id 't1' \(first on line 2\)",
+    ):
         load_dataset(dataset_dir)
 
 
@@ -174,7 +186,10 @@ BAD_INPUTS = {
         lambda folder: (folder / "splits.json").write_text("{'A': nope"),
         ["splits.json", "not valid JSON"],
     ),
-    "missing file": (lambda folder: (folder / "personas.jsonl").unlink(), ["personas.jsonl", "file not found"]),
+    "missing file": (
+        lambda folder: (folder / "personas.jsonl").unlink(),
+        ["personas.jsonl", "file not found"],
+    ),
 }
 
 

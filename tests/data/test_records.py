@@ -9,7 +9,11 @@ from star_gate.data.records import Conversation, ScoredControl, Turn
 
 def _conversation() -> Conversation:
     c = Conversation(task_id="t1", persona_id="p1", sample_index=3, target_turns=2)
-    return c.with_turn("questioner", "Q1?").with_turn("roleplayer", "A1.").with_turn("questioner", "Q2?")
+    return (
+        c.with_turn("questioner", "Q1?")
+        .with_turn("roleplayer", "A1.")
+        .with_turn("questioner", "Q2?")
+    )
 
 
 def test_conversation_views():

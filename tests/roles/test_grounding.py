@@ -15,7 +15,10 @@ from star_gate.roles.grounding import split_facts
         ("I am Ann. I grew up in Cork.", ["I am Ann.", "I grew up in Cork."]),
         ("  Do I cook? Yes! I bake bread.  ", ["Do I cook?", "Yes!", "I bake bread."]),
         ('He said hi. "Hello," I replied.', ["He said hi.", '"Hello," I replied.']),
-        ("I earn 3.5 times more. i.e. a lot", ["I earn 3.5 times more. i.e. a lot"]),  # no capital: no split
+        (
+            "I earn 3.5 times more. i.e. a lot",
+            ["I earn 3.5 times more. i.e. a lot"],
+        ),  # no capital: no split
         ("One sentence without a full stop", ["One sentence without a full stop"]),
         ("", []),
     ],
@@ -32,10 +35,41 @@ def test_bundled_personas_split_into_several_facts():
 
 
 def test_growing_up_question_finds_growing_up_fact(retriever):
-    description = load_dataset("bundled").personas["pa1"].description
-    facts = split_facts(description)
-    (best,) = retriever.top_facts("Where did you grow up?", facts, 1)
-    assert best == "I grew up on a dairy farm in County Mayo."
+    facts = split_facts(load_dataset("bundled").personas["pa2"].description)
+    assert retriever.top_facts("Where did you grow up?", facts, 1) == [
+        "I grew up in a fishing town in Hokkaido."
+    ]
+
+
+def test_growing_up_fact_retrieved_for_every_bundled_persona(retriever):
+    """Top-2 (the default facts_per_answer) always holds it; top-1 nearly always.
+
+    MiniLM itself ranks pa1's "I taught primary school ... before I retired." above "I grew up on a
+    dairy farm in County Mayo." (0.51 vs 0.42; the encoder reproduces the reference similarities).
+    """
+    top1_hits, checked = 0, 0
+    for persona in load_dataset("bundled").personas.values():
+        facts = split_facts(persona.description)
+        grew_up = [f for f in facts if "grew up" in f]
+        if not grew_up:
+            continue
+        checked += 1
+        assert grew_up[0] in retriever.top_facts("Where did you grow up?", facts, 2), (
+            persona.persona_id
+        )
+        top1_hits += retriever.top_facts("Where did you grow up?", facts, 1) == grew_up[:1]
+    assert checked >= 15 and top1_hits >= checked - 1
+
+
+def test_encoder_matches_reference_similarities(retriever):
+    """The sentence-transformers quickstart values for all-MiniLM-L6-v2 (mean pooling, unit norm)."""
+    emb = retriever.embed(
+        ["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."]
+    )
+    similarity = emb @ emb.T
+    assert similarity[0, 1].item() == pytest.approx(0.6660, abs=2e-3)
+    assert similarity[0, 2].item() == pytest.approx(0.1046, abs=2e-3)
+    assert similarity[1, 2].item() == pytest.approx(0.1411, abs=2e-3)
 
 
 def test_top_facts_keep_original_order(retriever):

@@ -5,7 +5,12 @@ from __future__ import annotations
 from star_gate.backends.base import SamplingParams
 from star_gate.data.records import Conversation, Persona
 from star_gate.roles import views
-from star_gate.roles.players import GroundedRoleplayer, PersonaRoleplayer, Questioner, first_paragraph
+from star_gate.roles.players import (
+    GroundedRoleplayer,
+    PersonaRoleplayer,
+    Questioner,
+    first_paragraph,
+)
 from star_gate.roles.prompts import QUESTIONER_FEWSHOT, ROLEPLAYER_GROUNDED, ROLEPLAYER_PERSONA
 
 PERSONAS = [
@@ -40,13 +45,18 @@ class StubRetriever:
 
 def asked(questions: list[str]) -> list[Conversation]:
     return [
-        Conversation(task_id=f"t{i}", persona_id=f"p{i}", sample_index=0, target_turns=1).with_turn("questioner", q)
+        Conversation(task_id=f"t{i}", persona_id=f"p{i}", sample_index=0, target_turns=1).with_turn(
+            "questioner", q
+        )
         for i, q in enumerate(questions, start=1)
     ]
 
 
 def test_first_paragraph():
-    assert first_paragraph("  Where did you grow up?\n\nUser: Cork\n\nmore") == "Where did you grow up?"
+    assert (
+        first_paragraph("  Where did you grow up?\n\nUser: Cork\n\nmore")
+        == "Where did you grow up?"
+    )
     assert first_paragraph("one line\nsecond line") == "one line\nsecond line"
     assert first_paragraph("") == ""
 
@@ -55,7 +65,9 @@ def test_questioner_asks_in_one_call_with_its_own_view():
     backend = CannedBackend("What do you like?\n\nUser: I like")
     params = SamplingParams(n=4, temperature=0.9, top_p=0.9, max_new_tokens=12)
     q = Questioner(backend, QUESTIONER_FEWSHOT, params)
-    empty = [Conversation(task_id="t", persona_id="p", sample_index=i, target_turns=1) for i in range(2)]
+    empty = [
+        Conversation(task_id="t", persona_id="p", sample_index=i, target_turns=1) for i in range(2)
+    ]
     assert q.ask(TASKS, empty, seed=7) == ["#0 What do you like?", "#1 What do you like?"]
     ((chats, used),) = backend.calls
     assert chats == [views.questioner_chat(QUESTIONER_FEWSHOT, t, c) for t, c in zip(TASKS, empty)]
@@ -69,7 +81,9 @@ def test_questioner_responds_greedily_after_the_final_cue():
     convs = [c.with_turn("roleplayer", "Cork.") for c in convs]
     assert q.respond(TASKS, convs, max_new_tokens=99) == ["#0 Go hiking.", "#1 Go hiking."]
     ((chats, used),) = backend.calls
-    assert chats == [views.final_answer_chat(QUESTIONER_FEWSHOT, t, c) for t, c in zip(TASKS, convs)]
+    assert chats == [
+        views.final_answer_chat(QUESTIONER_FEWSHOT, t, c) for t, c in zip(TASKS, convs)
+    ]
     assert used.temperature == 0.0 and used.max_new_tokens == 99 and used.n == 1
 
 
@@ -87,17 +101,32 @@ def test_persona_roleplayer_sees_persona_and_task():
 
 def test_grounded_roleplayer_sees_only_retrieved_facts():
     backend = CannedBackend("Answer")
-    rp = GroundedRoleplayer(backend, ROLEPLAYER_GROUNDED, SamplingParams(), StubRetriever(), facts_per_answer=1)
+    rp = GroundedRoleplayer(
+        backend, ROLEPLAYER_GROUNDED, SamplingParams(), StubRetriever(), facts_per_answer=1
+    )
     convs = asked(["Where did you grow up?", "What do you love?"])
     rp.answer(PERSONAS, TASKS, convs, seed=0)
     ((chats, _),) = backend.calls
-    assert chats[0] == views.grounded_roleplayer_chat(ROLEPLAYER_GROUNDED, ["I grew up in Cork."], "Where did you grow up?")
-    assert chats[1][-1]["content"] == "Facts about you:\n- I love jazz.\n\nQuestion: What do you love?"
+    assert chats[0] == views.grounded_roleplayer_chat(
+        ROLEPLAYER_GROUNDED, ["I grew up in Cork."], "Where did you grow up?"
+    )
+    assert (
+        chats[1][-1]["content"] == "Facts about you:\n- I love jazz.\n\nQuestion: What do you love?"
+    )
     assert all(chat[:-1] == ROLEPLAYER_GROUNDED.opening() for chat in chats)  # no persona, no task
     assert "nurse" not in chats[0][-1]["content"] and TASKS[0] not in chats[0][-1]["content"]
 
 
 def test_verbatim_roleplayer_answers_with_facts_and_no_model():
-    rp = GroundedRoleplayer(None, ROLEPLAYER_GROUNDED, SamplingParams(), StubRetriever(), facts_per_answer=2, verbatim=True)
-    answers = rp.answer(PERSONAS, TASKS, asked(["What work do you do?", "Where did you grow up?"]), seed=0)
+    rp = GroundedRoleplayer(
+        None,
+        ROLEPLAYER_GROUNDED,
+        SamplingParams(),
+        StubRetriever(),
+        facts_per_answer=2,
+        verbatim=True,
+    )
+    answers = rp.answer(
+        PERSONAS, TASKS, asked(["What work do you do?", "Where did you grow up?"]), seed=0
+    )
     assert answers == ["I work as a nurse.", "I grew up in Oslo. I work as a chef."]

@@ -10,8 +10,15 @@ FIELDS = {"persona": "I am Ann.", "task": "Recommend me a book."}
 
 
 def test_templates_are_keyed_by_their_names_and_versioned():
-    assert {"questioner_plain", "questioner_fewshot", "roleplayer_persona", "roleplayer_grounded",
-            "responder", "oracle", "judge"} <= set(TEMPLATES)
+    assert {
+        "questioner_plain",
+        "questioner_fewshot",
+        "roleplayer_persona",
+        "roleplayer_grounded",
+        "responder",
+        "oracle",
+        "judge",
+    } <= set(TEMPLATES)
     for name, template in TEMPLATES.items():
         assert template.name == name
         assert template.version

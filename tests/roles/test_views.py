@@ -21,7 +21,7 @@ def test_questioner_chat_maps_questions_to_assistant():
     chat = views.questioner_chat(QUESTIONER_FEWSHOT, TASK, conversation())
     opening = QUESTIONER_FEWSHOT.opening()
     assert chat[: len(opening)] == opening
-    assert chat[len(opening):] == [
+    assert chat[len(opening) :] == [
         {"role": "user", "content": TASK},
         {"role": "assistant", "content": "Question 0?"},
         {"role": "user", "content": "Answer 0."},
@@ -69,7 +69,10 @@ def test_persona_only_in_roleplayer_view_and_positive_control():
     for chat in hidden:
         assert all("Cork" not in m["content"] for m in chat)
     assert "I grew up in Cork" in views.positive_control_chat(TASK, PERSONA)[-1]["content"]
-    assert "I grew up in Cork" in views.roleplayer_chat(ROLEPLAYER_PERSONA, PERSONA, TASK, c)[0]["content"]
+    assert (
+        "I grew up in Cork"
+        in views.roleplayer_chat(ROLEPLAYER_PERSONA, PERSONA, TASK, c)[0]["content"]
+    )
 
 
 def test_roleplayer_chat_flips_roles():
@@ -85,7 +88,9 @@ def test_roleplayer_chat_flips_roles():
 def test_grounded_roleplayer_chat_sees_only_facts_and_question():
     from star_gate.roles.prompts import ROLEPLAYER_GROUNDED
 
-    chat = views.grounded_roleplayer_chat(ROLEPLAYER_GROUNDED, ["I grew up in Cork."], "Where did you grow up?")
+    chat = views.grounded_roleplayer_chat(
+        ROLEPLAYER_GROUNDED, ["I grew up in Cork."], "Where did you grow up?"
+    )
     assert chat[-1] == {
         "role": "user",
         "content": "Facts about you:\n- I grew up in Cork.\n\nQuestion: Where did you grow up?",

@@ -8,6 +8,7 @@ padding, with explicit position ids, so that a padded row computes exactly what 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from tqdm.auto import tqdm
@@ -112,6 +113,10 @@ class TransformersBackend:
         return results
 
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[list[str]]:
+        if params.temperature == 0 and params.n > 1:
+            # Greedy decoding is deterministic: decode once, repeat (transformers refuses n > 1).
+            once = self._generate_batch(prompts, replace(params, n=1))
+            return [texts * params.n for texts in once]
         ids, mask = self._left_pad(prompts)
         sampling = (
             {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
@@ -153,6 +158,8 @@ class TransformersBackend:
         # Without explicit positions a left-padded row would be shifted and score differently.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         longest = max(len(t) for t in targets)
+        if longest == 0:  # every completion is empty: log p = 0
+            return [0.0] * len(targets)
         # Left padding puts every completion at the end, so only the last columns need logits.
         logits = self.model(
             input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=longest + 1

@@ -1,0 +1,83 @@
+"""Scoring: gold log-prob under the task repeated after the conversation, and the two controls."""
+
+from __future__ import annotations
+
+import pytest
+
+from star_gate.backends.fake import FakeBackend
+from star_gate.data.records import Conversation
+from star_gate.roles import views
+from star_gate.roles.prompts import FINAL_CUE
+from star_gate.stages import score_controls, score_conversations
+
+
+def conversations(pairs, answers=("I grew up in Cork.", "I love jazz.")):
+    out = []
+    for pair in pairs:
+        for i, answer in enumerate(answers):
+            c = Conversation(
+                pair.task.task_id, pair.persona.persona_id, sample_index=i, target_turns=1
+            )
+            out.append(
+                c.with_turn("questioner", "Tell me about you?").with_turn("roleplayer", answer)
+            )
+    return out
+
+
+def test_scores_use_scoring_chat_in_one_call(dataset, recording):
+    pairs = dataset.pairs("A")
+    convs = conversations(pairs)
+    scorer = recording(FakeBackend())
+    scored = score_conversations(convs, pairs, scorer)
+    ((name, chats, completions),) = scorer.calls
+    assert name == "logprobs"
+    by_id = {p.pair_id: p for p in pairs}
+    assert chats == [views.scoring_chat(by_id[c.pair_id].task.text, c) for c in convs]
+    assert completions == [by_id[c.pair_id].gold.text for c in convs]
+    for chat, c in zip(chats, convs):  # the task is repeated after the conversation
+        task = by_id[c.pair_id].task.text
+        assert chat[-1]["content"].endswith(FINAL_CUE.format(task=task))
+        assert chat[-1]["content"].startswith(c.answers[-1])
+    assert [c.replace(logprob=None) for c in scored] == convs
+    assert scored[0].logprob == FakeBackend().logprobs(chats[:1], completions[:1])[0]
+
+
+def test_revealing_answers_score_higher_with_the_fake(dataset):
+    pairs = dataset.pairs("A")[:1]  # (t1, p1): the gold names "Aoife"
+    convs = conversations(pairs, answers=("I am Aoife.", "No comment."))
+    revealing, silent = score_conversations(convs, pairs, FakeBackend())
+    assert revealing.logprob > silent.logprob
+
+
+def test_scores_on_tiny_model_match_backend(dataset, tiny_backend):
+    pairs = dataset.pairs("test")
+    convs = conversations(pairs)
+    scored = score_conversations(convs, pairs, tiny_backend)
+    by_id = {p.pair_id: p for p in pairs}
+    direct = [
+        tiny_backend.logprobs(
+            [views.scoring_chat(by_id[c.pair_id].task.text, c)], [by_id[c.pair_id].gold.text]
+        )[0]
+        for c in convs
+    ]
+    assert [c.logprob for c in scored] == pytest.approx(direct, abs=1e-4)
+
+
+def test_controls(dataset, recording):
+    pairs = dataset.pairs("test")
+    scorer = recording(FakeBackend())
+    controls = score_controls(pairs, scorer)
+    assert len(scorer.calls) == 1
+    assert [(c.task_id, c.persona_id, c.condition) for c in controls] == [
+        (p.task.task_id, p.persona.persona_id, cond)
+        for cond in ("negative", "positive")
+        for p in pairs
+    ]
+    _, chats, golds = scorer.calls[0]
+    n = len(pairs)
+    assert chats[:n] == [views.negative_control_chat(p.task.text) for p in pairs]
+    assert chats[n:] == [views.positive_control_chat(p.task.text, p.persona) for p in pairs]
+    assert golds == [p.gold.text for p in pairs] * 2
+    # the persona names the user, whom each gold addresses: the positive control scores higher
+    for neg, pos in zip(controls[:n], controls[n:]):
+        assert pos.logprob > neg.logprob

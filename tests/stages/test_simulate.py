@@ -1,0 +1,150 @@
+"""Simulation: counts, lengths, turn order, information flow, batching and seeding."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from star_gate.backends.base import SamplingParams
+from star_gate.backends.fake import FakeBackend
+from star_gate.roles.players import PersonaRoleplayer, Questioner
+from star_gate.roles.prompts import QUESTIONER_FEWSHOT, ROLEPLAYER_PERSONA
+from star_gate.stages import simulate
+
+
+def players(recording, questioner_backend=None, roleplayer_backend=None):
+    q_backend = recording(questioner_backend or FakeBackend("questioner"))
+    r_backend = recording(roleplayer_backend or FakeBackend("roleplayer"))
+    questioner = Questioner(
+        q_backend, QUESTIONER_FEWSHOT, SamplingParams(temperature=0.9, max_new_tokens=8)
+    )
+    roleplayer = PersonaRoleplayer(
+        r_backend, ROLEPLAYER_PERSONA, SamplingParams(temperature=0.7, max_new_tokens=8)
+    )
+    return questioner, roleplayer, q_backend, r_backend
+
+
+def test_count_order_and_turn_structure(dataset, recording):
+    pairs = dataset.pairs("A")
+    questioner, roleplayer, _, _ = players(recording)
+    out = simulate(pairs, questioner, roleplayer, conversations_per_pair=3, max_turns=3, seed=1)
+    assert len(out) == len(pairs) * 3
+    assert [(c.pair_id, c.sample_index) for c in out] == [
+        (p.pair_id, s) for p in pairs for s in range(3)
+    ]
+    for c in out:
+        assert 1 <= c.target_turns <= 3
+        assert [t.speaker for t in c.turns] == ["questioner", "roleplayer"] * c.target_turns
+        assert c.is_finished and c.logprob is None and c.response is None
+        assert c.roleplayer_persona_id == c.persona_id
+
+
+def test_lengths_are_roughly_uniform(dataset, recording):
+    questioner, roleplayer, _, _ = players(recording)
+    out = simulate(
+        dataset.pairs("A"), questioner, roleplayer, conversations_per_pair=150, max_turns=3, seed=0
+    )
+    counts = Counter(len(c.answers) for c in out)
+    assert set(counts) == {1, 2, 3}
+    expected = len(out) / 3  # 200 each; 5 SDs of a binomial(600, 1/3) is about 58
+    assert all(abs(n - expected) < 58 for n in counts.values()), counts
+
+
+def test_one_generate_call_per_player_per_turn(dataset, recording):
+    pairs = dataset.pairs("A")
+    questioner, roleplayer, q_backend, r_backend = players(recording)
+    out = simulate(pairs, questioner, roleplayer, conversations_per_pair=5, max_turns=3, seed=3)
+    turns = max(c.target_turns for c in out)
+    live_per_turn = [sum(c.target_turns > turn for c in out) for turn in range(turns)]
+    assert live_per_turn[0] == len(out) and live_per_turn[-1] < len(out)  # some ended early
+    for backend in (q_backend, r_backend):
+        assert [name for name, _, _ in backend.calls] == ["generate"] * turns
+        assert [len(chats) for _, chats, _ in backend.calls] == live_per_turn
+    # sampling settings are passed through, one sample per live conversation, distinct seeds per call
+    q_params = [params for _, _, params in q_backend.calls]
+    assert all(p.n == 1 and p.temperature == 0.9 for p in q_params)
+    r_seeds = [params.seed for _, _, params in r_backend.calls]
+    assert len({p.seed for p in q_params} | set(r_seeds)) == 2 * turns
+
+
+def test_persona_never_reaches_the_questioner(dataset, recording):
+    pairs = dataset.pairs("A") + dataset.pairs("B")
+    questioner, roleplayer, q_backend, r_backend = players(recording)
+    simulate(pairs, questioner, roleplayer, conversations_per_pair=2, max_turns=3, seed=5)
+    descriptions = {p.persona.description for p in pairs}
+    facts = {f for d in descriptions for f in d.split(". ")}
+    names = {p.persona.name for p in pairs}
+    questioner_text = "\n".join(
+        m["content"] for _, chats, _ in q_backend.calls for chat in chats for m in chat
+    )
+    assert not any(f in questioner_text for f in facts | names)
+    roleplayer_text = "\n".join(
+        m["content"] for _, chats, _ in r_backend.calls for chat in chats for m in chat
+    )
+    assert all(d in roleplayer_text for d in descriptions)  # the check above is not vacuous
+
+
+def test_questioner_sees_task_and_dialogue_roleplayer_sees_own_persona(dataset, recording):
+    pairs = dataset.pairs("A")
+    questioner, roleplayer, q_backend, r_backend = players(recording)
+    out = simulate(pairs, questioner, roleplayer, conversations_per_pair=1, max_turns=2, seed=0)
+    _, first_q, _ = q_backend.calls[0]
+    _, first_r, _ = r_backend.calls[0]
+    opening = len(QUESTIONER_FEWSHOT.opening())
+    for pair, chat_q, chat_r, conv in zip(pairs, first_q, first_r, out):
+        assert (
+            chat_q[opening] == {"role": "user", "content": pair.task.text}
+            and len(chat_q) == opening + 1
+        )
+        assert (
+            pair.persona.description in chat_r[0]["content"]
+            and pair.task.text in chat_r[0]["content"]
+        )
+        assert chat_r[-1] == {"role": "user", "content": conv.questions[0]}
+
+
+def test_random_persona_control_uses_the_other_persona(dataset, recording):
+    pairs = dataset.pairs("A")
+    other = {p.pair_id: dataset.personas["p5"] for p in pairs}
+    questioner, roleplayer, _, r_backend = players(recording)
+    out = simulate(pairs, questioner, roleplayer, 1, 1, seed=0, roleplayer_personas=other)
+    assert all(c.roleplayer_persona_id == "p5" and c.persona_id != "p5" for c in out)
+    _, chats, _ = r_backend.calls[0]
+    assert all(dataset.personas["p5"].description in chat[0]["content"] for chat in chats)
+
+
+def test_same_seed_same_result_other_seed_differs(dataset, recording):
+    pairs = dataset.pairs("A")
+    runs = [
+        simulate(pairs, *players(recording)[:2], conversations_per_pair=4, max_turns=3, seed=seed)
+        for seed in (11, 11, 12)
+    ]
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_seeded_on_the_tiny_model(dataset, recording, tiny_backend):
+    pairs = dataset.pairs("A")[:2]
+
+    def run(seed):
+        questioner, roleplayer, _, _ = players(recording, questioner_backend=tiny_backend)
+        return simulate(
+            pairs, questioner, roleplayer, conversations_per_pair=2, max_turns=2, seed=seed
+        )
+
+    first = run(4)
+    assert run(4) == first
+    assert [c.questions for c in run(5)] != [c.questions for c in first]
+
+
+@pytest.mark.parametrize("max_turns", [1, 2])
+def test_max_turns_bounds_lengths(dataset, recording, max_turns):
+    out = simulate(
+        dataset.pairs("B"),
+        *players(recording)[:2],
+        conversations_per_pair=20,
+        max_turns=max_turns,
+        seed=0,
+    )
+    assert {len(c.answers) for c in out} == set(range(1, max_turns + 1))

@@ -1,0 +1,128 @@
+"""The command line: exit codes and messages, driven through typer's CliRunner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from star_gate.cli import app
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "500")  # rich would otherwise wrap long messages at 80 columns
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, [str(a) for a in args])
+
+    return invoke
+
+
+def squash(text: str) -> str:
+    """Whitespace-free text, so a wrapped line still matches."""
+    return "".join(text.split())
+
+
+def fake_config_file(tmp_path, dataset_dir) -> Path:
+    path = tmp_path / "fake.yaml"
+    path.write_text(
+        f"run_dir: {tmp_path / 'run'}\n"
+        f"data: {{path: {dataset_dir}}}\n"
+        "roles:\n"
+        "  questioner: {backend: fake}\n"
+        "  roleplayer: {backend: fake, mode: persona}\n"
+        "simulate: {conversations_per_pair: 2, max_turns: 2}\n"
+    )
+    return path
+
+
+def test_validate_good_config(cli):
+    result = cli("validate", TINY)
+    assert result.exit_code == 0, result.output
+    assert "ok: 50 tasks, 20 personas, 360 gold" in result.output
+
+
+def test_validate_with_overrides(cli, dataset_dir):
+    result = cli("validate", TINY, f"data.path={dataset_dir}", "simulate.max_turns=1")
+    assert result.exit_code == 0, result.output
+    assert "ok: 6 tasks, 6 personas, 12 gold" in result.output
+
+
+def test_validate_unknown_key_suggests(cli):
+    result = cli("validate", TINY, "simulate.max_turn=2")
+    assert result.exit_code == 2
+    assert squash("unknown key 'simulate.max_turn'; did you mean 'simulate.max_turns'?") in squash(
+        result.output
+    )
+
+
+def test_validate_unknown_key_in_file(cli, tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("select: {topk: 2}\n")
+    result = cli("validate", path)
+    assert result.exit_code == 2
+    assert squash(f"{path}: unknown key 'select.topk'; did you mean 'select.top_k'?") in squash(
+        result.output
+    )
+
+
+def test_validate_bad_value(cli):
+    result = cli("validate", TINY, "simulate.max_turns=0")
+    assert result.exit_code == 2
+    assert "simulate.max_turns" in result.output
+
+
+def test_validate_bad_dataset_names_file_and_line(cli, dataset_dir):
+    path = dataset_dir / "personas.jsonl"
+    lines = path.read_text().splitlines()
+    lines[1] = lines[1].replace('"name"', '"nome"')
+    path.write_text("\n".join(lines) + "\n")
+    result = cli("validate", TINY, f"data.path={dataset_dir}")
+    assert result.exit_code == 2
+    assert squash(f"{path}, line 2: missing field 'name'") in squash(result.output)
+
+
+def test_missing_config_file(cli, tmp_path):
+    result = cli("validate", tmp_path / "nope.yaml")
+    assert result.exit_code == 2
+    assert "config file not found" in result.output
+
+
+def test_stage_commands_run_and_check_order(cli, tmp_path, dataset_dir):
+    config = fake_config_file(tmp_path, dataset_dir)
+    early = cli("score", config, "-i", "1")
+    assert early.exit_code == 2
+    assert squash("stage iter_1/simulate has not run yet") in squash(early.output)
+    for stage in ("simulate", "score", "select", "regularize"):
+        result = cli(stage, config, "--iteration", "1")
+        assert result.exit_code == 0, result.output
+        assert f"{stage} of iteration 1: done" in result.output
+    assert (tmp_path / "run" / "iter_1" / "regularized.jsonl").exists()
+
+
+def test_run_with_a_missing_split_exits_2(cli, tmp_path, dataset_dir):
+    config = fake_config_file(tmp_path, dataset_dir)
+    result = cli("run", config, "data.test_split=holdout")
+    assert result.exit_code == 2
+    assert "no split 'holdout'" in result.output
+
+
+def test_help_lists_commands(cli):
+    result = cli("--help")
+    assert result.exit_code == 0
+    for command in (
+        "run",
+        "validate",
+        "simulate",
+        "score",
+        "select",
+        "regularize",
+        "train",
+        "chat",
+    ):
+        assert command in result.output
