@@ -33,8 +33,8 @@ def main() -> None:
     print(f"{len(pairs)} test pairs, {args.n} one-turn conversations each")
     print(f"{'roleplayer':<10} {'gain vs negative':>20} {'best-of-n gain':>18} {'spread in pair':>15} {'secs':>6}")
     for mode in args.modes.split(","):
-        cfg = load_config(None, [f"run_dir=/tmp/star-gate-roleplayer-signal", f"roleplayer.mode={mode}".replace("roleplayer.", "roles.roleplayer.")])
-        pipeline.config = cfg
+        # Same pipeline (models and retriever stay loaded); only the roleplayer mode changes.
+        pipeline.config = load_config(None, ["run_dir=/tmp/star-gate-roleplayer-signal", f"roles.roleplayer.mode={mode}"])
         started = time.time()
         conversations = simulate(pairs, pipeline.questioner(0), pipeline.roleplayer(), args.n, 1, seed=0)
         scored = score_conversations(conversations, pairs, pipeline.scorer())
@@ -47,7 +47,6 @@ def main() -> None:
         g, gs = mean_sem(gains)
         b, bs = mean_sem(best)
         print(f"{mode:<10} {g:>+11.1f} ± {gs:<6.1f} {b:>+10.1f} ± {bs:<5.1f} {spread:>15.1f} {time.time() - started:>6.0f}")
-        pipeline._retriever = pipeline._retriever  # shared between modes
 
 
 if __name__ == "__main__":

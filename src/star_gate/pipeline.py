@@ -8,18 +8,20 @@ the test pairs. Every step writes its records to the run directory and is skippe
 from __future__ import annotations
 
 import math
+import shutil
 import statistics
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from star_gate.backends import Backend, SamplingParams, backend_class
 from star_gate.config import RoleConfig, RunConfig
 from star_gate.data.loaders import load_dataset
 from star_gate.data.records import Conversation, Dataset, Pair, ScoredControl
-from star_gate.roles.prompts import get_template
 from star_gate.roles.players import GroundedRoleplayer, PersonaRoleplayer, Questioner, Roleplayer
+from star_gate.roles.prompts import get_template
 from star_gate.rundir import RunDir
 from star_gate.stages import regularize, score_controls, score_conversations, select_top_k, simulate
 from star_gate.stages.train import build_examples, finetune
@@ -205,8 +207,6 @@ class Pipeline:
             validation_fraction=cfg.validation_fraction, bf16=cfg.bf16,
             seed=stage_seed(self.config.seed, key),
         )
-        import shutil
-
         shutil.rmtree(staging / "trainer", ignore_errors=True)
         if target.exists():
             shutil.rmtree(target)
@@ -233,7 +233,7 @@ class Pipeline:
             scored = score_conversations(conversations, pairs, self.scorer())
             self.run.write_records(key, f"eval/iter_{iteration}_scored.jsonl", scored)
 
-    STAGE_METHODS = {
+    STAGE_METHODS: ClassVar[dict] = {
         "simulate": simulate_stage, "score": score_stage, "select": select_stage,
         "regularize": regularize_stage, "train": train_stage,
     }

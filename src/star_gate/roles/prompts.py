@@ -47,10 +47,10 @@ QUESTIONER_FEWSHOT = PromptTemplate(
         ("assistant", "Happy to help! What topics do you enjoy reading or talking about most?"),
         ("user", "I like history and true stories about ordinary people."),
         ("assistant", "Good to know. How long is your commute, and do you prefer short episodes or long series?"),
-        ("user", "About forty minutes by train, and I like series. "
-                 "Thank you. Now please answer my original request: Recommend me a podcast for my commute."),
-        ("assistant", "Since you love history and real lives, try a narrative history series with "
-                      "episodes of about forty minutes, so each one fits your train ride."),
+        ("user", ("About forty minutes by train, and I like series. "
+                 "Thank you. Now please answer my original request: Recommend me a podcast for my commute.")),
+        ("assistant", ("Since you love history and real lives, try a narrative history series with "
+                      "episodes of about forty minutes, so each one fits your train ride.")),
         ("user", "Suggest a hobby I could pick up."),
         ("assistant", "Sure! How much free time do you have each week, and do you prefer being indoors or outdoors?"),
     ),
@@ -77,11 +77,11 @@ ROLEPLAYER_GROUNDED = PromptTemplate(
         "in one or two sentences, using only the facts given. Do not ask questions back."
     ),
     few_shot=(
-        ("user", "Facts about you:\n- I grew up in a fishing village near Bergen in Norway.\n"
-                 "- I work night shifts as a nurse.\n\nQuestion: Where did you grow up?"),
+        ("user", ("Facts about you:\n- I grew up in a fishing village near Bergen in Norway.\n"
+                 "- I work night shifts as a nurse.\n\nQuestion: Where did you grow up?")),
         ("assistant", "I grew up in a small fishing village near Bergen, in Norway."),
-        ("user", "Facts about you:\n- I am vegetarian and allergic to peanuts.\n"
-                 "- I love spicy food.\n\nQuestion: What kind of food do you like?"),
+        ("user", ("Facts about you:\n- I am vegetarian and allergic to peanuts.\n"
+                 "- I love spicy food.\n\nQuestion: What kind of food do you like?")),
         ("assistant", "I love spicy food, but I am vegetarian and allergic to peanuts."),
     ),
 )
