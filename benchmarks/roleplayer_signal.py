@@ -29,7 +29,8 @@ def main() -> None:
     base = load_config(None, ["run_dir=/tmp/star-gate-roleplayer-signal"])
     pipeline = Pipeline(base, restart=True, progress=False)
     pairs = pipeline.pairs("test")[: args.pairs]
-    negative = {c.task_id + "|" + c.persona_id: c.logprob for c in score_controls(pairs, pipeline.scorer()) if c.condition == "negative"}
+    controls = score_controls(pairs, pipeline.scorer())
+    negative = {c.pair_id: c.logprob for c in controls if c.condition == "negative"}
     print(f"{len(pairs)} test pairs, {args.n} one-turn conversations each")
     print(f"{'roleplayer':<10} {'gain vs negative':>20} {'best-of-n gain':>18} {'spread in pair':>15} {'secs':>6}")
     for mode in args.modes.split(","):

@@ -107,8 +107,8 @@ def test_each_stage_uses_the_right_model(tmp_path, dataset_dir, tiny_dir, monkey
     p = Pipeline(config, progress=False)
     trained = []
 
-    def fake_finetune(examples, base_model, output_dir, **kwargs):
-        trained.append((base_model, len(examples), kwargs["learning_rate"]))
+    def fake_finetune(examples, base_model, output_dir, cfg, seed):
+        trained.append((base_model, len(examples), cfg.learning_rate))
         output_dir.mkdir(parents=True)
         return {"train_loss": 1.0, "steps": 1, "examples": len(examples)}
 

@@ -105,7 +105,6 @@ class TrainConfig(Section):
     max_length: int = Field(1024, ge=32, description="longest training sequence (paper: 1024)")
     validation_fraction: float = Field(0.05, ge=0, lt=1, description="held out for eval loss (paper: 0.05)")
     bf16: bool | None = Field(None, description="bf16 mixed precision; default: on when a GPU has it")
-    save_checkpoint: bool = Field(True, description="write the trained model to the run directory")
 
 
 class EvaluateConfig(Section):

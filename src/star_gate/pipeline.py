@@ -200,13 +200,7 @@ class Pipeline:
         examples, truncated = build_examples(kept, self.pairs(self.split_for(iteration)), template, tokenizer, cfg.max_length)
         target = self.checkpoint(iteration)
         staging = target.with_name("checkpoint.partial")
-        metrics = finetune(
-            examples, role.model, staging, learning_rate=cfg.learning_rate, epochs=cfg.epochs,
-            batch_size=cfg.batch_size, gradient_accumulation=cfg.gradient_accumulation,
-            scheduler=cfg.scheduler, warmup_ratio=cfg.warmup_ratio,
-            validation_fraction=cfg.validation_fraction, bf16=cfg.bf16,
-            seed=stage_seed(self.config.seed, key),
-        )
+        metrics = finetune(examples, role.model, staging, cfg, seed=stage_seed(self.config.seed, key))
         shutil.rmtree(staging / "trainer", ignore_errors=True)
         if target.exists():
             shutil.rmtree(target)

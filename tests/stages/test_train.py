@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from star_gate.config import TrainConfig
 from star_gate.data.records import Conversation
 from star_gate.roles.prompts import QUESTIONER_FEWSHOT
 from star_gate.stages.train import build_examples, finetune, tokenize_with_loss_mask, training_chat
@@ -130,14 +131,15 @@ def test_finetune_writes_a_loadable_checkpoint_that_differs_from_base(
         examples,
         str(tiny_dir),
         out,
-        learning_rate=1e-3,
-        epochs=1,
-        batch_size=2,
-        gradient_accumulation=1,
-        scheduler="cosine",
-        warmup_ratio=0.1,
-        validation_fraction=0.25,
-        bf16=False,
+        TrainConfig(
+            learning_rate=1e-3,
+            epochs=1,
+            batch_size=2,
+            scheduler="cosine",
+            warmup_ratio=0.1,
+            validation_fraction=0.25,
+            bf16=False,
+        ),
         seed=0,
     )
     assert metrics["examples"] == 3 and metrics["steps"] == 2
@@ -171,14 +173,15 @@ def test_finetune_trains_only_on_masked_tokens(tiny_dir, tiny_tokenizer, tmp_pat
         [{"input_ids": ids, "assistant_masks": mask}] * 2,
         str(tiny_dir),
         tmp_path / "ckpt",
-        learning_rate=1e-4,
-        epochs=1,
-        batch_size=2,
-        gradient_accumulation=1,
-        scheduler="constant",
-        warmup_ratio=0.0,
-        validation_fraction=0.0,
-        bf16=False,
+        TrainConfig(
+            learning_rate=1e-4,
+            epochs=1,
+            batch_size=2,
+            scheduler="constant",
+            warmup_ratio=0.0,
+            validation_fraction=0.0,
+            bf16=False,
+        ),
         seed=0,
     )
     for row in seen["rows"]:

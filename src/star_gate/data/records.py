@@ -108,6 +108,10 @@ class ScoredControl:
     condition: Literal["negative", "positive"]
     logprob: float
 
+    @property
+    def pair_id(self) -> str:
+        return f"{self.task_id}|{self.persona_id}"
+
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 

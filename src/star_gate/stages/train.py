@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from star_gate.config import TrainConfig
 from star_gate.data.records import Conversation, Pair
 from star_gate.roles import views
 from star_gate.roles.prompts import Message, PromptTemplate
@@ -96,18 +97,8 @@ def finetune(
     examples: list[dict],
     base_model: str,
     output_dir: Path,
-    *,
-    learning_rate: float,
-    epochs: float,
-    batch_size: int,
-    gradient_accumulation: int,
-    scheduler: str,
-    warmup_ratio: float,
-    validation_fraction: float,
-    bf16: bool | None,
+    cfg: TrainConfig,
     seed: int,
-    model_object=None,
-    tokenizer=None,
 ) -> dict:
     """Full fine-tuning of base_model (always from its initial weights) with TRL's SFTTrainer.
 
@@ -121,26 +112,25 @@ def finetune(
 
     from star_gate.backends.models import resolve_model
 
-    if model_object is None:
-        path = resolve_model(base_model)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model_object = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    path = resolve_model(base_model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     dataset = Dataset.from_list(examples)
     eval_dataset = None
-    held_out = int(len(examples) * validation_fraction)
+    held_out = int(len(examples) * cfg.validation_fraction)
     if held_out >= 1:
         split = dataset.train_test_split(test_size=held_out, seed=seed)
         dataset, eval_dataset = split["train"], split["test"]
-    use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() if bf16 is None else bf16
+    use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() if cfg.bf16 is None else cfg.bf16
     args = SFTConfig(
         output_dir=str(output_dir / "trainer"),
-        learning_rate=learning_rate,
-        num_train_epochs=epochs,
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size,
-        gradient_accumulation_steps=gradient_accumulation,
-        lr_scheduler_type=scheduler,
-        warmup_steps=float(warmup_ratio),  # a float in [0, 1) is a ratio of total steps
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=float(cfg.warmup_ratio),  # a float in [0, 1) is a ratio of total steps
         bf16=use_bf16,
         logging_steps=1,
         save_strategy="no",
@@ -151,7 +141,7 @@ def finetune(
         disable_tqdm=True,
     )
     trainer = SFTTrainer(
-        model=model_object,
+        model=model,
         args=args,
         train_dataset=dataset,
         eval_dataset=eval_dataset,
