@@ -20,10 +20,17 @@ $(BIN)/.installed: pyproject.toml Makefile
 
 install: $(BIN)/.installed
 
+# The tests also run a real OpenAI-compatible server (tests/backends/test_llama_server.py).
+# llama-cpp-python builds llama.cpp from source, so only `make test` installs it.
+$(BIN)/.server-tests-installed: $(BIN)/.installed
+	@echo "building llama-cpp-python[server] from source (about 10 minutes on 2 cores)"
+	$(BIN)/python -m pip install --quiet -e ".[dev,server-tests]"
+	touch $@
+
 demo: install
 	$(BIN)/star-gate run configs/demo.yaml
 
-test: install
+test: install $(BIN)/.server-tests-installed
 	$(BIN)/python -m pytest -q
 
 clean-demo:

@@ -203,6 +203,27 @@ def write_dataset(folder: Path) -> Path:
     return folder
 
 
+def write_fake_config(folder: Path, dataset_dir: Path, extra: str = "") -> Path:
+    """A config file whose every role is served by the fake backend (no model loads)."""
+    path = folder / "config.yaml"
+    path.write_text(
+        f"run_dir: {folder / 'run'}\n"
+        f"data: {{path: {dataset_dir}}}\n"
+        "roles:\n"
+        "  questioner: {backend: fake}\n"
+        "  roleplayer: {backend: fake, mode: persona}\n"
+        "  judge: {backend: fake}\n"
+        "simulate: {conversations_per_pair: 2, max_turns: 2}\n" + extra
+    )
+    return path
+
+
+@pytest.fixture
+def fake_config_file():
+    """write_fake_config(folder, dataset_dir, extra='') -> path of a fake-backend config there."""
+    return write_fake_config
+
+
 @pytest.fixture(scope="session")
 def dataset_factory():
     """write_dataset(folder) -> folder: writes the small dataset there (for wider-scoped fixtures)."""
@@ -220,6 +241,48 @@ def dataset(dataset_dir):
     from star_gate.data.loaders import load_dataset
 
     return load_dataset(dataset_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_dir, tmp_path_factory, dataset_factory):
+    """A whole 2-iteration run (tiny model as questioner, scorer and judge; fake roleplayer), once.
+
+    Returns (config, eval rows). Tests only read it."""
+    from star_gate.config import RunConfig
+    from star_gate.pipeline import Pipeline
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    config = RunConfig.model_validate(
+        {
+            "run_dir": str(root / "run"),
+            "seed": 0,
+            "iterations": 2,
+            "data": {"path": str(dataset_factory(root / "data"))},
+            "roles": {
+                "questioner": {
+                    "model": str(tiny_dir),
+                    "backend": "transformers",
+                    "device": "cpu",
+                    "max_new_tokens": 6,
+                    "batch_size": 8,
+                },
+                "roleplayer": {"backend": "fake", "mode": "persona"},
+                "judge": {"model": str(tiny_dir), "backend": "transformers", "device": "cpu"},
+            },
+            "simulate": {"conversations_per_pair": 2, "max_turns": 2, "chunk_pairs": 2},
+            "select": {"top_k": 1},
+            "regularize": {"max_new_tokens": 6},
+            "train": {
+                "batch_size": 2,
+                "learning_rate": 1e-3,
+                "validation_fraction": 0.25,
+                "max_length": 2048,
+            },
+            "evaluate": {"conversations_per_pair": 1},
+        }
+    )
+    rows = Pipeline(config, progress=False).run_all()
+    return config, rows
 
 
 # -- recording wrappers ---------------------------------------------------------------------------

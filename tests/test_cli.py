@@ -28,19 +28,6 @@ def squash(text: str) -> str:
     return "".join(text.split())
 
 
-def fake_config_file(tmp_path, dataset_dir) -> Path:
-    path = tmp_path / "fake.yaml"
-    path.write_text(
-        f"run_dir: {tmp_path / 'run'}\n"
-        f"data: {{path: {dataset_dir}}}\n"
-        "roles:\n"
-        "  questioner: {backend: fake}\n"
-        "  roleplayer: {backend: fake, mode: persona}\n"
-        "simulate: {conversations_per_pair: 2, max_turns: 2}\n"
-    )
-    return path
-
-
 def test_validate_good_config(cli):
     result = cli("validate", TINY)
     assert result.exit_code == 0, result.output
@@ -93,7 +80,7 @@ def test_missing_config_file(cli, tmp_path):
     assert "config file not found" in result.output
 
 
-def test_stage_commands_run_and_check_order(cli, tmp_path, dataset_dir):
+def test_stage_commands_run_and_check_order(fake_config_file, cli, tmp_path, dataset_dir):
     config = fake_config_file(tmp_path, dataset_dir)
     early = cli("score", config, "-i", "1")
     assert early.exit_code == 2
@@ -105,7 +92,7 @@ def test_stage_commands_run_and_check_order(cli, tmp_path, dataset_dir):
     assert (tmp_path / "run" / "iter_1" / "regularized.jsonl").exists()
 
 
-def test_run_with_a_missing_split_exits_2(cli, tmp_path, dataset_dir):
+def test_run_with_a_missing_split_exits_2(fake_config_file, cli, tmp_path, dataset_dir):
     config = fake_config_file(tmp_path, dataset_dir)
     result = cli("run", config, "data.test_split=holdout")
     assert result.exit_code == 2

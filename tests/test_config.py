@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from star_gate.config import ConfigError, RunConfig, apply_override, config_to_yaml, load_config
+from star_gate.config import (
+    ConfigError,
+    RunConfig,
+    apply_override,
+    config_to_yaml,
+    load_config,
+    read_config_tree,
+)
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -156,12 +163,25 @@ def test_partly_given_role_keeps_its_own_defaults():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_configs_keep_unset_role_defaults(path):
-    given = (yaml.safe_load(path.read_text()) or {}).get("roles", {})
+    given = read_config_tree(path).get("roles", {})  # after following `base:`
     loaded, defaults = load_config(path).roles, RunConfig().roles
     for role in type(defaults).model_fields:
         for field, default in getattr(defaults, role).model_dump().items():
             if field not in given.get(role, {}):
                 assert getattr(getattr(loaded, role), field) == default, f"roles.{role}.{field}"
+
+
+def test_a_config_can_start_from_a_base(tmp_path):
+    (tmp_path / "base.yaml").write_text("seed: 3\nsimulate: {max_turns: 2, conversations_per_pair: 5}\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nsimulate: {max_turns: 4}\n")
+    config = load_config(tmp_path / "child.yaml", ["seed=4"])
+    assert (config.seed, config.simulate.max_turns, config.simulate.conversations_per_pair) == (4, 4, 5)
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml: config file not found"):
+        load_config(tmp_path / "orphan.yaml")
 
 
 def test_apply_override_in_place():

@@ -24,6 +24,7 @@ def fake_config(run_dir, data_dir, *overrides: str) -> RunConfig:
             "roles.questioner.backend=fake",
             "roles.roleplayer.backend=fake",
             "roles.roleplayer.mode=persona",
+            "roles.judge.backend=fake",
             "simulate.conversations_per_pair=3",
             "simulate.max_turns=3",
             "simulate.chunk_pairs=3",
@@ -85,8 +86,8 @@ def test_one_iteration_on_the_fake_backend(fake_pipeline):
         ("t6", "p6"),
     }
     rows = p.eval_table()
-    assert [r.label for r in rows] == ["negative control", "positive control", "Q_0 conversations"]
-    assert [r.count for r in rows] == [4, 4, 8]
+    assert [r.label for r in rows] == ["negative control", "positive control", "Q_0 conversations", "Q_0 random persona"]
+    assert [r.count for r in rows] == [4, 4, 8, 8]
     assert all(math.isfinite(r.mean) and math.isfinite(r.sem) for r in rows)
 
 
@@ -125,11 +126,11 @@ def test_each_stage_uses_the_right_model(tmp_path, dataset_dir, tiny_dir, monkey
         p.run_stage(iteration, "simulate")
         assert calls(policy)["generate"] > before[0]["generate"]
         p.run_stage(iteration, "score")
-        assert calls(base)["logprobs"] == before[1]["logprobs"] + 1
+        assert calls(base)["logprobs"] == before[1]["logprobs"] + 2  # one batched call per chunk of 3 pairs
         p.run_stage(iteration, "select")
         middle = calls(policy)["generate"]
         p.run_stage(iteration, "regularize")
-        assert calls(policy)["generate"] == middle + 1  # one batched call for every final answer
+        assert calls(policy)["generate"] == middle + 2  # one batched call per chunk of 3 pairs
         p.run_stage(iteration, "train")
         assert p.checkpoint(iteration).is_dir()
     assert calls(str(p.checkpoint(1)))["logprobs"] == 0  # the policy never scores
@@ -211,11 +212,19 @@ def test_unknown_split_is_refused_before_any_model(tmp_path, dataset_dir):
 
 def test_limits_keep_the_first_tasks_and_personas(tmp_path, dataset_dir):
     p = Pipeline(
-        fake_config(tmp_path / "run", dataset_dir, "data.max_tasks=1", "data.max_personas=1"),
+        fake_config(
+            tmp_path / "run", dataset_dir, "data.max_tasks=1", "data.max_personas=1", "evaluate.random_persona=false"
+        ),
         progress=False,
     )
     assert [x.pair_id for x in p.pairs("A")] == ["t1|p1"]
     assert [x.pair_id for x in p.pairs("test")] == ["t5|p5"]
+
+
+def test_random_persona_condition_needs_two_test_personas(tmp_path, dataset_dir):
+    with pytest.raises(ValueError, match="evaluate.random_persona needs at least 2 test personas"):
+        Pipeline(fake_config(tmp_path / "run", dataset_dir, "data.max_personas=1"), progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_limit_splits_with_no_limits_keeps_everything(dataset):
@@ -274,41 +283,6 @@ def test_mean_sem():
 # -- a whole run: the tiny model as questioner and scorer, the fake as roleplayer ----------------
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tiny_dir, tmp_path_factory, dataset_factory):
-    root = tmp_path_factory.mktemp("tiny-run")
-    config = RunConfig.model_validate(
-        {
-            "run_dir": str(root / "run"),
-            "seed": 0,
-            "iterations": 2,
-            "data": {"path": str(dataset_factory(root / "data"))},
-            "roles": {
-                "questioner": {
-                    "model": str(tiny_dir),
-                    "backend": "transformers",
-                    "device": "cpu",
-                    "max_new_tokens": 6,
-                    "batch_size": 8,
-                },
-                "roleplayer": {"backend": "fake", "mode": "persona"},
-            },
-            "simulate": {"conversations_per_pair": 2, "max_turns": 2, "chunk_pairs": 2},
-            "select": {"top_k": 1},
-            "regularize": {"max_new_tokens": 6},
-            "train": {
-                "batch_size": 2,
-                "learning_rate": 1e-3,
-                "validation_fraction": 0.25,
-                "max_length": 2048,
-            },
-            "evaluate": {"conversations_per_pair": 1},
-        }
-    )
-    rows = Pipeline(config, progress=False).run_all()
-    return config, rows
-
-
 def test_whole_run_writes_every_stage(tiny_run):
     config, _ = tiny_run
     run_dir = Pipeline(config, progress=False).run.root
@@ -340,8 +314,11 @@ def test_whole_run_eval_table(tiny_run):
         "negative control",
         "positive control",
         "Q_0 conversations",
+        "Q_0 random persona",
         "Q_1 conversations",
+        "Q_1 random persona",
         "Q_2 conversations",
+        "Q_2 random persona",
     ]
     assert all(r.count == 4 and r.mean < 0 and math.isfinite(r.sem) for r in rows)
 
@@ -385,5 +362,5 @@ def test_paired_gain_averages_per_pair_differences(tiny_run):
     )
     diffs = [later[k] - earlier[k] for k in later]
     assert gain.mean == pytest.approx(sum(diffs) / len(diffs))
-    assert gain.mean == pytest.approx(rows[4].mean - rows[2].mean)  # one conversation per pair
+    assert gain.mean == pytest.approx(rows[6].mean - rows[2].mean)  # one conversation per pair
     assert p.paired_gain(3, 0) is None

@@ -64,3 +64,16 @@ def test_different_config_is_refused_unless_restarting(config, tmp_path):
     assert restarted.manifest["stages"] == {}
     assert load_config(tmp_path / "run" / "config.yaml").seed == 4
     assert RunDir(changed).manifest["stages"] == {}
+
+
+def test_a_config_saved_before_a_new_field_existed_still_resumes(config, tmp_path):
+    RunDir(config)
+    saved = tmp_path / "run" / "config.yaml"
+    # as an older star-gate wrote it: without a field added since, whose default changes nothing
+    older = "\n".join(line for line in saved.read_text().splitlines() if "random_persona" not in line)
+    saved.write_text(older + "\n")
+    RunDir(config)  # accepted: equal as configs
+    assert "random_persona" in saved.read_text()  # and saved again in the current form
+    saved.write_text(saved.read_text().replace("seed: 3", "seed: 4"))
+    with pytest.raises(ConfigError, match="different config"):
+        RunDir(config)

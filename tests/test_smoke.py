@@ -18,17 +18,17 @@ TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 ENV = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "COLUMNS": "200"}
 
 
+def star_gate_command() -> list[str]:
+    """The installed `star-gate` script beside this Python, or the same entry point through -c."""
+    script = Path(sys.executable).with_name("star-gate")
+    return [str(script)] if script.exists() else [sys.executable, "-c", "from star_gate.cli import main; main()"]
+
+
 @pytest.mark.slow
 def test_tiny_config_end_to_end(tmp_path):
     run_dir = tmp_path / "run"
-    script = Path(sys.executable).with_name("star-gate")
-    command = (
-        [str(script)]
-        if script.exists()
-        else [sys.executable, "-c", "from star_gate.cli import main; main()"]
-    )
     done = subprocess.run(
-        [*command, "run", str(TINY), f"run_dir={run_dir}"],
+        [*star_gate_command(), "run", str(TINY), f"run_dir={run_dir}"],
         check=False,
         capture_output=True,
         text=True,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -18,8 +18,19 @@ console = Console()
 err_console = Console(stderr=True)
 
 ConfigArg = Annotated[str, typer.Argument(help="YAML config file")]
-OverridesArg = Annotated[Optional[list[str]], typer.Argument(help="overrides like simulate.max_turns=2")]
+OverridesArg = Annotated[list[str] | None, typer.Argument(help="overrides like simulate.max_turns=2")]
 RestartOpt = Annotated[bool, typer.Option("--restart", help="start the run directory over")]
+BranchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--branch",
+        metavar="NEW_RUN_DIR",
+        help="continue in NEW_RUN_DIR under this (changed) config: every stage finished in the "
+        "config's run_dir is copied there and kept as it is, even where the change would have "
+        "altered it; only the stages not yet finished run under the new config. Rerun the same "
+        "command to resume the branch.",
+    ),
+]
 
 
 def _load(config: str, overrides: list[str] | None) -> RunConfig:
@@ -30,11 +41,13 @@ def _load(config: str, overrides: list[str] | None) -> RunConfig:
         raise typer.Exit(2) from None
 
 
-def _pipeline(cfg: RunConfig, restart: bool = False):
+def _pipeline(cfg: RunConfig, restart: bool = False, branch_from: str | None = None, checkpoints=None):
     from star_gate.pipeline import Pipeline
 
     try:
-        return Pipeline(cfg, restart=restart, progress=sys.stderr.isatty())
+        return Pipeline(
+            cfg, restart=restart, progress=sys.stderr.isatty(), branch_from=branch_from, checkpoints=checkpoints
+        )
     except (ConfigError, DataError, ValueError) as err:
         err_console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from None
@@ -55,19 +68,88 @@ def print_eval_table(rows, title: str = "test gold log-prob, log p_base(g | ...)
 
 
 @app.command()
-def run(config: ConfigArg, overrides: OverridesArg = None, restart: RestartOpt = False) -> None:
+def run(
+    config: ConfigArg, overrides: OverridesArg = None, restart: RestartOpt = False, branch: BranchOpt = None
+) -> None:
     """Run the whole loop: N iterations and the test-split evaluation. Resumes when rerun."""
     cfg = _load(config, overrides)
-    pipeline = _pipeline(cfg, restart)
-    rows = pipeline.run_all()
-    console.print(f"run directory: {cfg.run_dir}")
+    source = None
+    if branch is not None:
+        if restart:
+            err_console.print("[red]error:[/red] --restart and --branch exclude each other")
+            raise typer.Exit(2)
+        source, cfg = cfg.run_dir, cfg.model_copy(update={"run_dir": branch})
+    pipeline = _pipeline(cfg, restart, branch_from=source)
+    _summarise(pipeline, pipeline.run_all())
+
+
+def _summarise(pipeline, rows) -> None:
+    """The closing table, the paired gain and win rate of the last iteration, and report.md."""
+    from star_gate.report import write_report
+
+    console.print(f"run directory: {pipeline.run.root}")
     print_eval_table(rows)
-    gain = pipeline.paired_gain(cfg.iterations, 0)
+    results = pipeline.results()
+    last = max(results.iterations())
+    gain = results.paired_gain(last, 0) if last > 0 else None
     if gain is not None:
         sems = gain.mean / gain.sem if gain.sem > 0 else float("nan")
         console.print(
             f"{gain.label}: {gain.mean:+.2f} ± {gain.sem:.2f} nats over {gain.count} pairs ({sems:+.1f} SEMs)"
         )
+    rate = results.win_rate(last) if last > 0 else None
+    if rate is not None:
+        console.print(
+            f"win rate of Q_{last} against Q_0: {rate.mean:.3f} ± {rate.sem:.3f} over {rate.count} judged answers "
+            f"(judge {pipeline.config.roles.judge.model}, position bias {rate.position_bias:.2f})"
+        )
+    console.print(f"report: {write_report([pipeline.run.root])}")
+
+
+@app.command("eval")
+def evaluate(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    from_run: Annotated[str | None, typer.Option("--from", help="a run directory whose iter_k checkpoints to evaluate")] = None,
+    checkpoint: Annotated[list[str] | None, typer.Option(help="a checkpoint to evaluate as Q_1, Q_2, ... (repeatable)")] = None,
+) -> None:
+    """Run the evaluation alone (all conditions, win rates) on Q_0 and the given checkpoints, into the
+    config's run_dir. Resumes when rerun, like `run`."""
+    from pathlib import Path
+
+    cfg = _load(config, overrides)
+    found: dict[int, str] = {}
+    if from_run:
+        iteration = 1
+        while (Path(from_run) / f"iter_{iteration}" / "checkpoint" / "config.json").exists():
+            found[iteration] = str(Path(from_run) / f"iter_{iteration}" / "checkpoint")
+            iteration += 1
+    for iteration, path in enumerate(checkpoint or [], start=len(found) + 1):
+        if not Path(path).exists():
+            err_console.print(f"[red]error:[/red] checkpoint {path} not found")
+            raise typer.Exit(2)
+        found[iteration] = path
+    if not found:
+        err_console.print("[red]error:[/red] no checkpoints: give --from RUN_DIR (with iter_k/checkpoint) or --checkpoint PATH")
+        raise typer.Exit(2)
+    pipeline = _pipeline(cfg, checkpoints=found)
+    _summarise(pipeline, pipeline.evaluate_checkpoints())
+
+
+@app.command()
+def report(
+    runs: Annotated[list[str], typer.Argument(help="run directories; the first holds the report unless --out")],
+    out: Annotated[str | None, typer.Option(help="folder for report.md and the plots")] = None,
+    examples: Annotated[int, typer.Option(help="test pairs shown conversation by conversation")] = 3,
+) -> None:
+    """Write report.md and PNG plots (log-probs, win rates) for one run or several side by side."""
+    from star_gate.report import write_report
+
+    try:
+        console.print(f"report: {write_report(runs, out, examples)}")
+    except (FileNotFoundError, ConfigError, DataError) as err:
+        err_console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -139,7 +221,7 @@ def main() -> None:  # pragma: no cover
     app()
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Check (and later build) persona–task–gold datasets.")
+data_app = typer.Typer(no_args_is_help=True, help="Build and check persona–task–gold datasets.")
 app.add_typer(data_app, name="data")
 
 
@@ -182,3 +264,101 @@ def data_check(
         failed |= share < min_share
     console.print("[red]FAILED[/red]" if failed else "[green]passed[/green]")
     raise typer.Exit(1 if failed else 0)
+
+
+FolderArg = Annotated[str, typer.Argument(help="the dataset folder being built")]
+ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="config naming the oracle model")]
+SeedOpt = Annotated[int, typer.Option(help="seed for shuffling into splits and for sampling")]
+
+
+def _data_step(step):
+    """Run a dataset-building step; bad input is exit status 2 with the message, as everywhere."""
+    from star_gate.data.build import DatasetFolder
+
+    try:
+        return step(DatasetFolder)
+    except (DataError, ValueError) as err:
+        err_console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    except RuntimeError as err:  # the model would not produce usable output: not the input's fault
+        err_console.print(f"[red]failed:[/red] {err}")
+        raise typer.Exit(1) from None
+
+
+@data_app.command("tasks")
+def data_tasks(
+    folder: FolderArg,
+    source: Annotated[str, typer.Option(help="a .jsonl/.csv/.txt file, a dataset folder, or a hub dataset id")],
+    column: Annotated[str, typer.Option(help="the field or column holding the request text")] = "text",
+    hub_split: Annotated[str, typer.Option(help="which split of a hub dataset to read")] = "train",
+    splits: Annotated[str, typer.Option(help="tasks per split")] = "A=20,B=20,test=10",
+    seed: SeedOpt = 0,
+) -> None:
+    """Import requests, drop empty and near-duplicate ones, keep the first needed, split them."""
+    from star_gate.data.build import build_tasks, parse_split_sizes, read_requests
+
+    def step(folder_cls):
+        sizes = parse_split_sizes(splits)
+        build_tasks(folder_cls(folder), read_requests(source, column, hub_split), sizes, seed, source, say=console.print)
+
+    _data_step(step)
+
+
+@data_app.command("personas")
+def data_personas(
+    folder: FolderArg,
+    config: ConfigOpt = None,
+    overrides: OverridesArg = None,
+    seeds: Annotated[str, typer.Option(help="seed personas: a personas.jsonl, or 'bundled'")] = "bundled",
+    splits: Annotated[str, typer.Option(help="personas per split (the task splits' names)")] = "A=8,B=8,test=4",
+    temperature: Annotated[float, typer.Option(help="sampling temperature (varied people need > 0)")] = 0.9,
+    max_new_tokens: Annotated[int, typer.Option(help="length limit of one persona")] = 256,
+    seed: SeedOpt = 0,
+) -> None:
+    """The oracle writes new personas, each call shown 2 random seed personas; then they are split."""
+    from star_gate.backends import SamplingParams, load_backend
+    from star_gate.data.build import build_personas, parse_split_sizes, plan_personas
+    from star_gate.data.loaders import load_personas, resolve_dataset_path
+    from star_gate.roles.prompts import get_template
+
+    role = _load(config, overrides).roles.oracle
+
+    def step(folder_cls):
+        target, sizes = folder_cls(folder), parse_split_sizes(splits)
+        seed_personas = list(load_personas(_personas_file(resolve_dataset_path(seeds))).values())
+        to_write = plan_personas(target, seed_personas, sizes)
+        oracle = load_backend(role, progress=sys.stderr.isatty()) if to_write else None
+        params = SamplingParams(temperature=temperature, top_p=role.top_p, max_new_tokens=max_new_tokens)
+        build_personas(target, oracle, get_template("persona_writer"), seed_personas, sizes, params, seed, say=console.print)
+
+    _data_step(step)
+
+
+def _personas_file(path):
+    return path / "personas.jsonl" if path.is_dir() else path
+
+
+@data_app.command("gold")
+def data_gold(
+    folder: FolderArg,
+    config: ConfigOpt = None,
+    overrides: OverridesArg = None,
+    split: Annotated[list[str] | None, typer.Option(help="only these splits (default: all)")] = None,
+) -> None:
+    """The oracle (roles.oracle in the config) writes the gold answer for every pair of the splits."""
+    from star_gate.backends import SamplingParams, load_backend
+    from star_gate.data.build import build_gold, plan_gold
+    from star_gate.roles.prompts import get_template
+
+    role = _load(config, overrides).roles.oracle
+
+    def step(folder_cls):
+        target = folder_cls(folder)
+        if not plan_gold(target, split):
+            console.print("gold: every pair already has an answer (0 model calls)")
+            return
+        oracle = load_backend(role, progress=sys.stderr.isatty())
+        params = SamplingParams(temperature=role.temperature, top_p=role.top_p, max_new_tokens=role.max_new_tokens)
+        build_gold(target, oracle, get_template(role.prompt or "oracle"), params, split, say=console.print)
+
+    _data_step(step)

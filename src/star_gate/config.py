@@ -7,6 +7,7 @@ name), and cross-field rules are checked here, before any model is loaded.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +23,9 @@ class Section(BaseModel):
 
 class RoleConfig(Section):
     model: str = Field("bundled", description="'bundled' (SmolLM2-135M-Instruct), a local folder or a hub id")
-    backend: Literal["transformers", "fake"] = Field("transformers", description="which backend serves this role")
+    backend: Literal["transformers", "fake", "openai"] = Field(
+        "transformers", description="which backend serves this role; openai: any OpenAI-compatible server"
+    )
     prompt: str = Field("", description="prompt template name (roles/prompts.py); empty for the role's default")
     temperature: float = Field(0.9, ge=0, description="sampling temperature; 0 is greedy")
     top_p: float = Field(0.9, gt=0, le=1, description="nucleus sampling mass")
@@ -31,11 +34,50 @@ class RoleConfig(Section):
     dtype: str = Field("auto", description="'auto' (bf16 on GPU, fp32 on CPU), 'float32', 'bfloat16'")
     batch_size: int = Field(16, ge=1, description="sequences per forward pass")
     max_context: int = Field(2048, ge=64, description="prompts longer than this are cut from the left (counted)")
+    # backend: openai only (model is then the name the server knows the model by)
+    base_url: str = Field(
+        "", description="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1; empty: api.openai.com"
+    )
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="environment variable holding the API key (never the key itself)"
+    )
+    max_concurrency: int = Field(4, ge=1, description="requests in flight at once")
+    request_timeout: float = Field(60.0, gt=0, description="seconds before a request times out (retried)")
+    max_retries: int = Field(
+        6, ge=0, description="retries after 429, 5xx, timeouts, refused connections (exponential backoff)"
+    )
+    logprobs: Literal["auto", "echo", "prompt_logprobs", "none"] = Field(
+        "auto",
+        description="how completion log-probs are read: echo (/v1/completions with echo: llama.cpp, "
+        "vLLM), prompt_logprobs (vLLM), auto (the first that passes a check), none (cannot score)",
+    )
+    chat_template: str = Field(
+        "", description="model whose tokenizer renders chats into prompts when scoring; default: model"
+    )
+
+    @model_validator(mode="after")
+    def _key_env_is_a_name(self):
+        # A key pasted here would be written to config.yaml; a variable name cannot be a secret.
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
+            raise ValueError(
+                "api_key_env must name an environment variable (like OPENAI_API_KEY), not hold the key"
+            )
+        return self
 
     @model_validator(mode="after")
     def _known_prompt(self):
         if self.prompt and self.prompt not in TEMPLATES:
             raise ValueError(f"prompt {self.prompt!r} is not a template; choose from {sorted(TEMPLATES)}")
+        return self
+
+    @model_validator(mode="after")
+    def _reply_fits_context(self):
+        # The prompt is cut to leave room for the reply; a reply as long as the context leaves none.
+        if self.max_new_tokens >= self.max_context:
+            raise ValueError(
+                f"max_new_tokens ({self.max_new_tokens}) must be smaller than "
+                f"max_context ({self.max_context})"
+            )
         return self
 
 
@@ -110,6 +152,30 @@ class TrainConfig(Section):
 class EvaluateConfig(Section):
     conversations_per_pair: int = Field(10, ge=1, description="conversations per test pair per model")
     max_turns: int | None = Field(None, ge=1, description="K for evaluation; default: simulate.max_turns")
+    random_persona: bool = Field(
+        True, description="also simulate with the roleplayer holding another test persona (paper's random condition)"
+    )
+    win_rates: bool = Field(True, description="judge each Q_k's final answers against Q_0's with roles.judge")
+    judged_conversations_per_pair: int = Field(
+        1, ge=1, description="conversations per test pair whose final answers are judged (paper: 1)"
+    )
+    judge_order: Literal["random", "counterbalanced"] = Field(
+        "random",
+        description="random: one order per comparison, drawn from the seed (paper); "
+        "counterbalanced: both orders, and a disagreement counts as a tie",
+    )
+    judge_method: Literal["generate", "logprobs"] = Field(
+        "logprobs",
+        description="generate: parse the judge's 'A'/'B' reply (API judges); "
+        "logprobs: compare log p('A') with log p('B'), which never fails to parse",
+    )
+    answer_max_new_tokens: int = Field(200, ge=1, description="longest final answer that is judged")
+    response_model_ablation: bool = Field(
+        False, description="also judge Q_BASE's answers after Q_k's conversations (isolates the questions)"
+    )
+    roleplayer: RoleplayerConfig | None = Field(
+        None, description="roleplayer for test conversations (generalization ablation); default: roles.roleplayer"
+    )
 
 
 class RunConfig(Section):
@@ -130,6 +196,40 @@ class RunConfig(Section):
             raise ValueError(
                 f"select.top_k ({self.select.top_k}) cannot exceed "
                 f"simulate.conversations_per_pair ({self.simulate.conversations_per_pair})"
+            )
+        if self.evaluate.judged_conversations_per_pair > self.evaluate.conversations_per_pair:
+            raise ValueError(
+                f"evaluate.judged_conversations_per_pair ({self.evaluate.judged_conversations_per_pair}) cannot "
+                f"exceed evaluate.conversations_per_pair ({self.evaluate.conversations_per_pair})"
+            )
+        if self.evaluate.answer_max_new_tokens >= self.roles.questioner.max_context:
+            raise ValueError(
+                f"evaluate.answer_max_new_tokens ({self.evaluate.answer_max_new_tokens}) must be smaller than "
+                f"roles.questioner.max_context ({self.roles.questioner.max_context}), the policy that answers"
+            )
+        context = self.roles.questioner.max_context
+        if self.regularize.max_new_tokens >= context:
+            raise ValueError(
+                f"regularize.max_new_tokens ({self.regularize.max_new_tokens}) must be smaller than "
+                f"roles.questioner.max_context ({context}), the policy that writes the final answers"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _api_roles_that_score(self):
+        # Refused here, before any model loads; whether a server's log-probs can be trusted is
+        # checked by a probe when the pipeline starts (backends/openai_compat.py).
+        if self.roles.questioner.backend == "openai":
+            raise ValueError(
+                "roles.questioner.backend cannot be 'openai': the questioner is fine-tuned every "
+                "iteration and its base model scores the gold answers, so it must be a local model"
+            )
+        judge = self.roles.judge
+        judge_scores = self.evaluate.win_rates and self.evaluate.judge_method == "logprobs"
+        if judge_scores and judge.backend == "openai" and judge.logprobs == "none":
+            raise ValueError(
+                "roles.judge has logprobs: none, so it cannot score with evaluate.judge_method "
+                "'logprobs'; set judge_method: generate, or serve the judge where log-probs exist"
             )
         return self
 
@@ -152,10 +252,23 @@ def _field_names(model: type[BaseModel], prefix: str = "") -> list[str]:
     return names
 
 
+# Key names that hold a secret (api_key, openai_api_key, hf_token, client_secret), not max_new_token.
+_SECRET_KEY = re.compile(
+    r"(^|_)(api_?key|secret|password|passwd|credentials?)($|_)|^((hf|access|auth|api|bearer)_)?token$",
+    re.IGNORECASE,
+)
+
+
 def _explain(error: ValidationError, source: str) -> str:
+    """One sentence naming the field. Never the value: it may be a secret put in the wrong place."""
     first = error.errors()[0]
     location = ".".join(str(part) for part in first["loc"])
     if first["type"] == "extra_forbidden":
+        if _SECRET_KEY.search(str(first["loc"][-1])):
+            return (
+                f"{source}: unknown key '{location}'; secrets such as API keys are never read from "
+                "a config: set them in the environment (e.g. OPENAI_API_KEY) instead"
+            )
         close = difflib.get_close_matches(location, _field_names(RunConfig), n=1, cutoff=0.5)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         return f"{source}: unknown key '{location}'{hint}"
@@ -180,27 +293,44 @@ def apply_override(tree: dict[str, Any], override: str) -> None:
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
     """Read a YAML config, apply overrides and validate.
 
+    A config may start from another with `base: other.yaml` (a path relative to the config), so an
+    ablation states only what it changes; sections merge key by key.
+
     Raises:
         ConfigError: one sentence naming the file and the field.
     """
-    tree: dict[str, Any] = {}
-    source = "overrides"
-    if path is not None:
-        source = str(path)
-        try:
-            tree = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+    tree: dict[str, Any] = read_config_tree(Path(path)) if path is not None else {}
+    source = str(path) if path is not None else "overrides"
     for override in overrides:
         apply_override(tree, override)
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_explain(err, source)) from None
+
+
+def read_config_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    if "base" not in tree:
+        return tree
+    base = path.parent / str(tree.pop("base"))
+    if base.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to {base}")
+    return _merge(read_config_tree(base, (*seen, path.resolve())), tree)
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
 
 
 def config_to_yaml(config: RunConfig) -> str:

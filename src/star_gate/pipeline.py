@@ -7,23 +7,30 @@ the test pairs. Every step writes its records to the run directory and is skippe
 
 from __future__ import annotations
 
-import math
 import shutil
-import statistics
+import weakref
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
-from star_gate.backends import Backend, SamplingParams, backend_class
-from star_gate.config import RoleConfig, RunConfig
+from star_gate.backends import Backend, SamplingParams, load_backend
+from star_gate.config import RoleConfig, RoleplayerConfig, RunConfig
 from star_gate.data.loaders import load_dataset
-from star_gate.data.records import Conversation, Dataset, Pair, ScoredControl
-from star_gate.roles.players import GroundedRoleplayer, PersonaRoleplayer, Questioner, Roleplayer
+from star_gate.data.records import Conversation, Dataset, Pair
+from star_gate.faults import crash_point
+from star_gate.results import Estimate, RunResults
+from star_gate.roles.players import (
+    GroundedRoleplayer,
+    Judge,
+    PersonaRoleplayer,
+    Questioner,
+    Roleplayer,
+)
 from star_gate.roles.prompts import get_template
 from star_gate.rundir import RunDir
 from star_gate.stages import regularize, score_controls, score_conversations, select_top_k, simulate
+from star_gate.stages.evaluate import judge_answers, mean_sem, random_personas  # noqa: F401 (mean_sem: API)
 from star_gate.stages.train import build_examples, finetune
 
 STAGES = ("simulate", "score", "select", "regularize", "train")
@@ -43,47 +50,86 @@ def limit_splits(dataset: Dataset, max_tasks: int | None, max_personas: int | No
     return dataset
 
 
-def mean_sem(values: Sequence[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    sem = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return mean, sem
+def backend_work(backend: Backend) -> dict[str, int]:
+    """Running totals a backend keeps: prompts it truncated, and an API backend's calls and tokens."""
+    counts = {"truncated_prompts": getattr(backend, "truncated_prompts", 0)}
+    if hasattr(backend, "api_counts"):
+        counts.update(backend.api_counts())
+    return counts
 
 
-@dataclass
-class EvalRow:
-    label: str
-    mean: float
-    sem: float
-    count: int
+def check_api_roles(config: RunConfig) -> None:
+    """Refuse, before the run directory is touched, an API role whose key is missing from the
+    environment, or a judge that must score on a server whose log-probs fail the probe."""
+    used = {"roles.judge": config.roles.judge} if config.evaluate.win_rates else {}
+    roleplayers = {"roles.roleplayer": config.roles.roleplayer, "evaluate.roleplayer": config.evaluate.roleplayer}
+    for label, role in roleplayers.items():
+        if role is not None and role.mode != "facts":
+            used[label] = role
+    api_roles = {label: role for label, role in used.items() if role.backend == "openai"}
+    if not api_roles:
+        return
+    from star_gate.backends.openai_compat import check_role
+
+    run_dir = Path(config.run_dir)
+    # The run's own cache when it exists (a rerun pays nothing); never created here, so that
+    # a refused config leaves no run directory behind and --branch still finds none.
+    cache = run_dir / "api_cache.sqlite" if run_dir.is_dir() else None
+    for label, role in api_roles.items():
+        must_score = label == "roles.judge" and config.evaluate.judge_method == "logprobs"
+        check_role(role, label, must_score, cache)
 
 
 class Pipeline:
     """Runs, resumes and evaluates one STaR-GATE experiment described by a RunConfig."""
 
-    def __init__(self, config: RunConfig, restart: bool = False, progress: bool = True):
+    def __init__(
+        self, config: RunConfig, restart: bool = False, progress: bool = True, branch_from: str | None = None,
+        checkpoints: dict[int, str] | None = None,
+    ):
+        """checkpoints: iteration -> a policy checkpoint made elsewhere (`star-gate eval`)."""
         self.config = config
         self.progress = progress
+        self.external_checkpoints = dict(checkpoints or {})
         dataset = load_dataset(config.data.path)  # validated before any model loads
         for split in (*config.data.train_splits, config.data.test_split):
             if split not in dataset.splits:
                 raise ValueError(f"data.path has no split {split!r}; it has {sorted(dataset.splits)}")
         self.dataset = limit_splits(dataset, config.data.max_tasks, config.data.max_personas)
-        self.run = RunDir(config, restart=restart)
+        if config.evaluate.random_persona and len(self.dataset.splits[config.data.test_split]["personas"]) < 2:
+            raise ValueError(
+                "evaluate.random_persona needs at least 2 test personas; set it to false or use more personas"
+            )
+        check_api_roles(config)  # keys present, and a scoring server's log-probs pass a probe
+        self.run = RunDir(config, restart=restart, branch_from=branch_from)
         self._backends: dict[tuple, Backend] = {}
+        self._counted: dict[tuple, tuple[weakref.ref, dict[str, int]]] = {}  # work already counted
+        self.run.work_counts = self._new_work
         self._retriever = None
 
     # -- players ------------------------------------------------------------------------------
     def backend(self, role: RoleConfig, model: str | None = None) -> Backend:
-        """One backend per (kind, model, device); roles naming the same model share it."""
+        """One backend per (kind, model, device or server); roles naming the same model share it."""
         model = model or role.model
-        key = (role.backend, model, role.device, role.dtype)
+        key = (role.backend, model, role.device, role.dtype, role.base_url, role.api_key_env, role.logprobs)
         if key not in self._backends:
-            cls = backend_class(role.backend)
-            self._backends[key] = cls(
-                model=model, device=role.device, dtype=role.dtype, batch_size=role.batch_size,
-                max_context=role.max_context, progress=self.progress,
-            )
+            # API backends keep their answers in the run directory: a rerun never pays twice.
+            cache = self.run.path("api_cache.sqlite")
+            self._backends[key] = load_backend(role, model, self.progress, cache_path=cache)
         return self._backends[key]
+
+    def _new_work(self) -> dict[str, int]:
+        """Work the backends counted since the last call (RunDir.mark_done stores it with each
+        finished stage): prompts cut to fit max_context, and API calls, cache hits and tokens."""
+        new = {"truncated_prompts": 0}
+        for key, backend in self._backends.items():
+            counts = backend_work(backend)
+            # A weak reference, so that counting never keeps a released model in memory.
+            seen_ref, seen = self._counted.get(key, (lambda: None, {}))
+            for name, value in counts.items():
+                new[name] = new.get(name, 0) + value - (seen.get(name, 0) if seen_ref() is backend else 0)
+            self._counted[key] = (weakref.ref(backend), counts)
+        return new
 
     def release_policy(self, iteration: int) -> None:
         """Free the memory of a fine-tuned policy that no later step needs."""
@@ -91,6 +137,8 @@ class Pipeline:
         self._backends = {k: v for k, v in self._backends.items() if k[1] != path}
 
     def checkpoint(self, iteration: int) -> Path:
+        if iteration in self.external_checkpoints:
+            return Path(self.external_checkpoints[iteration])
         return self.run.path(f"iter_{iteration}", "checkpoint")
 
     def scorer(self) -> Backend:
@@ -104,8 +152,8 @@ class Pipeline:
         params = SamplingParams(temperature=role.temperature, top_p=role.top_p, max_new_tokens=role.max_new_tokens)
         return Questioner(self.backend(role, model), get_template(role.prompt or "questioner_fewshot"), params)
 
-    def roleplayer(self) -> Roleplayer:
-        role = self.config.roles.roleplayer
+    def roleplayer(self, role: RoleplayerConfig | None = None) -> Roleplayer:
+        role = role or self.config.roles.roleplayer
         params = SamplingParams(temperature=role.temperature, top_p=role.top_p, max_new_tokens=role.max_new_tokens)
         backend = self.backend(role) if role.mode != "facts" else None
         if role.mode == "persona":
@@ -127,23 +175,58 @@ class Pipeline:
         return self.dataset.pairs(split)
 
     # -- stages -----------------------------------------------------------------------------------
-    def _simulate_chunked(self, key: str, out: str, pairs: list[Pair], policy_iteration: int, n: int, turns: int):
-        """Simulate in chunks of pairs, each saved on its own, then merge: a crash loses one chunk."""
+    def _in_chunks(self, key: str, out: str, items: list, work: Callable[[list, int], list], size: int, **info):
+        """Apply work(chunk, chunk_index) to items in chunks, saving each chunk's records on its own,
+        then merge them in order: a crash loses at most the chunk in progress."""
         if self.run.is_done(key):
             return
-        size = self.config.simulate.chunk_pairs
-        conversations: list[Conversation] = []
-        for index, start in enumerate(range(0, len(pairs), size)):
+        records: list[Conversation] = []
+        for index, start in enumerate(range(0, len(items), size)):
             chunk_key = f"{key}/chunk_{index:04d}"
             if not self.run.is_done(chunk_key):
-                chunk = simulate(
-                    pairs[start : start + size], self.questioner(policy_iteration), self.roleplayer(),
-                    conversations_per_pair=n, max_turns=turns,
-                    seed=stage_seed(self.config.seed, key, index),
-                )
-                self.run.write_records(chunk_key, f"{out}.chunks/{index:04d}.jsonl", chunk)
-            conversations += self.run.records(chunk_key, Conversation.from_json)
-        self.run.write_records(key, out, conversations, pairs=len(pairs))
+                self.run.write_records(chunk_key, f"{out}.chunks/{index:04d}.jsonl", work(items[start : start + size], index))
+            records += self.run.records(chunk_key, Conversation.from_json)
+        self.run.write_records(key, out, records, **info)
+
+    def _chunk_of(self, conversations: list[Conversation]) -> int:
+        """Conversations per chunk: those of simulate.chunk_pairs pairs."""
+        per_pair = max(1, len(conversations) // max(1, len({c.pair_id for c in conversations})))
+        return self.config.simulate.chunk_pairs * per_pair
+
+    def _simulate_chunked(
+        self, key: str, out: str, pairs: list[Pair], policy_iteration: int, n: int, turns: int,
+        seed_key: str | None = None, roleplayer: RoleplayerConfig | None = None, acting: dict | None = None,
+    ):
+        """Simulate in chunks of simulate.chunk_pairs pairs.
+
+        seed_key (default: key) names the random stream; evaluation shares one across iterations,
+        so every Q_k meets the same conversation lengths and roleplayer samples (paired comparisons).
+        roleplayer (default: roles.roleplayer) configures who answers; acting maps pair ids to the
+        persona the roleplayer plays instead of the pair's own (random-persona condition).
+        """
+
+        def work(chunk: list[Pair], index: int) -> list[Conversation]:
+            return simulate(
+                chunk, self.questioner(policy_iteration), self.roleplayer(roleplayer),
+                conversations_per_pair=n, max_turns=turns,
+                seed=stage_seed(self.config.seed, seed_key or key, index), roleplayer_personas=acting,
+            )
+
+        self._in_chunks(key, out, pairs, work, self.config.simulate.chunk_pairs, pairs=len(pairs))
+
+    def _score_chunked(self, key: str, out: str, conversations: list[Conversation], pairs: list[Pair]) -> None:
+        def work(chunk: list[Conversation], _index: int) -> list[Conversation]:
+            return score_conversations(chunk, pairs, self.scorer())
+
+        self._in_chunks(key, out, conversations, work, self._chunk_of(conversations))
+
+    def _answer_chunked(self, key: str, out: str, conversations: list[Conversation], pairs: list[Pair],
+                        policy: Questioner | None, mode: str, max_new_tokens: int) -> None:
+        """Final answers (or none, or the gold) appended to conversations, chunk by chunk."""
+        def work(chunk: list[Conversation], _index: int) -> list[Conversation]:
+            return regularize(chunk, pairs, policy, mode, max_new_tokens)
+
+        self._in_chunks(key, out, conversations, work, self._chunk_of(conversations), mode=mode)
 
     def simulate_stage(self, iteration: int) -> None:
         sim = self.config.simulate
@@ -162,8 +245,7 @@ class Pipeline:
             return
         self._require(f"iter_{iteration}/simulate")
         conversations = self.run.records(f"iter_{iteration}/simulate", Conversation.from_json)
-        scored = score_conversations(conversations, self.pairs(self.split_for(iteration)), self.scorer())
-        self.run.write_records(key, f"iter_{iteration}/scored.jsonl", scored)
+        self._score_chunked(key, f"iter_{iteration}/scored.jsonl", conversations, self.pairs(self.split_for(iteration)))
 
     def select_stage(self, iteration: int) -> None:
         key = f"iter_{iteration}/select"
@@ -181,8 +263,8 @@ class Pipeline:
         kept = self.run.records(f"iter_{iteration}/select", Conversation.from_json)
         mode = self.config.regularize.mode
         policy = self.questioner(iteration - 1) if mode == "policy" else None
-        final = regularize(kept, self.pairs(self.split_for(iteration)), policy, mode, self.config.regularize.max_new_tokens)
-        self.run.write_records(key, f"iter_{iteration}/regularized.jsonl", final, mode=mode)
+        self._answer_chunked(key, f"iter_{iteration}/regularized.jsonl", kept, self.pairs(self.split_for(iteration)),
+                             policy, mode, self.config.regularize.max_new_tokens)
 
     def train_stage(self, iteration: int) -> None:
         key = f"iter_{iteration}/train"
@@ -200,9 +282,11 @@ class Pipeline:
         examples, truncated = build_examples(kept, self.pairs(self.split_for(iteration)), template, tokenizer, cfg.max_length)
         target = self.checkpoint(iteration)
         staging = target.with_name("checkpoint.partial")
+        shutil.rmtree(staging, ignore_errors=True)  # a crashed attempt's files must not mix in
         metrics = finetune(examples, role.model, staging, cfg, seed=stage_seed(self.config.seed, key))
         shutil.rmtree(staging / "trainer", ignore_errors=True)
-        if target.exists():
+        crash_point("before_rename", key)
+        if target.exists():  # renamed by a run that crashed before listing it in the manifest
             shutil.rmtree(target)
         staging.rename(target)  # the checkpoint appears whole or not at all
         self.run.mark_done(key, target, truncated_examples=truncated, **metrics)
@@ -214,18 +298,71 @@ class Pipeline:
             self.run.write_records(key, "eval/controls.jsonl", controls)
 
     def evaluate_stage(self, iteration: int) -> None:
-        """Simulate test conversations with Q_iteration and score the gold under them."""
-        key = f"eval/iter_{iteration}"
+        """Everything the test split says about Q_iteration: gold log-probs under its conversations
+        (and, with evaluate.random_persona, under conversations with another test persona), its
+        temperature-0 final answers, and (iteration > 0, evaluate.win_rates) the judge's verdicts
+        against Q_0's answers."""
+        evaluate = self.config.evaluate
         pairs = self.pairs(self.config.data.test_split)
-        simulate_key = f"{key}/simulate"
+        self._score_test_conversations(iteration, "experimental", pairs)
+        if evaluate.random_persona:
+            self._score_test_conversations(iteration, "random", pairs, random_personas(pairs, self.config.seed))
+        if evaluate.win_rates:
+            self._final_answers(iteration, pairs)
+            if iteration > 0:
+                self._final_answers(0, pairs)
+                self._judge(iteration, "judge", self.run.records(f"eval/iter_{iteration}/answers", Conversation.from_json), pairs)
+                if evaluate.response_model_ablation:
+                    self._base_answers_and_judge(iteration, pairs)
+
+    def _score_test_conversations(self, iteration: int, condition: str, pairs: list[Pair], acting=None) -> None:
+        evaluate = self.config.evaluate
+        key = f"eval/iter_{iteration}" + ("" if condition == "experimental" else f"/{condition}")
+        stem = f"eval/iter_{iteration}" + ("" if condition == "experimental" else f"_{condition}")
         self._simulate_chunked(
-            simulate_key, f"eval/iter_{iteration}_conversations.jsonl", pairs, iteration,
-            self.config.evaluate.conversations_per_pair, self.config.eval_max_turns,
+            f"{key}/simulate", f"{stem}_conversations.jsonl", pairs, iteration, evaluate.conversations_per_pair,
+            self.config.eval_max_turns, seed_key="eval/simulate", roleplayer=evaluate.roleplayer, acting=acting,
         )
         if not self.run.is_done(key):
-            conversations = self.run.records(simulate_key, Conversation.from_json)
-            scored = score_conversations(conversations, pairs, self.scorer())
-            self.run.write_records(key, f"eval/iter_{iteration}_scored.jsonl", scored)
+            conversations = self.run.records(f"{key}/simulate", Conversation.from_json)
+            self._score_chunked(key, f"{stem}_scored.jsonl", conversations, pairs)
+
+    def _judged_conversations(self, iteration: int) -> list[Conversation]:
+        """The first evaluate.judged_conversations_per_pair test conversations of each pair."""
+        keep = self.config.evaluate.judged_conversations_per_pair
+        return [c for c in self.run.records(f"eval/iter_{iteration}", Conversation.from_json) if c.sample_index < keep]
+
+    def _final_answers(self, iteration: int, pairs: list[Pair]) -> None:
+        """Q_iteration answers at temperature 0 after its own test conversations (sampled at the
+        questioner's temperature), as in the paper's win-rate protocol."""
+        key = f"eval/iter_{iteration}/answers"
+        if not self.run.is_done(key):
+            self._answer_chunked(key, f"eval/iter_{iteration}_answers.jsonl", self._judged_conversations(iteration),
+                                 pairs, self.questioner(iteration), "policy", self.config.evaluate.answer_max_new_tokens)
+
+    def _base_answers_and_judge(self, iteration: int, pairs: list[Pair]) -> None:
+        """Response-model ablation: Q_BASE answers after Q_iteration's conversations, judged against Q_0."""
+        key = f"eval/iter_{iteration}/base_answers"
+        if not self.run.is_done(key):
+            self._answer_chunked(key, f"eval/iter_{iteration}_base_answers.jsonl", self._judged_conversations(iteration),
+                                 pairs, self.questioner(0), "policy", self.config.evaluate.answer_max_new_tokens)
+        self._judge(iteration, "judge_base", self.run.records(key, Conversation.from_json), pairs,
+                    label=f"Q_BASE answering after Q_{iteration}")
+
+    def judge(self) -> Judge:
+        role = self.config.roles.judge
+        params = SamplingParams(temperature=role.temperature, top_p=role.top_p, max_new_tokens=role.max_new_tokens)
+        return Judge(self.backend(role), get_template(role.prompt or "judge"), params, self.config.evaluate.judge_method)
+
+    def _judge(self, iteration: int, kind: str, contender: list[Conversation], pairs: list[Pair], label: str = "") -> None:
+        key = f"eval/iter_{iteration}/{kind}"
+        if self.run.is_done(key):
+            return
+        baseline = self.run.records("eval/iter_0/answers", Conversation.from_json)
+        order = self.config.evaluate.judge_order
+        seed = stage_seed(self.config.seed, key)
+        judgements = judge_answers(contender, baseline, pairs, self.judge(), label or f"Q_{iteration}", order, seed)
+        self.run.write_records(key, f"eval/iter_{iteration}_{kind}.jsonl", judgements, order=order, seed=seed)
 
     STAGE_METHODS: ClassVar[dict] = {
         "simulate": simulate_stage, "score": score_stage, "select": select_stage,
@@ -236,7 +373,7 @@ class Pipeline:
         self.STAGE_METHODS[stage](self, iteration)
 
     # -- the whole loop ---------------------------------------------------------------------------
-    def run_all(self) -> list[EvalRow]:
+    def run_all(self) -> list[Estimate]:
         self.controls_stage()
         self.evaluate_stage(0)
         for iteration in range(1, self.config.iterations + 1):
@@ -246,31 +383,24 @@ class Pipeline:
             self.release_policy(iteration - 1)
         return self.eval_table()
 
-    def paired_gain(self, later: int, earlier: int = 0) -> EvalRow | None:
-        """Per test pair, mean log-prob under Q_later's conversations minus Q_earlier's; mean ± SEM
-        over pairs. Pairing removes the (large) differences between gold answers' lengths."""
-        keys = [f"eval/iter_{later}", f"eval/iter_{earlier}"]
-        if not all(self.run.is_done(k) for k in keys):
-            return None
-        per_pair = []
-        for key in keys:
-            groups: dict[str, list[float]] = {}
-            for c in self.run.records(key, Conversation.from_json):
-                groups.setdefault(c.pair_id, []).append(c.logprob)
-            per_pair.append({k: statistics.fmean(v) for k, v in groups.items()})
-        diffs = [per_pair[0][k] - per_pair[1][k] for k in per_pair[0] if k in per_pair[1]]
-        return EvalRow(f"Q_{later} - Q_{earlier}, paired by test pair", *mean_sem(diffs), len(diffs))
+    def evaluate_checkpoints(self) -> list[Estimate]:
+        """`star-gate eval`: the evaluation alone, for Q_0 and each given checkpoint."""
+        self.controls_stage()
+        for iteration in (0, *sorted(self.external_checkpoints)):
+            self.evaluate_stage(iteration)
+            self.release_policy(iteration)
+        return self.eval_table()
 
-    def eval_table(self) -> list[EvalRow]:
+    def results(self) -> RunResults:
+        return RunResults(self.run.root)
+
+    def paired_gain(self, later: int, earlier: int = 0) -> Estimate | None:
+        return self.results().paired_gain(later, earlier)
+
+    def eval_table(self) -> list[Estimate]:
         """Mean ± SEM of test gold log-probs: controls, then each iteration's conversations."""
-        rows = []
-        controls = self.run.records("eval/controls", ScoredControl.from_json)
-        for condition in ("negative", "positive"):
-            values = [c.logprob for c in controls if c.condition == condition]
-            rows.append(EvalRow(f"{condition} control", *mean_sem(values), len(values)))
-        for iteration in range(self.config.iterations + 1):
-            key = f"eval/iter_{iteration}"
-            if self.run.is_done(key):
-                values = [c.logprob for c in self.run.records(key, Conversation.from_json)]
-                rows.append(EvalRow(f"Q_{iteration} conversations", *mean_sem(values), len(values)))
+        results = self.results()
+        rows = results.control_rows()
+        for iteration in results.iterations():
+            rows += [row for condition in ("experimental", "random") if (row := results.logprob(iteration, condition))]
         return rows

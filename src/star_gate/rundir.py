@@ -2,45 +2,138 @@
 
 A stage counts as finished only once its output file has been renamed into place and the manifest
 (itself written atomically) records it, so a crash at any point leaves either nothing or a whole
-result, and rerunning the command resumes after the last finished stage.
+result, and rerunning the command resumes after the last finished stage. Output renamed into place
+but not yet in the manifest (a crash between the two) is simply redone. Temporary files that a
+crash left behind are removed when the run directory is opened again.
+
+Nothing read from the environment is written here: config.yaml holds the validated config (which
+has no field for secrets) and the manifest holds counts; as a second line of defence, the value of
+any environment variable named like a secret (..._KEY, ..._TOKEN, ...) is replaced by its name.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import yaml
+
 from star_gate.config import ConfigError, RunConfig, config_to_yaml
-from star_gate.data.jsonl import atomic_write_text, read_jsonl, write_jsonl
+from star_gate.data.jsonl import atomic_write_text, is_temporary, read_jsonl, write_jsonl
+from star_gate.faults import crash_point
 from star_gate.roles.prompts import TEMPLATES
+
+# Counts that stages report and the manifest also sums over the whole run.
+TOTALLED = ("truncated_prompts", "truncated_examples")
+# Counted by API backends only, so totalled only in runs where some stage reports them.
+TOTALLED_WHEN_REPORTED = (
+    "api_calls", "api_retries", "api_cache_hits", "api_prompt_tokens", "api_completion_tokens",
+)
+
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
+_SHORTEST_SECRET = 8  # shorter values ("1", "true") would be replaced everywhere they occur
+
+
+def scrub_secrets(text: str) -> str:
+    """Replace the value of every secret-named environment variable by '<$NAME>'."""
+    for name, value in os.environ.items():
+        if _SECRET_NAME.search(name) and len(value) >= _SHORTEST_SECRET and value in text:
+            text = text.replace(value, f"<${name}>")
+    return text
+
+
+def _left_by_a_crash(folder: str, names: list[str]) -> set[str]:
+    """copytree filter: temporary files and unfinished checkpoints are not finished work."""
+    return {n for n in names if is_temporary(Path(n)) or n.endswith(".partial")}
 
 
 class RunDir:
-    def __init__(self, config: RunConfig, restart: bool = False):
+    """One run's folder.
+
+    Args:
+        restart: forget every finished stage (the files stay, and are overwritten as stages rerun).
+        branch_from: when this run directory does not exist yet, first copy every finished stage
+            of the run in `branch_from` into it; the config may differ from that run's, and only
+            stages that have not finished there run under the new config.
+    """
+
+    def __init__(
+        self, config: RunConfig, restart: bool = False, branch_from: str | Path | None = None
+    ):
         self.root = Path(config.run_dir)
         self.config = config
         self.manifest_path = self.root / "manifest.json"
+        self.work_counts: Callable[[], dict[str, int]] | None = None  # see mark_done
+        if branch_from is not None:
+            self._branch(Path(branch_from))
         self._check_config(restart)
+        self._remove_temporaries()
         self.manifest = self._load_manifest()
 
     def _check_config(self, restart: bool) -> None:
         saved = self.root / "config.yaml"
-        text = config_to_yaml(self.config)
-        if saved.exists() and saved.read_text(encoding="utf-8") != text and not restart:
+        text = scrub_secrets(config_to_yaml(self.config))
+        if saved.exists() and not restart and not self._same_config(saved.read_text(encoding="utf-8"), text):
             raise ConfigError(
                 f"{self.root} holds a run made with a different config; use a new run_dir, "
-                "or pass --restart to start this one over"
+                "pass --restart to start this one over, or --branch NEW_RUN_DIR to continue a "
+                "copy of it under the new config"
             )
         if restart and self.manifest_path.exists():
             self.manifest_path.unlink()
         atomic_write_text(saved, text)
 
+    @staticmethod
+    def _same_config(saved: str, text: str) -> bool:
+        """Equal as configs, not as text: a field added to the schema later, with a default that
+        changes nothing, must not lock its users out of their earlier runs."""
+        if saved == text:
+            return True
+        try:
+            return RunConfig.model_validate(yaml.safe_load(saved)) == RunConfig.model_validate(yaml.safe_load(text))
+        except (ValueError, yaml.YAMLError):  # a field since removed or renamed: not the same run
+            return False
+
+    def _branch(self, source: Path) -> None:
+        """Copy the finished work of `source` here, unless an earlier call did (the branch is then
+        resumed like any run); the copy appears whole or not at all."""
+        if source.resolve() == self.root.resolve():
+            raise ConfigError(f"--branch needs a new run directory, not {source} itself")
+        if self.root.exists():
+            return
+        if not (source / "config.yaml").exists():
+            raise ConfigError(f"{source} holds no run to branch from")
+        staging = self.root.with_name(self.root.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging, ignore=_left_by_a_crash)
+        (staging / "config.yaml").unlink()  # replaced by the new config in _check_config
+        manifest_path = staging / "manifest.json"
+        if manifest_path.exists():
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            manifest["branched_from"] = str(source)
+            atomic_write_text(manifest_path, scrub_secrets(json.dumps(manifest, indent=2)))
+        staging.rename(self.root)
+
+    def _remove_temporaries(self) -> None:
+        for path in self.root.rglob(".*.tmp"):
+            if path.is_file() and is_temporary(path):
+                path.unlink(missing_ok=True)
+
     def _load_manifest(self) -> dict:
         if self.manifest_path.exists():
-            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+            try:
+                return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                # Written atomically, so only an outside hand can have damaged it.
+                raise ConfigError(
+                    f"{self.manifest_path} is damaged; pass --restart to start the run over"
+                ) from None
         return {
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "prompt_versions": {name: t.version for name, t in TEMPLATES.items()},
@@ -48,24 +141,47 @@ class RunDir:
         }
 
     def _save_manifest(self) -> None:
-        atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=2))
+        atomic_write_text(self.manifest_path, scrub_secrets(json.dumps(self.manifest, indent=2)))
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
 
     def is_done(self, key: str) -> bool:
+        """Listed in the manifest, and the output is there with the size it had when listed."""
         entry = self.manifest["stages"].get(key)
-        return entry is not None and self.path(entry["output"]).exists()
+        if entry is None:
+            return False
+        output = self.path(entry["output"])
+        if "bytes" in entry:
+            return output.is_file() and output.stat().st_size == entry["bytes"]
+        return output.exists()
 
     def mark_done(self, key: str, output: Path, **info) -> None:
+        """List a stage as finished, with its counts.
+
+        `work_counts`, when set (the pipeline sets it), returns the work counted since its last
+        call, such as prompts truncated to fit a model's context; those counts are stored with the
+        stage and summed over the run in the manifest's "totals".
+        """
+        crash_point("before_mark", key)
+        if self.work_counts is not None:
+            info = {**self.work_counts(), **info}
         counts = ", ".join(f"{k}={v}" for k, v in info.items() if isinstance(v, (int, float, str)))
         print(f"[{time.strftime('%H:%M:%S')}] done {key} {counts}", file=sys.stderr, flush=True)
+        size = {"bytes": output.stat().st_size} if output.is_file() else {}
         self.manifest["stages"][key] = {
             "output": str(output.relative_to(self.root)),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **size,
             **info,
         }
+        stages = self.manifest["stages"].values()
+        reported = [name for name in TOTALLED_WHEN_REPORTED if any(name in entry for entry in stages)]
+        self.manifest["totals"] = {
+            name: sum(entry.get(name, 0) for entry in stages) for name in (*TOTALLED, *reported)
+        }
         self._save_manifest()
+        crash_point("after_mark", key)
 
     def note(self, key: str, **info) -> None:
         """Record run-wide facts (counts of truncations, model calls) in the manifest."""

@@ -9,6 +9,7 @@ from star_gate.backends.base import Backend, Chat, SamplingParams
 BACKENDS: dict[str, str] = {
     "transformers": "star_gate.backends.hf:TransformersBackend",
     "fake": "star_gate.backends.fake:FakeBackend",
+    "openai": "star_gate.backends.openai_compat:OpenAIBackend",
 }
 
 
@@ -20,4 +21,19 @@ def backend_class(name: str) -> type:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-__all__ = ["BACKENDS", "Backend", "Chat", "SamplingParams", "backend_class"]
+def load_backend(role, model: str | None = None, progress: bool = True, cache_path=None) -> Backend:
+    """The backend a role config names (`role.backend`), serving `model` or the role's model.
+
+    A backend class with `from_role` reads its own fields from the role config (an API backend's
+    server, key variable, retries); `cache_path` is where it may keep answers across runs.
+    """
+    cls = backend_class(role.backend)
+    if hasattr(cls, "from_role"):
+        return cls.from_role(role, model or role.model, progress, cache_path)
+    return cls(
+        model=model or role.model, device=role.device, dtype=role.dtype, batch_size=role.batch_size,
+        max_context=role.max_context, progress=progress,
+    )
+
+
+__all__ = ["BACKENDS", "Backend", "Chat", "SamplingParams", "backend_class", "load_backend"]

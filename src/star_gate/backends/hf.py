@@ -3,6 +3,15 @@
 Generation uses left padding so every row's new tokens start at the same column; prompts are
 sorted by length before batching to waste little compute on padding. Log-probs also use left
 padding, with explicit position ids, so that a padded row computes exactly what it would alone.
+
+Truncation policy (text longer than the model's context never stops a stage):
+    generation  the prompt is cut from the left to max_context - max_new_tokens tokens, so the
+                most recent turns and the assistant header stay and the system prompt and
+                few-shot examples go first (the config refuses max_new_tokens >= max_context);
+    scoring     the completion (the gold answer) is never cut, since its log-prob is the result;
+                the prompt is cut from the left to leave room for it, keeping at least one token.
+Every cut prompt is counted in `truncated_prompts`; the pipeline stores the count with each
+finished stage in the run's manifest, and their sum in its "totals".
 """
 
 from __future__ import annotations
@@ -78,10 +87,11 @@ class TransformersBackend:
 
     # -- shared -----------------------------------------------------------------------------
     def encode_prompt(self, chat: Chat, room: int = 0) -> list[int]:
-        """Token ids of a chat ready for the assistant's reply, left-truncated to leave `room`."""
+        """Token ids of a chat ready for the assistant's reply, left-truncated to leave `room`
+        (at least one token is kept, even when `room` alone fills the context)."""
         text = self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        limit = self.max_context - room
+        limit = max(self.max_context - room, 1)
         if len(ids) > limit:
             self.truncated_prompts += 1
             ids = ids[len(ids) - limit :]

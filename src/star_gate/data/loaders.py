@@ -69,6 +69,28 @@ def _unique(path: Path, rows: list[tuple[int, dict]], *fields: str) -> dict:
     return seen
 
 
+def load_tasks(path: Path) -> dict[str, Task]:
+    rows = _unique(path, _validated_rows(path), "task_id")
+    return {k: Task(r["task_id"], r["text"]) for k, (_, r) in rows.items()}
+
+
+def load_personas(path: Path) -> dict[str, Persona]:
+    rows = _unique(path, _validated_rows(path), "persona_id")
+    return {k: Persona(r["persona_id"], r["name"], r["description"]) for k, (_, r) in rows.items()}
+
+
+def load_gold(path: Path, tasks: dict[str, Task], personas: dict[str, Persona]) -> dict[tuple[str, str], Gold]:
+    """Gold answers keyed by (task_id, persona_id); every id must name a known task and persona."""
+    gold = {}
+    for key, (number, row) in _unique(path, _validated_rows(path), "task_id", "persona_id").items():
+        if row["task_id"] not in tasks:
+            raise DataError(path, number, f"field 'task_id': unknown task {row['task_id']!r}")
+        if row["persona_id"] not in personas:
+            raise DataError(path, number, f"field 'persona_id': unknown persona {row['persona_id']!r}")
+        gold[key] = Gold(row["task_id"], row["persona_id"], row["text"], row.get("oracle", "unknown"))
+    return gold
+
+
 def load_dataset(path: str | Path = BUNDLED) -> Dataset:
     """Read and cross-check a dataset folder.
 
@@ -79,39 +101,27 @@ def load_dataset(path: str | Path = BUNDLED) -> Dataset:
     if not root.is_dir():
         raise DataError(root, None, "dataset folder not found")
     tasks_path, personas_path, gold_path = (root / n for n in _SCHEMAS)
-    tasks = {
-        k: Task(r["task_id"], r["text"])
-        for k, (_, r) in _unique(tasks_path, _validated_rows(tasks_path), "task_id").items()
-    }
-    personas = {
-        k: Persona(r["persona_id"], r["name"], r["description"])
-        for k, (_, r) in _unique(
-            personas_path, _validated_rows(personas_path), "persona_id"
-        ).items()
-    }
-    gold_rows = _unique(
-        gold_path, _validated_rows(gold_path), "task_id", "persona_id"
-    )
-    gold = {}
-    for key, (number, row) in gold_rows.items():
-        if row["task_id"] not in tasks:
-            raise DataError(gold_path, number, f"field 'task_id': unknown task {row['task_id']!r}")
-        if row["persona_id"] not in personas:
-            raise DataError(
-                gold_path, number, f"field 'persona_id': unknown persona {row['persona_id']!r}"
-            )
-        gold[key] = Gold(row["task_id"], row["persona_id"], row["text"], row.get("oracle", "unknown"))
+    tasks = load_tasks(tasks_path)
+    personas = load_personas(personas_path)
+    gold = load_gold(gold_path, tasks, personas)
     splits = _load_splits(root / "splits.json", tasks, personas, gold)
     return Dataset(tasks, personas, gold, splits)
 
 
 def _load_splits(path: Path, tasks, personas, gold) -> dict[str, dict[str, list[str]]]:
     try:
-        splits = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a byte-order mark is no error
     except FileNotFoundError:
         raise DataError(path, None, "file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(path, None, f"not valid JSON ({err})") from None
+    except OSError as err:
+        raise DataError(path, None, f"cannot be read ({err.strerror})") from None
+    try:
+        splits = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise DataError(path, line, f"invalid UTF-8 at byte {err.start}") from None
+    except json.JSONDecodeError as err:
+        raise DataError(path, err.lineno, f"not valid JSON ({err.msg})") from None
     if not isinstance(splits, dict):
         raise DataError(path, None, "expected an object mapping split names to task and persona ids")
     for name, spec in splits.items():
@@ -122,7 +132,7 @@ def _load_splits(path: Path, tasks, personas, gold) -> dict[str, dict[str, list[
             if not isinstance(ids, list) or not ids:
                 raise DataError(path, None, f"split '{name}' field '{field_name}' must be a non-empty list")
             for ident in ids:
-                if ident not in known:
+                if not isinstance(ident, str) or ident not in known:
                     raise DataError(path, None, f"split '{name}' field '{field_name}': unknown id {ident!r}")
         for task_id in spec["tasks"]:
             for persona_id in spec["personas"]:

@@ -120,6 +120,49 @@ class ScoredControl:
         return cls(**row)
 
 
+@dataclass(frozen=True)
+class Judgement:
+    """One comparison of a contender's final answer with the baseline's (Q_0's) for one test pair.
+
+    `shown_first` lists, for each order the judge was asked, which answer was in position A;
+    `verdicts` lists the answer the judge picked each time ("contender", "baseline", or "" when
+    the reply named neither). One entry in random-order mode, two in counterbalanced mode.
+    """
+
+    task_id: str
+    persona_id: str
+    sample_index: int
+    target_turns: int
+    contender: str  # e.g. "Q_2", or "Q_BASE answering after Q_2" in the response-model ablation
+    shown_first: tuple[str, ...]
+    verdicts: tuple[str, ...]
+
+    @property
+    def pair_id(self) -> str:
+        return f"{self.task_id}|{self.persona_id}"
+
+    @property
+    def score(self) -> float | None:
+        """The contender's result: 1 win, 0 loss, 0.5 tie (the two orders disagree); None if unreadable."""
+        if "" in self.verdicts:
+            return None
+        if len(set(self.verdicts)) > 1:
+            return 0.5
+        return 1.0 if self.verdicts[0] == "contender" else 0.0
+
+    @property
+    def first_position_picks(self) -> list[bool]:
+        """For each readable verdict: did the judge pick the answer shown first?"""
+        return [v == shown for v, shown in zip(self.verdicts, self.shown_first) if v]
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, row: dict) -> Judgement:
+        return cls(**{**row, "shown_first": tuple(row["shown_first"]), "verdicts": tuple(row["verdicts"])})
+
+
 @dataclass
 class Dataset:
     """Tasks, personas, gold responses and the splits that group them."""

@@ -6,8 +6,10 @@ business. Every method is batched: a list in, a list out, in the same order.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from star_gate.backends.base import Backend, SamplingParams
 from star_gate.data.records import Conversation, Persona
@@ -94,3 +96,35 @@ class GroundedRoleplayer:
 
 
 Roleplayer = PersonaRoleplayer | GroundedRoleplayer
+
+
+_VERDICT = re.compile(r"\b([AB])\b")
+
+
+@dataclass
+class Judge:
+    """Picks the answer that suits a persona better: 'A' (shown first), 'B', or '' when unreadable.
+
+    method "generate" parses the first standalone A or B of the reply, as one would with an API
+    judge; "logprobs" compares log p('A') with log p('B') after the prompt, so it always decides.
+    """
+
+    backend: Backend
+    template: PromptTemplate
+    params: SamplingParams
+    method: Literal["generate", "logprobs"] = "logprobs"
+
+    def pick(self, personas: Sequence[Persona], tasks: Sequence[str], firsts: Sequence[str], seconds: Sequence[str]) -> list[str]:
+        chats = [
+            views.judge_chat(self.template, p, t, a, b) for p, t, a, b in zip(personas, tasks, firsts, seconds)
+        ]
+        if self.method == "logprobs":
+            scores = self.backend.logprobs(chats + chats, ["A"] * len(chats) + ["B"] * len(chats))
+            return ["A" if a >= b else "B" for a, b in zip(scores[: len(chats)], scores[len(chats) :])]
+        replies = self.backend.generate(chats, replace(self.params, n=1, temperature=0.0))
+        return [_parse_verdict(r[0]) for r in replies]
+
+
+def _parse_verdict(reply: str) -> str:
+    match = _VERDICT.search(reply.strip())
+    return match.group(1) if match else ""

@@ -115,6 +115,29 @@ JUDGE = PromptTemplate(
     ),
 )
 
+# `star-gate data personas`: each call shows two seed personas as examples (as the paper did with
+# GPT-4 and PRODIGy personas) and asks for one new person in the same form.
+PERSONA_WRITER = PromptTemplate(
+    name="persona_writer",
+    version="1",
+    system=(
+        "You invent realistic, varied people for a study of personal assistants. Describe one new "
+        "person in the first person, in 10 to 15 short sentences with one fact each: start with "
+        "'My name is <full name> and I am <age> years old.', then where they live, where they grew "
+        "up, their work, family, hobbies, tastes, values, a constraint (money, time, health) and a "
+        "quirk. The person must clearly differ from the examples."
+    ),
+)
+PERSONA_REQUEST = (
+    "Here are two example people.\n\nExample 1:\n{first}\n\nExample 2:\n{second}\n\n"
+    "Now describe a new, different person."
+)
+
+JUDGE_REQUEST = (
+    "My request: {task}\n\nAnswer A:\n{first}\n\nAnswer B:\n{second}\n\n"
+    "Which answer suits me better? Reply with A or B."
+)
+
 TEMPLATES: dict[str, PromptTemplate] = {
     t.name: t
     for t in (
@@ -125,6 +148,7 @@ TEMPLATES: dict[str, PromptTemplate] = {
         RESPONDER,
         ORACLE,
         JUDGE,
+        PERSONA_WRITER,
     )
 }
 

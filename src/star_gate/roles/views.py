@@ -8,7 +8,15 @@ positive control), never in the questioner's.
 from __future__ import annotations
 
 from star_gate.data.records import Conversation, Persona
-from star_gate.roles.prompts import FINAL_CUE, PERSONA_CONTEXT, RESPONDER, Message, PromptTemplate
+from star_gate.roles.prompts import (
+    FINAL_CUE,
+    JUDGE_REQUEST,
+    PERSONA_CONTEXT,
+    PERSONA_REQUEST,
+    RESPONDER,
+    Message,
+    PromptTemplate,
+)
 
 
 def _dialogue_as_assistant(conversation: Conversation) -> list[Message]:
@@ -70,3 +78,20 @@ def grounded_roleplayer_chat(template: PromptTemplate, facts: list[str], questio
     listed = "\n".join(f"- {fact}" for fact in facts)
     content = f"Facts about you:\n{listed}\n\nQuestion: {question}"
     return [*template.opening(), {"role": "user", "content": content}]
+
+
+def oracle_chat(template: PromptTemplate, persona: Persona, task: str) -> list[Message]:
+    """The oracle sees the whole persona and the task, no dialogue: it writes the gold answer."""
+    return [*template.opening(persona=persona.description), {"role": "user", "content": task}]
+
+
+def persona_writer_chat(template: PromptTemplate, first: Persona, second: Persona) -> list[Message]:
+    """Two seed personas as examples, then a request for a new one."""
+    request = PERSONA_REQUEST.format(first=first.description, second=second.description)
+    return [*template.opening(), {"role": "user", "content": request}]
+
+
+def judge_chat(template: PromptTemplate, persona: Persona, task: str, first: str, second: str) -> list[Message]:
+    """The judge reads the persona and the task, then two answers labelled A and B in that order."""
+    request = JUDGE_REQUEST.format(task=task, first=first, second=second)
+    return [*template.opening(persona=persona.description), {"role": "user", "content": request}]

@@ -1,0 +1,111 @@
+"""Read a finished (or half-finished) run directory and summarise its evaluation, without any model.
+
+Used by `star-gate run` for its closing table and by `star-gate report`. Everything here is read
+only: it never writes into the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from star_gate.config import RunConfig, load_config
+from star_gate.data.jsonl import read_jsonl
+from star_gate.data.records import Conversation, Judgement, ScoredControl
+from star_gate.stages.evaluate import WinRate, mean_sem, per_pair_means, persona_gap_share, win_rate
+
+_EVAL_KEY = re.compile(r"eval/iter_(\d+)$")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    label: str
+    mean: float
+    sem: float
+    count: int
+
+
+class RunResults:
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        manifest = self.root / "manifest.json"
+        if not manifest.exists():
+            raise FileNotFoundError(f"{self.root} is not a run directory (no manifest.json)")
+        self.stages: dict = json.loads(manifest.read_text(encoding="utf-8"))["stages"]
+
+    @cached_property
+    def config(self) -> RunConfig:
+        return load_config(self.root / "config.yaml", [])
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    def has(self, key: str) -> bool:
+        return key in self.stages and (self.root / self.stages[key]["output"]).exists()
+
+    def _rows(self, key: str, decode):
+        return [decode(row) for _, row in read_jsonl(self.root / self.stages[key]["output"])] if self.has(key) else []
+
+    # -- records ------------------------------------------------------------------------------
+    def iterations(self) -> list[int]:
+        """Iterations whose test conversations were scored, in order."""
+        return sorted(int(m.group(1)) for key in self.stages if (m := _EVAL_KEY.match(key)))
+
+    def controls(self, condition: str) -> dict[str, float]:
+        rows = self._rows("eval/controls", ScoredControl.from_json)
+        return {c.pair_id: c.logprob for c in rows if c.condition == condition}
+
+    def scored(self, iteration: int, condition: str = "experimental") -> list[Conversation]:
+        key = f"eval/iter_{iteration}" + ("" if condition == "experimental" else f"/{condition}")
+        return self._rows(key, Conversation.from_json)
+
+    def answers(self, iteration: int) -> list[Conversation]:
+        return self._rows(f"eval/iter_{iteration}/answers", Conversation.from_json)
+
+    def judgements(self, iteration: int, kind: str = "judge") -> list[Judgement]:
+        return self._rows(f"eval/iter_{iteration}/{kind}", Judgement.from_json)
+
+    # -- summaries ----------------------------------------------------------------------------
+    def control_rows(self) -> list[Estimate]:
+        rows = []
+        for condition in ("negative", "positive"):
+            values = list(self.controls(condition).values())
+            if values:
+                rows.append(Estimate(f"{condition} control", *mean_sem(values), len(values)))
+        return rows
+
+    def logprob(self, iteration: int, condition: str = "experimental") -> Estimate | None:
+        values = [c.logprob for c in self.scored(iteration, condition)]
+        label = f"Q_{iteration} " + ("conversations" if condition == "experimental" else "random persona")
+        return Estimate(label, *mean_sem(values), len(values)) if values else None
+
+    def paired_gain(self, later: int, earlier: int = 0) -> Estimate | None:
+        """Per test pair, mean log-prob under Q_later's conversations minus Q_earlier's; mean ± SEM over
+        pairs. Pairing removes the (large) differences between gold answers' lengths."""
+        a, b = (per_pair_means((c.pair_id, c.logprob) for c in self.scored(k)) for k in (later, earlier))
+        diffs = [a[k] - b[k] for k in a if k in b]
+        return Estimate(f"Q_{later} - Q_{earlier}, paired by test pair", *mean_sem(diffs), len(diffs)) if diffs else None
+
+    def gap_share(self, iteration: int, condition: str = "experimental") -> tuple[float, float]:
+        values = per_pair_means((c.pair_id, c.logprob) for c in self.scored(iteration, condition))
+        return persona_gap_share(values, self.controls("negative"), self.controls("positive"), seed=self.config.seed)
+
+    def win_rate(self, iteration: int, kind: str = "judge") -> WinRate | None:
+        judgements = self.judgements(iteration, kind)
+        return win_rate(judgements) if judgements else None
+
+    def win_rates_by_length(self, iteration: int, kind: str = "judge") -> dict[int, WinRate]:
+        groups: dict[int, list[Judgement]] = defaultdict(list)
+        for judgement in self.judgements(iteration, kind):
+            groups[judgement.target_turns].append(judgement)
+        return {turns: win_rate(groups[turns]) for turns in sorted(groups)}
+
+
+def finite(value: float) -> bool:
+    return value is not None and math.isfinite(value)
