@@ -85,6 +85,7 @@ def plot_win_rates(runs: Sequence[RunResults], path: Path) -> Path:
                             yerr=[0] + [r.sem for _, r in points], fmt=style, capsize=4, label=run.name + suffix)
     ax.axhline(0.5, color="grey", ls=":", lw=1)
     ax.set_ylim(0, 1)
+    ax.set_xticks(sorted({0, *(k for run in runs for k in run.iterations())}))
     ax.set_xlabel("iteration (Q_k against Q_0; Q_0 is 0.5 by definition)")
     ax.set_ylabel("win rate, mean ± SEM")
     ax.legend(fontsize=8)
@@ -223,12 +224,17 @@ def _varied_pairs(pair_ids: list[str], count: int) -> list[str]:
     return chosen[:count]
 
 
+def _cell(text: str) -> str:
+    """Text safe inside an HTML table cell of a markdown file (a bare newline would end the table)."""
+    return html.escape(text).replace("\n", "<br>")
+
+
 def _conversation_html(conversation) -> str:
     if conversation is None:
         return "–"
     who = {"questioner": "<b>Q</b>", "roleplayer": "<b>user</b>"}
-    parts = [f"{who[turn.speaker]}: {html.escape(turn.text)}" for turn in conversation.turns]
-    parts.append(f"<b>final answer</b>: {html.escape(conversation.response or '')}")
+    parts = [f"{who[turn.speaker]}: {_cell(turn.text)}" for turn in conversation.turns]
+    parts.append(f"<b>final answer</b>: {_cell(conversation.response or '')}")
     return "<br><br>".join(parts)
 
 
