@@ -203,14 +203,17 @@ def write_dataset(folder: Path) -> Path:
     return folder
 
 
-def write_fake_config(folder: Path, dataset_dir: Path, extra: str = "") -> Path:
-    """A config file whose every role is served by the fake backend (no model loads)."""
+def write_fake_config(folder: Path, dataset_dir: Path, extra: str = "", questioner_model: Path | None = None) -> Path:
+    """A config file whose every role is served by the fake backend (no model loads).
+
+    questioner_model names the model that training starts from (the fake backend ignores it)."""
     path = folder / "config.yaml"
+    questioner = f"{{backend: fake, model: {questioner_model}}}" if questioner_model else "{backend: fake}"
     path.write_text(
         f"run_dir: {folder / 'run'}\n"
         f"data: {{path: {dataset_dir}}}\n"
         "roles:\n"
-        "  questioner: {backend: fake}\n"
+        f"  questioner: {questioner}\n"
         "  roleplayer: {backend: fake, mode: persona}\n"
         "  judge: {backend: fake}\n"
         "simulate: {conversations_per_pair: 2, max_turns: 2}\n" + extra

@@ -321,7 +321,7 @@ def cli(monkeypatch):
 
 
 @pytest.fixture
-def fake_run(tmp_path, dataset_dir, tiny_dir, monkeypatch):
+def fake_run(fake_config_file, tmp_path, dataset_dir, tiny_dir, monkeypatch):
     """A config file for whole fake runs (training replaced by a stand-in that writes a file)."""
 
     def fake_finetune(examples, base_model, output_dir, cfg, seed):
@@ -330,19 +330,8 @@ def fake_run(tmp_path, dataset_dir, tiny_dir, monkeypatch):
         return {"train_loss": 1.0, "steps": 1, "examples": len(examples)}
 
     monkeypatch.setattr(pipeline_module, "finetune", fake_finetune)
-    path = tmp_path / "fake.yaml"
-    path.write_text(
-        f"run_dir: {tmp_path / 'run'}\n"
-        "iterations: 1\n"
-        f"data: {{path: {dataset_dir}}}\n"
-        "roles:\n"
-        f"  questioner: {{backend: fake, model: {tiny_dir}}}\n"
-        "  roleplayer: {backend: fake, mode: persona}\n"
-        "  judge: {backend: fake}\n"
-        "simulate: {conversations_per_pair: 2, max_turns: 2}\n"
-        "evaluate: {conversations_per_pair: 1}\n"
-    )
-    return path
+    extra = "iterations: 1\nevaluate: {conversations_per_pair: 1}\n"
+    return fake_config_file(tmp_path, dataset_dir, extra, questioner_model=tiny_dir)
 
 
 def finished(run_dir: Path) -> dict[str, str]:

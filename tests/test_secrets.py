@@ -39,22 +39,11 @@ def files_holding(folder: Path, secret: str) -> list[Path]:
 
 
 def test_keys_in_the_environment_are_written_nowhere(
-    secret, cli, capfd, tmp_path, dataset_dir, tiny_dir
+    fake_config_file, secret, cli, capfd, tmp_path, dataset_dir, tiny_dir
 ):
     """A whole run, real training included (checkpoints pickle their training arguments)."""
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        f"run_dir: {tmp_path / 'run'}\n"
-        "iterations: 1\n"
-        f"data: {{path: {dataset_dir}}}\n"
-        "roles:\n"
-        f"  questioner: {{backend: fake, model: {tiny_dir}}}\n"
-        "  roleplayer: {backend: fake, mode: persona}\n"
-        "  judge: {backend: fake}\n"
-        "simulate: {conversations_per_pair: 2, max_turns: 2}\n"
-        "train: {batch_size: 4, validation_fraction: 0.0}\n"
-        "evaluate: {conversations_per_pair: 1}\n"
-    )
+    extra = "iterations: 1\ntrain: {batch_size: 4, validation_fraction: 0.0}\nevaluate: {conversations_per_pair: 1}\n"
+    config = fake_config_file(tmp_path, dataset_dir, extra, questioner_model=tiny_dir)
     result = cli("run", config)
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "run"
