@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from dataset_edits import drop_gold, edit_line, edit_splits, without
 from typer.testing import CliRunner
 
 from star_gate import pipeline as pipeline_module
@@ -54,43 +55,12 @@ def assert_refused(result, run_dir: Path, *expected: str) -> None:
 # -- bad data ------------------------------------------------------------------------------------
 
 
-def edit_line(name: str, line: int, edit):
-    """Replace line `line` (1-based) of `name` by edit(row), a dict or raw text (str or bytes)."""
-
-    def mutate(folder: Path) -> None:
-        path = folder / name
-        lines = path.read_bytes().split(b"\n")
-        new = edit(json.loads(lines[line - 1]))
-        if isinstance(new, dict):
-            new = json.dumps(new, ensure_ascii=False)
-        lines[line - 1] = new.encode("utf-8") if isinstance(new, str) else new
-        path.write_bytes(b"\n".join(lines))
-
-    return mutate
 
 
-def without(row: dict, key: str) -> dict:
-    return {k: v for k, v in row.items() if k != key}
 
 
-def edit_splits(edit):
-    def mutate(folder: Path) -> None:
-        path = folder / "splits.json"
-        splits = json.loads(path.read_text())
-        edit(splits)
-        path.write_text(json.dumps(splits))
-
-    return mutate
 
 
-def drop_gold(task_id: str, persona_id: str):
-    def mutate(folder: Path) -> None:
-        path = folder / "gold.jsonl"
-        rows = [json.loads(line) for line in path.read_text().splitlines()]
-        kept = [r for r in rows if (r["task_id"], r["persona_id"]) != (task_id, persona_id)]
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-
-    return mutate
 
 
 def replace_with_folder(name: str):

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from dataset_edits import drop_gold, edit_line, edit_splits, without
 
 from star_gate.data.jsonl import DataError
 from star_gate.data.loaders import bundled_path, load_dataset, resolve_dataset_path
@@ -75,21 +76,8 @@ def test_blank_lines_are_skipped_but_counted(dataset_dir):
 # -- table-driven bad inputs ---------------------------------------------------------------------
 
 
-def _edit_line(name: str, line: int, edit):
-    """A mutation that replaces line `line` (1-based) of `name` with edit(old row) (a str or dict)."""
-
-    def mutate(folder: Path) -> None:
-        path = folder / name
-        lines = path.read_text(encoding="utf-8").splitlines()
-        new = edit(json.loads(lines[line - 1]))
-        lines[line - 1] = new if isinstance(new, str) else json.dumps(new)
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-    return mutate
 
 
-def _without(row: dict, key: str) -> dict:
-    return {k: v for k, v in row.items() if k != key}
 
 
 def _invalid_utf8(folder: Path) -> None:
@@ -99,87 +87,70 @@ def _invalid_utf8(folder: Path) -> None:
     path.write_bytes(b"\n".join(lines))
 
 
-def _drop_gold(task_id: str, persona_id: str):
-    def mutate(folder: Path) -> None:
-        path = folder / "gold.jsonl"
-        rows = [json.loads(line) for line in path.read_text().splitlines()]
-        kept = [r for r in rows if (r["task_id"], r["persona_id"]) != (task_id, persona_id)]
-        assert len(kept) == len(rows) - 1
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-
-    return mutate
 
 
-def _edit_splits(edit):
-    def mutate(folder: Path) -> None:
-        path = folder / "splits.json"
-        splits = json.loads(path.read_text())
-        edit(splits)
-        path.write_text(json.dumps(splits))
-
-    return mutate
 
 
 BAD_INPUTS = {
     "malformed JSON": (
-        _edit_line("tasks.jsonl", 2, lambda row: '{"task_id": "t2", "text": '),
+        edit_line("tasks.jsonl", 2, lambda row: '{"task_id": "t2", "text": '),
         ["tasks.jsonl, line 2", "not valid JSON"],
     ),
     "not an object": (
-        _edit_line("tasks.jsonl", 3, lambda row: '["t3", "text"]'),
+        edit_line("tasks.jsonl", 3, lambda row: '["t3", "text"]'),
         ["tasks.jsonl, line 3", "expected a JSON object"],
     ),
     "missing field": (
-        _edit_line("personas.jsonl", 3, lambda row: _without(row, "name")),
+        edit_line("personas.jsonl", 3, lambda row: without(row, "name")),
         ["personas.jsonl, line 3", "missing field 'name'"],
     ),
     "wrong type": (
-        _edit_line("gold.jsonl", 4, lambda row: {**row, "text": 42}),
+        edit_line("gold.jsonl", 4, lambda row: {**row, "text": 42}),
         ["gold.jsonl, line 4", "field 'text' must be a string"],
     ),
     "wrong type of optional field": (
-        _edit_line("gold.jsonl", 2, lambda row: {**row, "oracle": ["gpt"]}),
+        edit_line("gold.jsonl", 2, lambda row: {**row, "oracle": ["gpt"]}),
         ["gold.jsonl, line 2", "field 'oracle' must be a string"],
     ),
     "empty text": (
-        _edit_line("tasks.jsonl", 5, lambda row: {**row, "text": "   "}),
+        edit_line("tasks.jsonl", 5, lambda row: {**row, "text": "   "}),
         ["tasks.jsonl, line 5", "field 'text' is empty"],
     ),
     "unknown field": (
-        _edit_line("tasks.jsonl", 1, lambda row: {**row, "txet": "typo"}),
+        edit_line("tasks.jsonl", 1, lambda row: {**row, "txet": "typo"}),
         ["tasks.jsonl, line 1", "unknown field 'txet'"],
     ),
     "duplicate id": (
-        _edit_line("personas.jsonl", 4, lambda row: {**row, "persona_id": "p2"}),
+        edit_line("personas.jsonl", 4, lambda row: {**row, "persona_id": "p2"}),
         ["personas.jsonl, line 4", "field 'persona_id'", "duplicate id 'p2'"],
     ),
     "duplicate gold pair": (
-        _edit_line("gold.jsonl", 2, lambda row: {**row, "persona_id": "p1"}),
+        edit_line("gold.jsonl", 2, lambda row: {**row, "persona_id": "p1"}),
         ["gold.jsonl, line 2", "fields 'task_id', 'persona_id'", "duplicate id ('t1', 'p1')"],
     ),
     "unknown task in gold": (
-        _edit_line("gold.jsonl", 6, lambda row: {**row, "task_id": "t99"}),
+        edit_line("gold.jsonl", 6, lambda row: {**row, "task_id": "t99"}),
         ["gold.jsonl, line 6", "field 'task_id'", "unknown task 't99'"],
     ),
     "unknown persona in gold": (
-        _edit_line("gold.jsonl", 7, lambda row: {**row, "persona_id": "p99"}),
+        edit_line("gold.jsonl", 7, lambda row: {**row, "persona_id": "p99"}),
         ["gold.jsonl, line 7", "field 'persona_id'", "unknown persona 'p99'"],
     ),
     "invalid UTF-8": (_invalid_utf8, ["personas.jsonl, line 3", "invalid UTF-8"]),
     "missing gold for a split pair": (
-        _drop_gold("t4", "p3"),
+        drop_gold("t4", "p3"),
         ["splits.json", "split 'B'", "no gold response for pair (t4, p3)"],
     ),
     "unknown id in a split": (
-        _edit_splits(lambda s: s["test"]["personas"].append("p42")),
+        edit_splits(lambda s: s["test"]["personas"].append("p42")),
         ["splits.json", "split 'test' field 'personas'", "unknown id 'p42'"],
     ),
     "split without personas": (
-        _edit_splits(lambda s: s["A"].pop("personas")),
+        edit_splits(lambda s: s["A"].pop("personas")),
         ["splits.json", "split 'A' must have exactly 'tasks' and 'personas'"],
     ),
     "empty split list": (
-        _edit_splits(lambda s: s["B"].update(tasks=[])),
+        edit_splits(lambda s: s["B"].update(tasks=[])),
         ["splits.json", "split 'B' field 'tasks' must be a non-empty list"],
     ),
     "splits not JSON": (
