@@ -137,6 +137,16 @@ class RegularizeConfig(Section):
     max_new_tokens: int = Field(200, ge=1, description="longest final answer")
 
 
+class LoraConfig(Section):
+    enabled: bool = Field(False, description="train LoRA adapters (PEFT) instead of all weights")
+    r: int = Field(16, ge=1, description="rank of each adapter")
+    alpha: float = Field(32.0, gt=0, description="adapter scale numerator: updates are scaled by alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapters' input")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="'all-linear' (every linear layer but the output head) or module names"
+    )
+
+
 class TrainConfig(Section):
     learning_rate: float = Field(2e-5, gt=0, description="peak learning rate (paper: 2e-5)")
     epochs: float = Field(1.0, gt=0, description="passes over the kept conversations (paper: 1)")
@@ -147,6 +157,9 @@ class TrainConfig(Section):
     max_length: int = Field(1024, ge=32, description="longest training sequence (paper: 1024)")
     validation_fraction: float = Field(0.05, ge=0, lt=1, description="held out for eval loss (paper: 0.05)")
     bf16: bool | None = Field(None, description="bf16 mixed precision; default: on when a GPU has it")
+    lora: LoraConfig = Field(
+        LoraConfig(), description="LoRA adapters, merged into the saved checkpoint; off: full fine-tuning"
+    )
 
 
 class EvaluateConfig(Section):

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from star_gate.config import TrainConfig
+from star_gate.config import LoraConfig, TrainConfig
 from star_gate.data.records import Conversation
 from star_gate.roles.prompts import QUESTIONER_FEWSHOT
 from star_gate.stages.train import build_examples, finetune, tokenize_with_loss_mask, training_chat
@@ -153,6 +153,9 @@ def test_finetune_writes_a_loadable_checkpoint_that_differs_from_base(
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.chat_template == tiny_tokenizer.chat_template
     assert tokenizer.eos_token == "<|im_end|>"
+    assert not TrainConfig().lora.enabled  # full fine-tuning is the default
+    assert not (out / "adapter").exists()
+    assert metrics["trainable_params"] == sum(p.numel() for p in base.parameters())
 
 
 def test_finetune_trains_only_on_masked_tokens(tiny_dir, tiny_tokenizer, tmp_path, monkeypatch):
@@ -187,3 +190,71 @@ def test_finetune_trains_only_on_masked_tokens(tiny_dir, tiny_tokenizer, tmp_pat
     for row in seen["rows"]:
         assert row["input_ids"] == ids
         assert row["labels"] == [i if m else -100 for i, m in zip(ids, mask)]
+
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_dir, tiny_tokenizer, tmp_path_factory):
+    """One LoRA fine-tune of the tiny model: (metrics, checkpoint folder)."""
+    messages, trainable = training_chat(QUESTIONER_FEWSHOT, TASK, two_turns())
+    ids, mask, _ = tokenize_with_loss_mask(tiny_tokenizer, messages, trainable, max_length=4096)
+    out = tmp_path_factory.mktemp("lora") / "checkpoint"
+    cfg = TrainConfig(
+        learning_rate=1e-2,  # large, so that two steps move the adapters visibly
+        batch_size=2,
+        scheduler="constant",
+        warmup_ratio=0.0,
+        validation_fraction=0.0,
+        bf16=False,
+        lora=LoraConfig(enabled=True, r=2, alpha=4, dropout=0.0),  # r=2: the tiny model is 32 wide
+    )
+    metrics = finetune([{"input_ids": ids, "assistant_masks": mask}] * 4, str(tiny_dir), out, cfg, seed=0)
+    return metrics, out
+
+
+def test_lora_saves_adapter_and_a_merged_checkpoint(lora_run, tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    metrics, out = lora_run
+    assert metrics["steps"] == 2 and metrics["train_loss"] > 0
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert any(p.name.startswith("adapter_model") for p in (out / "adapter").iterdir())
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir).state_dict()
+    merged = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert base.keys() == merged.keys()  # a plain checkpoint: no lora_A / lora_B left
+    changed = {k for k in base if not torch.equal(base[k], merged[k])}
+    targeted = {k for k in base if k.split(".")[-2] in LORA_TARGETS}
+    assert targeted and changed == targeted  # every linear layer of every block, nothing else
+    unchanged = [k for k in base if "embed_tokens" in k or "norm" in k or k.startswith("lm_head")]
+    assert unchanged and not changed & set(unchanged)
+
+
+def test_lora_adapter_on_base_matches_merged_checkpoint(lora_run, tiny_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    _, out = lora_run
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    rebuilt = PeftModel.from_pretrained(base, out / "adapter").merge_and_unload().eval()
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.arange(3, 40).unsqueeze(0)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(ids).logits, merged(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_trains_a_small_share_of_the_parameters(lora_run, tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    metrics, _ = lora_run
+    total = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_dir).parameters())
+    assert 0 < metrics["trainable_params"] * 10 < total
+
+
+@pytest.mark.parametrize("bad", [{"r": 0}, {"alpha": 0}, {"dropout": 1.0}, {"dropout": -0.1}, {"rank": 8}])
+def test_lora_config_refuses_bad_values(bad):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        LoraConfig(**bad)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from star_gate.config import TrainConfig
+from star_gate.config import LoraConfig, TrainConfig
 from star_gate.data.records import Conversation, Pair
 from star_gate.roles import views
 from star_gate.roles.prompts import Message, PromptTemplate
@@ -100,10 +100,12 @@ def finetune(
     cfg: TrainConfig,
     seed: int,
 ) -> dict:
-    """Full fine-tuning of base_model (always from its initial weights) with TRL's SFTTrainer.
+    """Fine-tune base_model (always from its initial weights) with TRL's SFTTrainer: all weights,
+    or LoRA adapters when cfg.lora.enabled.
 
-    Saves a standard Hugging Face checkpoint (model + tokenizer) to output_dir and returns the
-    training metrics.
+    Saves a standard Hugging Face checkpoint (model + tokenizer) to output_dir, with LoRA adapters
+    merged in so that it loads like any other; the adapters alone go to output_dir/adapter.
+    Returns the training metrics.
     """
     import torch
     from datasets import Dataset
@@ -146,11 +148,36 @@ def finetune(
         train_dataset=dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
+        peft_config=_peft_config(cfg.lora) if cfg.lora.enabled else None,
     )
     result = trainer.train()
     metrics = {"train_loss": result.training_loss, "steps": result.global_step, "examples": len(dataset)}
     if eval_dataset is not None:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
-    trainer.save_model(str(output_dir))
+    if cfg.lora.enabled:
+        metrics["trainable_params"] = trainer.model.get_nb_trainable_parameters()[0]
+        _save_adapter_and_merged(trainer.model, output_dir)
+    else:
+        metrics["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        trainer.save_model(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
     return metrics
+
+
+def _peft_config(lora: LoraConfig):
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(
+        task_type="CAUSAL_LM",
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+    )
+
+
+def _save_adapter_and_merged(peft_model, output_dir: Path) -> None:
+    # The adapter is kept for inspection or reuse; the merged model is what the pipeline loads, so
+    # later stages need neither PEFT nor the adapter. Not under output_dir/trainer: that is deleted.
+    peft_model.save_pretrained(str(output_dir / "adapter"))
+    peft_model.merge_and_unload().save_pretrained(str(output_dir))
