@@ -44,7 +44,7 @@ def test_tiny_config_end_to_end(tmp_path):
     pairs = len(pipeline.pairs(config.data.test_split))
     rows = pipeline.eval_table()
     assert [r.label for r in rows][2:] == [
-        f"Q_{i} conversations" for i in range(config.iterations + 1)
+        f"Q_{i} {condition}" for i in range(config.iterations + 1) for condition in ("conversations", "random persona")
     ]
     assert rows[0].count == rows[1].count == pairs
     assert all(r.count == pairs * config.evaluate.conversations_per_pair for r in rows[2:])
@@ -55,3 +55,8 @@ def test_tiny_config_end_to_end(tmp_path):
         assert pipeline.run.is_done(f"iter_1/{stage}")
     kept = pipeline.run.manifest["stages"]["iter_1/regularize"]["records"]
     assert kept == len(pipeline.pairs(config.data.train_splits[0])) * config.select.top_k
+    # the bundled model judged Q_1's answers against Q_0's, and the run ended with its report
+    judged = pipeline.results().win_rate(1)
+    assert judged.count + judged.unreadable == pairs * config.evaluate.judged_conversations_per_pair
+    assert "win rate of Q_1 against Q_0" in " ".join(done.stdout.split())
+    assert (run_dir / "report.md").exists() and (run_dir / "logprobs.png").exists()
