@@ -11,7 +11,7 @@ from star_gate import pipeline as pipeline_module
 from star_gate.backends.fake import FakeBackend
 from star_gate.config import ConfigError, RunConfig, load_config
 from star_gate.data.records import Conversation, ScoredControl
-from star_gate.pipeline import STAGES, Pipeline, limit_splits, mean_sem, stage_seed
+from star_gate.pipeline import STAGES, Pipeline, limit_splits, stage_seed
 
 
 def fake_config(run_dir, data_dir, *overrides: str) -> RunConfig:
@@ -271,13 +271,6 @@ def test_stage_seed_is_stable_and_distinct():
     assert (
         stage_seed(0, "x", 1) == 1314676631
     )  # crc32 of "0|x|1": the same in every process (no hash salt)
-
-
-def test_mean_sem():
-    mean, sem = mean_sem([1.0, 2.0, 3.0, 4.0])
-    assert mean == 2.5 and sem == pytest.approx(math.sqrt(5 / 3) / 2)
-    mean, sem = mean_sem([7.0])
-    assert mean == 7.0 and math.isnan(sem)
 
 
 # -- a whole run: the tiny model as questioner and scorer, the fake as roleplayer ----------------

@@ -346,7 +346,7 @@ def data_gold(
     split: Annotated[list[str] | None, typer.Option(help="only these splits (default: all)")] = None,
 ) -> None:
     """The oracle (roles.oracle in the config) writes the gold answer for every pair of the splits."""
-    from star_gate.backends import SamplingParams, load_backend
+    from star_gate.backends import load_backend, role_sampling
     from star_gate.data.build import build_gold, plan_gold
     from star_gate.roles.prompts import get_template
 
@@ -358,7 +358,6 @@ def data_gold(
             console.print("gold: every pair already has an answer (0 model calls)")
             return
         oracle = load_backend(role, progress=sys.stderr.isatty())
-        params = SamplingParams(temperature=role.temperature, top_p=role.top_p, max_new_tokens=role.max_new_tokens)
-        build_gold(target, oracle, get_template(role.prompt or "oracle"), params, split, say=console.print)
+        build_gold(target, oracle, get_template(role.prompt or "oracle"), role_sampling(role), split, say=console.print)
 
     _data_step(step)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
-from star_gate.backends import Backend, SamplingParams, load_backend
+from star_gate.backends import Backend, load_backend, role_sampling
 from star_gate.config import RoleConfig, RoleplayerConfig, RunConfig
 from star_gate.data.loaders import load_dataset
 from star_gate.data.records import Conversation, Dataset, Pair
@@ -30,7 +30,7 @@ from star_gate.roles.players import (
 from star_gate.roles.prompts import get_template
 from star_gate.rundir import RunDir
 from star_gate.stages import regularize, score_controls, score_conversations, select_top_k, simulate
-from star_gate.stages.evaluate import judge_answers, mean_sem, random_personas  # noqa: F401 (mean_sem: API)
+from star_gate.stages.evaluate import judge_answers, random_personas
 from star_gate.stages.train import build_examples, finetune
 
 STAGES = ("simulate", "score", "select", "regularize", "train")
@@ -149,12 +149,12 @@ class Pipeline:
         """Q_iteration: the base model for 0, else that iteration's checkpoint."""
         role = self.config.roles.questioner
         model = None if iteration == 0 else str(self.checkpoint(iteration))
-        params = SamplingParams(temperature=role.temperature, top_p=role.top_p, max_new_tokens=role.max_new_tokens)
+        params = role_sampling(role)
         return Questioner(self.backend(role, model), get_template(role.prompt or "questioner_fewshot"), params)
 
     def roleplayer(self, role: RoleplayerConfig | None = None) -> Roleplayer:
         role = role or self.config.roles.roleplayer
-        params = SamplingParams(temperature=role.temperature, top_p=role.top_p, max_new_tokens=role.max_new_tokens)
+        params = role_sampling(role)
         backend = self.backend(role) if role.mode != "facts" else None
         if role.mode == "persona":
             return PersonaRoleplayer(backend, get_template(role.prompt or "roleplayer_persona"), params)
@@ -351,7 +351,7 @@ class Pipeline:
 
     def judge(self) -> Judge:
         role = self.config.roles.judge
-        params = SamplingParams(temperature=role.temperature, top_p=role.top_p, max_new_tokens=role.max_new_tokens)
+        params = role_sampling(role)
         return Judge(self.backend(role), get_template(role.prompt or "judge"), params, self.config.evaluate.judge_method)
 
     def _judge(self, iteration: int, kind: str, contender: list[Conversation], pairs: list[Pair], label: str = "") -> None:

@@ -7,7 +7,6 @@ only: it never writes into the run directory.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ class RunResults:
         if not manifest.exists():
             raise FileNotFoundError(f"{self.root} is not a run directory (no manifest.json)")
         self.stages: dict = json.loads(manifest.read_text(encoding="utf-8"))["stages"]
+        self._records: dict[str, list] = {}  # each file parsed once: a report asks for it many times
 
     @cached_property
     def config(self) -> RunConfig:
@@ -50,7 +50,10 @@ class RunResults:
         return key in self.stages and (self.root / self.stages[key]["output"]).exists()
 
     def _rows(self, key: str, decode):
-        return [decode(row) for _, row in read_jsonl(self.root / self.stages[key]["output"])] if self.has(key) else []
+        if key not in self._records:
+            path = self.root / self.stages[key]["output"] if self.has(key) else None
+            self._records[key] = [decode(row) for _, row in read_jsonl(path)] if path else []
+        return self._records[key]
 
     # -- records ------------------------------------------------------------------------------
     def iterations(self) -> list[int]:
@@ -105,7 +108,3 @@ class RunResults:
         for judgement in self.judgements(iteration, kind):
             groups[judgement.target_turns].append(judgement)
         return {turns: win_rate(groups[turns]) for turns in sorted(groups)}
-
-
-def finite(value: float) -> bool:
-    return value is not None and math.isfinite(value)

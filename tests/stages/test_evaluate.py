@@ -165,4 +165,6 @@ def test_persona_gap_share():
 
 def test_mean_sem():
     mean, sem = mean_sem([1.0, 2.0, 3.0, 4.0])
-    assert mean == 2.5 and sem == pytest.approx(1.2909944 / 2)
+    assert mean == 2.5 and sem == pytest.approx(math.sqrt(5 / 3) / 2)  # stdev 1.2909944 over sqrt(4)
+    mean, sem = mean_sem([7.0])
+    assert mean == 7.0 and math.isnan(sem)

@@ -36,4 +36,9 @@ def load_backend(role, model: str | None = None, progress: bool = True, cache_pa
     )
 
 
-__all__ = ["BACKENDS", "Backend", "Chat", "SamplingParams", "backend_class", "load_backend"]
+def role_sampling(role) -> SamplingParams:
+    """The sampling settings a role config gives (temperature, top_p, max_new_tokens)."""
+    return SamplingParams(temperature=role.temperature, top_p=role.top_p, max_new_tokens=role.max_new_tokens)
+
+
+__all__ = ["BACKENDS", "Backend", "Chat", "SamplingParams", "backend_class", "load_backend", "role_sampling"]

@@ -19,6 +19,7 @@ from star_gate.data.records import Conversation, Judgement, Pair, Persona
 from star_gate.roles.players import Judge
 
 JudgeOrder = Literal["random", "counterbalanced"]
+_OTHER = {"contender": "baseline", "baseline": "contender"}
 
 
 def mean_sem(values: Sequence[float]) -> tuple[float, float]:
@@ -56,22 +57,15 @@ def judge_answers(
     by_pair = {p.pair_id: p for p in pairs}
     baseline_of = {(c.pair_id, c.sample_index): c for c in baseline}
     rng = random.Random(seed)
-    plans = []  # (contender conversation, baseline conversation, which answer is shown first)
+    orders = []  # per contender answer: which answer is shown first, once or in both orders
+    queries = []  # (persona, task, answer shown as A, answer shown as B), in the same sequence
     for mine in contender:
-        theirs = baseline_of[mine.pair_id, mine.sample_index]
+        texts = {"contender": mine.response or "", "baseline": baseline_of[mine.pair_id, mine.sample_index].response or ""}
         firsts = ("contender", "baseline") if order == "counterbalanced" else (rng.choice(("contender", "baseline")),)
-        plans += [(mine, theirs, first) for first in firsts]
-    answers = [{"contender": mine.response or "", "baseline": theirs.response or ""} for mine, theirs, _ in plans]
-    seconds = [{"contender": "baseline", "baseline": "contender"}[first] for _, _, first in plans]
-    picks = judge.pick(
-        [by_pair[mine.pair_id].persona for mine, _, _ in plans],
-        [by_pair[mine.pair_id].task.text for mine, _, _ in plans],
-        [a[first] for a, (_, _, first) in zip(answers, plans)],
-        [a[second] for a, second in zip(answers, seconds)],
-    )
-    verdicts = defaultdict(list)
-    for (mine, _, first), second, pick in zip(plans, seconds, picks):
-        verdicts[mine.pair_id, mine.sample_index].append((first, {"A": first, "B": second}.get(pick, "")))
+        orders.append(firsts)
+        pair = by_pair[mine.pair_id]
+        queries += [(pair.persona, pair.task.text, texts[first], texts[_OTHER[first]]) for first in firsts]
+    picks = iter(judge.pick(*(list(column) for column in zip(*queries))) if queries else [])  # in query order
     return [
         Judgement(
             task_id=mine.task_id,
@@ -79,10 +73,10 @@ def judge_answers(
             sample_index=mine.sample_index,
             target_turns=mine.target_turns,
             contender=label,
-            shown_first=tuple(first for first, _ in verdicts[mine.pair_id, mine.sample_index]),
-            verdicts=tuple(verdict for _, verdict in verdicts[mine.pair_id, mine.sample_index]),
+            shown_first=firsts,
+            verdicts=tuple({"A": first, "B": _OTHER[first]}.get(next(picks), "") for first in firsts),
         )
-        for mine in contender
+        for mine, firsts in zip(contender, orders)
     ]
 
 
