@@ -292,14 +292,19 @@ def data_tasks(
     column: Annotated[str, typer.Option(help="the field or column holding the request text")] = "text",
     hub_split: Annotated[str, typer.Option(help="which split of a hub dataset to read")] = "train",
     splits: Annotated[str, typer.Option(help="tasks per split")] = "A=20,B=20,test=10",
+    extract: Annotated[str, typer.Option(
+        help="regular expression whose first group is the request, e.g. 'Human:\\s*(.*?)\\s*Assistant:'"
+    )] = "",
     seed: SeedOpt = 0,
 ) -> None:
     """Import requests, drop empty and near-duplicate ones, keep the first needed, split them."""
-    from star_gate.data.build import build_tasks, parse_split_sizes, read_requests
+    from star_gate.data.build import build_tasks, extract_requests, parse_split_sizes, read_requests
 
     def step(folder_cls):
         sizes = parse_split_sizes(splits)
-        build_tasks(folder_cls(folder), read_requests(source, column, hub_split), sizes, seed, source, say=console.print)
+        extract_requests([], extract)  # a bad pattern is refused before a hub dataset downloads
+        texts = read_requests(source, column, hub_split)
+        build_tasks(folder_cls(folder), texts, sizes, seed, source, say=console.print, extract=extract)
 
     _data_step(step)
 

@@ -16,6 +16,7 @@ from star_gate.data.build import (
     build_personas,
     build_tasks,
     dedupe,
+    extract_requests,
     parse_split_sizes,
     persona_name,
     plan_gold,
@@ -251,3 +252,24 @@ def test_cli_tasks_prints_the_call_count_and_refuses_bad_sizes(tmp_path):
                               "prompt", "--splits", "A=two"])
     assert bad.exit_code == 2 and "NAME=COUNT" in bad.output
     assert not (tmp_path / "o2").exists()
+
+
+def test_extract_keeps_the_request_inside_each_row(tmp_path):
+    # Rows shaped like the paper's source dataset: the human's turn, then the assistant's.
+    rows = [f"Human: {text} Assistant: Sure, here is an answer." for text in REQUESTS if text]
+    rows.insert(1, "no human turn in this row")
+    pattern = r"Human:\s*(.*?)\s*Assistant:"
+    assert extract_requests(rows[:2], pattern) == ["Recommend me a book.", ""]
+    folder = DatasetFolder(tmp_path / "d")
+    build_tasks(folder, rows, {"A": 2, "B": 2, "test": 1}, seed=0, source="inline", say=lambda _: None,
+                extract=pattern)
+    assert sorted(t.text for t in folder.tasks().values()) == sorted(dedupe(REQUESTS, 5)[0])
+    assert folder.build["tasks"]["extract"] == pattern
+    assert folder.build["tasks"]["dropped"] == 2  # the near-duplicate and the row without a match
+
+
+def test_cli_refuses_a_bad_extract_pattern_before_reading(tmp_path):
+    result = CliRunner().invoke(app, ["data", "tasks", str(tmp_path / "d"), "--source", "owner/never-read",
+                                      "--extract", "Human:(", "--splits", "A=1"])
+    assert result.exit_code == 2 and "not a valid regular expression" in result.output
+    assert not (tmp_path / "d").exists()

@@ -79,6 +79,21 @@ def _read_hub_column(name: str, column: str, split: str) -> list[str]:
     return [value if isinstance(value, str) else "" for value in table[column]]
 
 
+def extract_requests(texts: Sequence[str], pattern: str) -> list[str]:
+    """The first capture group of `pattern` in each text (the whole match if it has no group);
+    a text it does not match becomes empty, which dedupe then drops and counts.
+
+    Example: rows like "Human: Recommend me a book. Assistant: ..." (the paper's source dataset)
+    with pattern r"Human:\s*(.*?)\s*Assistant:" give "Recommend me a book.".
+    """
+    try:
+        regex = re.compile(pattern, re.DOTALL)
+    except re.error as err:
+        raise ValueError(f"--extract {pattern!r} is not a valid regular expression ({err})") from None
+    found = (regex.search(text) for text in texts)
+    return [(match.group(1) if regex.groups else match.group(0)) or "" if match else "" for match in found]
+
+
 def dedupe(texts: Sequence[str], wanted: int, threshold: float = NEAR_DUPLICATE) -> tuple[list[str], int]:
     """The first `wanted` texts that are neither empty nor near-duplicates of an earlier kept one,
     with whitespace normalised; also how many were dropped on the way."""
@@ -174,10 +189,18 @@ class StepResult:
 
 # -- tasks ------------------------------------------------------------------------------------------
 def build_tasks(
-    folder: DatasetFolder, texts: Sequence[str], sizes: dict[str, int], seed: int, source: str, say: Say = print
+    folder: DatasetFolder, texts: Sequence[str], sizes: dict[str, int], seed: int, source: str, say: Say = print,
+    extract: str = "",
 ) -> StepResult:
-    """Keep the first sum(sizes) distinct requests as tasks and split them. Makes no model calls."""
+    """Keep the first sum(sizes) distinct requests as tasks and split them. Makes no model calls.
+
+    extract: a regular expression whose first group is the request within each text (see
+    extract_requests); empty means each text is the request.
+    """
     settings = {"source": source, "sizes": sizes, "seed": seed}
+    if extract:
+        settings["extract"] = extract
+        texts = extract_requests(texts, extract)
     if folder.file("tasks.jsonl").exists():
         done = folder.build.get("tasks", {})
         if {k: done.get(k) for k in settings} == settings:
