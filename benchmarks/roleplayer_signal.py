@@ -16,8 +16,9 @@ import time
 from collections import defaultdict
 
 from star_gate.config import load_config
-from star_gate.pipeline import Pipeline, mean_sem
+from star_gate.pipeline import Pipeline
 from star_gate.stages import score_controls, score_conversations, simulate
+from star_gate.stages.evaluate import mean_sem
 
 
 def main() -> None:

@@ -11,11 +11,11 @@ import pytest
 from dataset_edits import drop_gold, edit_line, edit_splits, without
 from typer.testing import CliRunner
 
-from star_gate import pipeline as pipeline_module
 from star_gate.cli import app
 from star_gate.config import load_config
 from star_gate.data.records import Conversation, ScoredControl
 from star_gate.pipeline import Pipeline
+from star_gate.roles import factory as factory_module
 
 
 def squash(text: str) -> str:
@@ -31,7 +31,7 @@ def run_cli(monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded before the input was checked")
 
-    monkeypatch.setattr(pipeline_module, "load_backend", no_model)
+    monkeypatch.setattr(factory_module, "load_backend", no_model)
     runner = CliRunner()
     return lambda *args: runner.invoke(app, [str(a) for a in args])
 

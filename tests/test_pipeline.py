@@ -7,11 +7,13 @@ import math
 
 import pytest
 
+from star_gate import jobs as jobs_module
 from star_gate import pipeline as pipeline_module
 from star_gate.backends.fake import FakeBackend
 from star_gate.config import ConfigError, RunConfig, load_config
 from star_gate.data.records import Conversation, ScoredControl
 from star_gate.pipeline import STAGES, Pipeline, limit_splits, stage_seed
+from star_gate.roles.factory import Players
 
 
 def fake_config(run_dir, data_dir, *overrides: str) -> RunConfig:
@@ -153,7 +155,7 @@ def test_finished_stages_are_skipped(fake_pipeline, monkeypatch):
         p.run_stage(1, stage)
     before = {k: v["finished"] for k, v in p.run.manifest["stages"].items()}
     monkeypatch.setattr(
-        Pipeline, "backend", lambda *a, **k: pytest.fail("a finished stage asked for a model")
+        Players, "backend", lambda *a, **k: pytest.fail("a finished stage asked for a model")
     )
     again = Pipeline(p.config, progress=False)
     for stage in STAGES[:-1]:
@@ -169,7 +171,7 @@ def test_crashed_simulation_resumes_after_the_last_finished_chunk(
         fake_config(tmp_path / "ref", dataset_dir, "simulate.chunk_pairs=1"), progress=False
     )
     reference.simulate_stage(1)
-    real_simulate = pipeline_module.simulate
+    real_simulate = jobs_module.simulate
     calls = []
 
     def crash_on_third_chunk(pairs, *args, **kwargs):
@@ -178,7 +180,7 @@ def test_crashed_simulation_resumes_after_the_last_finished_chunk(
             raise KeyboardInterrupt("crash")
         return real_simulate(pairs, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline_module, "simulate", crash_on_third_chunk)
+    monkeypatch.setattr(jobs_module, "simulate", crash_on_third_chunk)
     with pytest.raises(KeyboardInterrupt):
         Pipeline(config, progress=False).simulate_stage(1)
     resumed = Pipeline(config, progress=False)
@@ -236,7 +238,7 @@ def test_grounded_roleplayer_answers_from_the_persona(tmp_path, dataset_dir, ret
     p = Pipeline(
         fake_config(tmp_path / "run", dataset_dir, "roles.roleplayer.mode=grounded"), progress=False
     )
-    p._retriever = retriever  # the session's encoder, instead of loading another
+    p.players.retriever = retriever  # the session's encoder, instead of loading another
     p.simulate_stage(1)
     personas = p.dataset.personas
     for c in p.run.records("iter_1/simulate", Conversation.from_json):
@@ -253,7 +255,7 @@ def test_facts_mode_needs_no_roleplayer_model(tmp_path, dataset_dir, retriever):
         ),
         progress=False,
     )
-    p._retriever = retriever
+    p.players.retriever = retriever
     assert p.roleplayer().backend is None
     p.simulate_stage(1)
     conversations = p.run.records("iter_1/simulate", Conversation.from_json)
@@ -337,7 +339,7 @@ def test_rerun_calls_no_backend(tiny_run, monkeypatch):
     def no_models(*args, **kwargs):
         raise AssertionError("a finished run asked for a model")
 
-    monkeypatch.setattr(Pipeline, "backend", no_models)
+    monkeypatch.setattr(Players, "backend", no_models)
     monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", no_models)
     again = Pipeline(config, progress=False)
     assert again.run_all() == rows

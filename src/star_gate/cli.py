@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape  # messages may hold brackets: star-gate[vllm]
 from rich.table import Table
 
 from star_gate.config import ConfigError, RunConfig, load_config
@@ -37,7 +38,7 @@ def _load(config: str, overrides: list[str] | None) -> RunConfig:
     try:
         return load_config(config, overrides or [])
     except ConfigError as err:
-        err_console.print(f"[red]error:[/red] {err}")
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from None
 
 
@@ -49,7 +50,7 @@ def _pipeline(cfg: RunConfig, restart: bool = False, branch_from: str | None = N
             cfg, restart=restart, progress=sys.stderr.isatty(), branch_from=branch_from, checkpoints=checkpoints
         )
     except (ConfigError, DataError, ValueError) as err:
-        err_console.print(f"[red]error:[/red] {err}")
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from None
 
 
@@ -79,8 +80,8 @@ def run(
             err_console.print("[red]error:[/red] --restart and --branch exclude each other")
             raise typer.Exit(2)
         source, cfg = cfg.run_dir, cfg.model_copy(update={"run_dir": branch})
-    pipeline = _pipeline(cfg, restart, branch_from=source)
-    _summarise(pipeline, pipeline.run_all())
+    with _pipeline(cfg, restart, branch_from=source) as pipeline:  # stops any Ray workers at the end
+        _summarise(pipeline, pipeline.run_all())
 
 
 def _summarise(pipeline, rows) -> None:
@@ -132,8 +133,8 @@ def evaluate(
     if not found:
         err_console.print("[red]error:[/red] no checkpoints: give --from RUN_DIR (with iter_k/checkpoint) or --checkpoint PATH")
         raise typer.Exit(2)
-    pipeline = _pipeline(cfg, checkpoints=found)
-    _summarise(pipeline, pipeline.evaluate_checkpoints())
+    with _pipeline(cfg, checkpoints=found) as pipeline:
+        _summarise(pipeline, pipeline.evaluate_checkpoints())
 
 
 @app.command()
@@ -148,7 +149,7 @@ def report(
     try:
         console.print(f"report: {write_report(runs, out, examples)}")
     except (FileNotFoundError, ConfigError, DataError) as err:
-        err_console.print(f"[red]error:[/red] {err}")
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from None
 
 
@@ -156,12 +157,14 @@ def report(
 def validate(config: ConfigArg, overrides: OverridesArg = None) -> None:
     """Check a config and its dataset without loading any model."""
     from star_gate.data.loaders import load_dataset
+    from star_gate.stages.train_launch import check_launcher
 
     cfg = _load(config, overrides)
     try:
         dataset = load_dataset(cfg.data.path)
-    except DataError as err:
-        err_console.print(f"[red]error:[/red] {err}")
+        check_launcher(cfg.train)  # the accelerate config of a launched training
+    except (DataError, ConfigError) as err:
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from None
     console.print(f"ok: {len(dataset.tasks)} tasks, {len(dataset.personas)} personas, {len(dataset.gold)} gold")
 
@@ -173,12 +176,12 @@ def _stage_command(stage: str):
         iteration: Annotated[int, typer.Option("--iteration", "-i", help="which iteration")] = 1,
     ) -> None:
         cfg = _load(config, overrides)
-        pipeline = _pipeline(cfg)
-        try:
-            pipeline.run_stage(iteration, stage)
-        except RuntimeError as err:
-            err_console.print(f"[red]error:[/red] {err}")
-            raise typer.Exit(2) from None
+        with _pipeline(cfg) as pipeline:
+            try:
+                pipeline.run_stage(iteration, stage)
+            except RuntimeError as err:
+                err_console.print(f"[red]error:[/red] {escape(str(err))}")
+                raise typer.Exit(2) from None
         console.print(f"{stage} of iteration {iteration}: done ({cfg.run_dir})")
 
     command.__doc__ = f"Run only the {stage} stage of one iteration (earlier stages must be done)."
@@ -241,7 +244,7 @@ def data_check(
     try:
         dataset = load_dataset(path)
     except DataError as err:
-        err_console.print(f"[red]error:[/red] {err}")
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from None
     report = check_texts(dataset)
     for fact in report.facts:
@@ -278,7 +281,7 @@ def _data_step(step):
     try:
         return step(DatasetFolder)
     except (DataError, ValueError) as err:
-        err_console.print(f"[red]error:[/red] {err}")
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from None
     except RuntimeError as err:  # the model would not produce usable output: not the input's fault
         err_console.print(f"[red]failed:[/red] {err}")

@@ -23,8 +23,10 @@ class Section(BaseModel):
 
 class RoleConfig(Section):
     model: str = Field("bundled", description="'bundled' (SmolLM2-135M-Instruct), a local folder or a hub id")
-    backend: Literal["transformers", "fake", "openai"] = Field(
-        "transformers", description="which backend serves this role; openai: any OpenAI-compatible server"
+    backend: Literal["transformers", "fake", "openai", "vllm"] = Field(
+        "transformers",
+        description="which backend serves this role; openai: any OpenAI-compatible server; "
+        "vllm: a local model on GPUs through vLLM (pip install 'star-gate[vllm]')",
     )
     prompt: str = Field("", description="prompt template name (roles/prompts.py); empty for the role's default")
     temperature: float = Field(0.9, ge=0, description="sampling temperature; 0 is greedy")
@@ -34,6 +36,17 @@ class RoleConfig(Section):
     dtype: str = Field("auto", description="'auto' (bf16 on GPU, fp32 on CPU), 'float32', 'bfloat16'")
     batch_size: int = Field(16, ge=1, description="sequences per forward pass")
     max_context: int = Field(2048, ge=64, description="prompts longer than this are cut from the left (counted)")
+    # backend: vllm only
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="backend vllm only: GPUs that split the model's weights (tensor parallel)"
+    )
+    gpu_memory_utilization: float = Field(
+        0.85,
+        gt=0,
+        le=1,
+        description="backend vllm only: share of each GPU's memory this model's vLLM engine reserves "
+        "(weights and KV cache); engines and training on the same GPU need their shares to fit together",
+    )
     # backend: openai only (model is then the name the server knows the model by)
     base_url: str = Field(
         "", description="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1; empty: api.openai.com"
@@ -147,6 +160,34 @@ class LoraConfig(Section):
     )
 
 
+class DistributedConfig(Section):
+    launcher: Literal["none", "accelerate"] = Field(
+        "none",
+        description="none: train inside the pipeline's process; accelerate: `accelerate launch` worker "
+        "processes (many GPUs, FSDP, DeepSpeed, many machines) while the pipeline waits",
+    )
+    accelerate_config: str = Field(
+        "", description="accelerate config file (see configs/accelerate/); needed with launcher: accelerate"
+    )
+    # Each of these overrides the accelerate config file's own value when set.
+    num_processes: int | None = Field(None, ge=1, description="training processes over all machines")
+    num_machines: int | None = Field(None, ge=1, description="machines taking part")
+    main_process_ip: str = Field("", description="address of machine 0, where this pipeline runs")
+    main_process_port: int | None = Field(
+        None, ge=0, le=65535, description="port for the process group on machine 0; 0: any free port (one machine)"
+    )
+
+    @model_validator(mode="after")
+    def _launcher_has_its_config(self):
+        # Whether the file exists is checked when a pipeline starts (stages/train_launch.py), so
+        # that a run directory's saved config can still be read on a machine without it.
+        if self.launcher == "accelerate" and not self.accelerate_config:
+            raise ValueError("launcher 'accelerate' needs accelerate_config, e.g. configs/accelerate/ddp.yaml")
+        if self.launcher == "none" and self.accelerate_config:
+            raise ValueError("accelerate_config is set but launcher is 'none'; set launcher: accelerate to use it")
+        return self
+
+
 class TrainConfig(Section):
     learning_rate: float = Field(2e-5, gt=0, description="peak learning rate (paper: 2e-5)")
     epochs: float = Field(1.0, gt=0, description="passes over the kept conversations (paper: 1)")
@@ -159,6 +200,9 @@ class TrainConfig(Section):
     bf16: bool | None = Field(None, description="bf16 mixed precision; default: on when a GPU has it")
     lora: LoraConfig = Field(
         LoraConfig(), description="LoRA adapters, merged into the saved checkpoint; off: full fine-tuning"
+    )
+    distributed: DistributedConfig = Field(
+        DistributedConfig(), description="train in worker processes across GPUs or machines; default: in-process"
     )
 
 
@@ -191,6 +235,27 @@ class EvaluateConfig(Section):
     )
 
 
+class ParallelConfig(Section):
+    """Where simulation, scoring, final answers, controls and judging run. Never what they give:
+    a run may be resumed under another engine (RunDir compares configs without this section)."""
+
+    engine: Literal["none", "ray"] = Field(
+        "none",
+        description="none: every job in this process; ray: chunks spread over Ray workers, each "
+        "holding its own model replicas (pip install 'star-gate[ray]')",
+    )
+    workers: int = Field(2, ge=1, description="Ray workers (actors), each loading the models its chunks need")
+    address: str = Field(
+        "",
+        description="empty: start a private local Ray instance; 'auto' or 'ray://HOST:10001': join a "
+        "running cluster (run_dir and data.path must then be on a filesystem every node shares)",
+    )
+    cpus_per_worker: float = Field(
+        1, gt=0, description="CPU cores reserved per worker; Ray sets its OMP_NUM_THREADS (torch threads) to it"
+    )
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs per worker (fractions share a GPU); 0: CPU only")
+
+
 class RunConfig(Section):
     run_dir: str = Field("runs/demo", description="where every record, checkpoint and manifest goes")
     seed: int = Field(0, description="all randomness derives from this")
@@ -202,6 +267,7 @@ class RunConfig(Section):
     regularize: RegularizeConfig = RegularizeConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    parallel: ParallelConfig = ParallelConfig()
 
     @model_validator(mode="after")
     def _cross_field(self):

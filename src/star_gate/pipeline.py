@@ -8,30 +8,28 @@ the test pairs. Every step writes its records to the run directory and is skippe
 from __future__ import annotations
 
 import shutil
-import weakref
 import zlib
-from collections.abc import Callable
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from star_gate.backends import Backend, load_backend, role_sampling
+from star_gate.backends import Backend
+from star_gate.backends.vllm_backend import check_vllm_roles
 from star_gate.config import RoleConfig, RoleplayerConfig, RunConfig
 from star_gate.data.loaders import load_dataset
-from star_gate.data.records import Conversation, Dataset, Pair
+from star_gate.data.records import Conversation, Dataset, Pair, Persona
 from star_gate.faults import crash_point
+from star_gate.jobs import AnswerJob, ControlsJob, Job, JudgeJob, ScoreJob, SimulateJob, pairs_of
+from star_gate.parallel import check_parallel, make_runner
 from star_gate.results import Estimate, RunResults
-from star_gate.roles.players import (
-    GroundedRoleplayer,
-    Judge,
-    PersonaRoleplayer,
-    Questioner,
-    Roleplayer,
-)
+from star_gate.roles.factory import Players
+from star_gate.roles.players import Judge, Questioner, Roleplayer
 from star_gate.roles.prompts import get_template
 from star_gate.rundir import RunDir
-from star_gate.stages import regularize, score_controls, score_conversations, select_top_k, simulate
-from star_gate.stages.evaluate import judge_answers, random_personas
+from star_gate.stages import select_top_k
+from star_gate.stages.evaluate import random_personas
 from star_gate.stages.train import build_examples, finetune
+from star_gate.stages.train_launch import check_launcher, finetune_launched
 
 STAGES = ("simulate", "score", "select", "regularize", "train")
 
@@ -39,6 +37,11 @@ STAGES = ("simulate", "score", "select", "regularize", "train")
 def stage_seed(seed: int, *parts: object) -> int:
     """A seed per (run seed, stage, iteration, chunk) that is stable across processes."""
     return zlib.crc32("|".join(map(str, (seed, *parts))).encode()) % (2**31)
+
+
+def acting_in(pairs: Sequence[Pair], acting: dict[str, Persona] | None) -> dict[str, Persona] | None:
+    """The personas played instead of these pairs' own (random-persona condition): all a job needs."""
+    return None if acting is None else {p.pair_id: acting[p.pair_id] for p in pairs if p.pair_id in acting}
 
 
 def limit_splits(dataset: Dataset, max_tasks: int | None, max_personas: int | None) -> Dataset:
@@ -50,12 +53,8 @@ def limit_splits(dataset: Dataset, max_tasks: int | None, max_personas: int | No
     return dataset
 
 
-def backend_work(backend: Backend) -> dict[str, int]:
-    """Running totals a backend keeps: prompts it truncated, and an API backend's calls and tokens."""
-    counts = {"truncated_prompts": getattr(backend, "truncated_prompts", 0)}
-    if hasattr(backend, "api_counts"):
-        counts.update(backend.api_counts())
-    return counts
+def in_chunks(items: list, size: int) -> list[list]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def check_api_roles(config: RunConfig) -> None:
@@ -101,71 +100,68 @@ class Pipeline:
                 "evaluate.random_persona needs at least 2 test personas; set it to false or use more personas"
             )
         check_api_roles(config)  # keys present, and a scoring server's log-probs pass a probe
+        check_parallel(config)  # the ray package, and the GPUs a local Ray instance is asked for
+        check_vllm_roles(config)  # the vllm package, where a role names backend vllm
+        check_launcher(config.train)  # the accelerate config of a launched training, and its packages
         self.run = RunDir(config, restart=restart, branch_from=branch_from)
-        self._backends: dict[tuple, Backend] = {}
-        self._counted: dict[tuple, tuple[weakref.ref, dict[str, int]]] = {}  # work already counted
+        # API backends keep their answers in the run directory: a rerun never pays twice.
+        cache = self.run.path("api_cache.sqlite")
+        self.players = Players(config, cache, progress)
+        self.runner = make_runner(config, self.players, cache)  # Ray starts with the first job
+        self._job_work: dict[str, int] = {}  # counted by jobs and not yet stored in the manifest
         self.run.work_counts = self._new_work
-        self._retriever = None
+
+    def close(self) -> None:
+        """Stop the Ray workers (and the Ray instance, if this pipeline started it)."""
+        self.runner.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     # -- players ------------------------------------------------------------------------------
     def backend(self, role: RoleConfig, model: str | None = None) -> Backend:
-        """One backend per (kind, model, device or server); roles naming the same model share it."""
-        model = model or role.model
-        key = (role.backend, model, role.device, role.dtype, role.base_url, role.api_key_env, role.logprobs)
-        if key not in self._backends:
-            # API backends keep their answers in the run directory: a rerun never pays twice.
-            cache = self.run.path("api_cache.sqlite")
-            self._backends[key] = load_backend(role, model, self.progress, cache_path=cache)
-        return self._backends[key]
+        return self.players.backend(role, model)
 
     def _new_work(self) -> dict[str, int]:
-        """Work the backends counted since the last call (RunDir.mark_done stores it with each
-        finished stage): prompts cut to fit max_context, and API calls, cache hits and tokens."""
-        new = {"truncated_prompts": 0}
-        for key, backend in self._backends.items():
-            counts = backend_work(backend)
-            # A weak reference, so that counting never keeps a released model in memory.
-            seen_ref, seen = self._counted.get(key, (lambda: None, {}))
-            for name, value in counts.items():
-                new[name] = new.get(name, 0) + value - (seen.get(name, 0) if seen_ref() is backend else 0)
-            self._counted[key] = (weakref.ref(backend), counts)
+        """Work counted since the last call (RunDir.mark_done stores it with each finished stage):
+        prompts cut to fit max_context, and API calls, cache hits and tokens, whether the jobs
+        ran here or on Ray workers."""
+        new = self.players.new_work()
+        for name, value in self._job_work.items():
+            new[name] = new.get(name, 0) + value
+        self._job_work = {}
         return new
 
     def release_policy(self, iteration: int) -> None:
-        """Free the memory of a fine-tuned policy that no later step needs."""
-        path = str(self.checkpoint(iteration))
-        self._backends = {k: v for k, v in self._backends.items() if k[1] != path}
+        """Free the memory of a fine-tuned policy that no later step needs, here and on workers."""
+        model = str(self.checkpoint(iteration))
+        self.players.release(model)
+        self.runner.release(model)
 
     def checkpoint(self, iteration: int) -> Path:
         if iteration in self.external_checkpoints:
             return Path(self.external_checkpoints[iteration])
         return self.run.path(f"iter_{iteration}", "checkpoint")
 
+    def policy_model(self, iteration: int) -> str | None:
+        """The model of Q_iteration: None (the base model) for 0, else that iteration's checkpoint."""
+        return None if iteration == 0 else str(self.checkpoint(iteration))
+
     def scorer(self) -> Backend:
         """Q_BASE, frozen: the initial questioner model."""
-        return self.backend(self.config.roles.questioner)
+        return self.players.scorer()
 
     def questioner(self, iteration: int) -> Questioner:
-        """Q_iteration: the base model for 0, else that iteration's checkpoint."""
-        role = self.config.roles.questioner
-        model = None if iteration == 0 else str(self.checkpoint(iteration))
-        params = role_sampling(role)
-        return Questioner(self.backend(role, model), get_template(role.prompt or "questioner_fewshot"), params)
+        return self.players.questioner(self.policy_model(iteration))
 
     def roleplayer(self, role: RoleplayerConfig | None = None) -> Roleplayer:
-        role = role or self.config.roles.roleplayer
-        params = role_sampling(role)
-        backend = self.backend(role) if role.mode != "facts" else None
-        if role.mode == "persona":
-            return PersonaRoleplayer(backend, get_template(role.prompt or "roleplayer_persona"), params)
-        if self._retriever is None:
-            from star_gate.roles.grounding import FactRetriever
+        return self.players.roleplayer(role)
 
-            self._retriever = FactRetriever(role.embedder)
-        template = get_template(role.prompt or "roleplayer_grounded")
-        return GroundedRoleplayer(
-            backend, template, params, self._retriever, role.facts_per_answer, verbatim=role.mode == "facts"
-        )
+    def judge(self) -> Judge:
+        return self.players.judge()
 
     # -- data -----------------------------------------------------------------------------------
     def split_for(self, iteration: int) -> str:
@@ -175,18 +171,30 @@ class Pipeline:
         return self.dataset.pairs(split)
 
     # -- stages -----------------------------------------------------------------------------------
-    def _in_chunks(self, key: str, out: str, items: list, work: Callable[[list, int], list], size: int, **info):
-        """Apply work(chunk, chunk_index) to items in chunks, saving each chunk's records on its own,
-        then merge them in order: a crash loses at most the chunk in progress."""
+    def _run_jobs(self, jobs: dict[int, Job]) -> Iterator[tuple[int, list]]:
+        """(index, records) of each job as it finishes, here or on a Ray worker (parallel.engine);
+        the work each job counted is stored with the records it gave."""
+        for index, records, work in self.runner.run(jobs):
+            for name, value in work.items():
+                self._job_work[name] = self._job_work.get(name, 0) + value
+            yield index, records
+
+    def _run_one(self, job: Job) -> list:
+        [(_, records)] = list(self._run_jobs({0: job}))
+        return records
+
+    def _in_chunks(self, key: str, out: str, jobs: list[Job], **info) -> None:
+        """Run one job per chunk, saving each chunk's records as it finishes (in any order, when
+        Ray workers run them), then merge them in chunk order: a crash loses at most the chunks
+        in progress, and which worker ran which chunk changes nothing."""
         if self.run.is_done(key):
             return
-        records: list[Conversation] = []
-        for index, start in enumerate(range(0, len(items), size)):
-            chunk_key = f"{key}/chunk_{index:04d}"
-            if not self.run.is_done(chunk_key):
-                self.run.write_records(chunk_key, f"{out}.chunks/{index:04d}.jsonl", work(items[start : start + size], index))
-            records += self.run.records(chunk_key, Conversation.from_json)
-        self.run.write_records(key, out, records, **info)
+        keys = [f"{key}/chunk_{index:04d}" for index in range(len(jobs))]
+        pending = {index: job for index, job in enumerate(jobs) if not self.run.is_done(keys[index])}
+        for index, records in self._run_jobs(pending):
+            self.run.write_records(keys[index], f"{out}.chunks/{index:04d}.jsonl", records)
+        merged = [record for chunk_key in keys for record in self.run.records(chunk_key, Conversation.from_json)]
+        self.run.write_records(key, out, merged, **info)
 
     def _chunk_of(self, conversations: list[Conversation]) -> int:
         """Conversations per chunk: those of simulate.chunk_pairs pairs."""
@@ -205,28 +213,29 @@ class Pipeline:
         persona the roleplayer plays instead of the pair's own (random-persona condition).
         """
 
-        def work(chunk: list[Pair], index: int) -> list[Conversation]:
-            return simulate(
-                chunk, self.questioner(policy_iteration), self.roleplayer(roleplayer),
-                conversations_per_pair=n, max_turns=turns,
-                seed=stage_seed(self.config.seed, seed_key or key, index), roleplayer_personas=acting,
+        jobs = [
+            SimulateJob(
+                chunk, self.policy_model(policy_iteration), roleplayer, n, turns,
+                seed=stage_seed(self.config.seed, seed_key or key, index), acting=acting_in(chunk, acting),
             )
-
-        self._in_chunks(key, out, pairs, work, self.config.simulate.chunk_pairs, pairs=len(pairs))
+            for index, chunk in enumerate(in_chunks(pairs, self.config.simulate.chunk_pairs))
+        ]
+        self._in_chunks(key, out, jobs, pairs=len(pairs))
 
     def _score_chunked(self, key: str, out: str, conversations: list[Conversation], pairs: list[Pair]) -> None:
-        def work(chunk: list[Conversation], _index: int) -> list[Conversation]:
-            return score_conversations(chunk, pairs, self.scorer())
-
-        self._in_chunks(key, out, conversations, work, self._chunk_of(conversations))
+        chunks = in_chunks(conversations, self._chunk_of(conversations))
+        self._in_chunks(key, out, [ScoreJob(chunk, pairs_of(chunk, pairs)) for chunk in chunks])
 
     def _answer_chunked(self, key: str, out: str, conversations: list[Conversation], pairs: list[Pair],
-                        policy: Questioner | None, mode: str, max_new_tokens: int) -> None:
-        """Final answers (or none, or the gold) appended to conversations, chunk by chunk."""
-        def work(chunk: list[Conversation], _index: int) -> list[Conversation]:
-            return regularize(chunk, pairs, policy, mode, max_new_tokens)
-
-        self._in_chunks(key, out, conversations, work, self._chunk_of(conversations), mode=mode)
+                        policy_iteration: int, mode: str, max_new_tokens: int) -> None:
+        """Final answers by Q_policy_iteration (or none, or the gold) appended to conversations,
+        chunk by chunk."""
+        policy = self.policy_model(policy_iteration)
+        jobs = [
+            AnswerJob(chunk, pairs_of(chunk, pairs), policy, mode, max_new_tokens)
+            for chunk in in_chunks(conversations, self._chunk_of(conversations))
+        ]
+        self._in_chunks(key, out, jobs, mode=mode)
 
     def simulate_stage(self, iteration: int) -> None:
         sim = self.config.simulate
@@ -261,10 +270,8 @@ class Pipeline:
             return
         self._require(f"iter_{iteration}/select")
         kept = self.run.records(f"iter_{iteration}/select", Conversation.from_json)
-        mode = self.config.regularize.mode
-        policy = self.questioner(iteration - 1) if mode == "policy" else None
         self._answer_chunked(key, f"iter_{iteration}/regularized.jsonl", kept, self.pairs(self.split_for(iteration)),
-                             policy, mode, self.config.regularize.max_new_tokens)
+                             iteration - 1, self.config.regularize.mode, self.config.regularize.max_new_tokens)
 
     def train_stage(self, iteration: int) -> None:
         key = f"iter_{iteration}/train"
@@ -283,7 +290,10 @@ class Pipeline:
         target = self.checkpoint(iteration)
         staging = target.with_name("checkpoint.partial")
         shutil.rmtree(staging, ignore_errors=True)  # a crashed attempt's files must not mix in
-        metrics = finetune(examples, role.model, staging, cfg, seed=stage_seed(self.config.seed, key))
+        train = finetune if cfg.distributed.launcher == "none" else finetune_launched
+        if train is finetune_launched:
+            self.players.release_local_models()  # the launched processes need the GPUs' memory
+        metrics = train(examples, role.model, staging, cfg, seed=stage_seed(self.config.seed, key))
         shutil.rmtree(staging / "trainer", ignore_errors=True)
         crash_point("before_rename", key)
         if target.exists():  # renamed by a run that crashed before listing it in the manifest
@@ -294,7 +304,7 @@ class Pipeline:
     def controls_stage(self) -> None:
         key = "eval/controls"
         if not self.run.is_done(key):
-            controls = score_controls(self.pairs(self.config.data.test_split), self.scorer())
+            controls = self._run_one(ControlsJob(self.pairs(self.config.data.test_split)))
             self.run.write_records(key, "eval/controls.jsonl", controls)
 
     def evaluate_stage(self, iteration: int) -> None:
@@ -338,21 +348,16 @@ class Pipeline:
         key = f"eval/iter_{iteration}/answers"
         if not self.run.is_done(key):
             self._answer_chunked(key, f"eval/iter_{iteration}_answers.jsonl", self._judged_conversations(iteration),
-                                 pairs, self.questioner(iteration), "policy", self.config.evaluate.answer_max_new_tokens)
+                                 pairs, iteration, "policy", self.config.evaluate.answer_max_new_tokens)
 
     def _base_answers_and_judge(self, iteration: int, pairs: list[Pair]) -> None:
         """Response-model ablation: Q_BASE answers after Q_iteration's conversations, judged against Q_0."""
         key = f"eval/iter_{iteration}/base_answers"
         if not self.run.is_done(key):
             self._answer_chunked(key, f"eval/iter_{iteration}_base_answers.jsonl", self._judged_conversations(iteration),
-                                 pairs, self.questioner(0), "policy", self.config.evaluate.answer_max_new_tokens)
+                                 pairs, 0, "policy", self.config.evaluate.answer_max_new_tokens)
         self._judge(iteration, "judge_base", self.run.records(key, Conversation.from_json), pairs,
                     label=f"Q_BASE answering after Q_{iteration}")
-
-    def judge(self) -> Judge:
-        role = self.config.roles.judge
-        params = role_sampling(role)
-        return Judge(self.backend(role), get_template(role.prompt or "judge"), params, self.config.evaluate.judge_method)
 
     def _judge(self, iteration: int, kind: str, contender: list[Conversation], pairs: list[Pair], label: str = "") -> None:
         key = f"eval/iter_{iteration}/{kind}"
@@ -361,7 +366,7 @@ class Pipeline:
         baseline = self.run.records("eval/iter_0/answers", Conversation.from_json)
         order = self.config.evaluate.judge_order
         seed = stage_seed(self.config.seed, key)
-        judgements = judge_answers(contender, baseline, pairs, self.judge(), label or f"Q_{iteration}", order, seed)
+        judgements = self._run_one(JudgeJob(contender, baseline, pairs, label or f"Q_{iteration}", order, seed))
         self.run.write_records(key, f"eval/iter_{iteration}_{kind}.jsonl", judgements, order=order, seed=seed)
 
     STAGE_METHODS: ClassVar[dict] = {

@@ -96,9 +96,11 @@ class RunDir:
         if saved == text:
             return True
         try:
-            return RunConfig.model_validate(yaml.safe_load(saved)) == RunConfig.model_validate(yaml.safe_load(text))
+            old, new = (RunConfig.model_validate(yaml.safe_load(t)) for t in (saved, text))
         except (ValueError, yaml.YAMLError):  # a field since removed or renamed: not the same run
             return False
+        # Where jobs run (parallel) never changes what they give: a run may resume on Ray workers.
+        return old.model_copy(update={"parallel": new.parallel}) == new
 
     def _branch(self, source: Path) -> None:
         """Copy the finished work of `source` here, unless an earlier call did (the branch is then

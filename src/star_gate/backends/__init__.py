@@ -10,6 +10,7 @@ BACKENDS: dict[str, str] = {
     "transformers": "star_gate.backends.hf:TransformersBackend",
     "fake": "star_gate.backends.fake:FakeBackend",
     "openai": "star_gate.backends.openai_compat:OpenAIBackend",
+    "vllm": "star_gate.backends.vllm_backend:VLLMBackend",  # optional extra: star-gate[vllm]
 }
 
 

@@ -11,11 +11,13 @@ Truncation policy (text longer than the model's context never stops a stage):
     scoring     the completion (the gold answer) is never cut, since its log-prob is the result;
                 the prompt is cut from the left to leave room for it, keeping at least one token.
 Every cut prompt is counted in `truncated_prompts`; the pipeline stores the count with each
-finished stage in the run's manifest, and their sum in its "totals".
+finished stage in the run's manifest, and their sum in its "totals". The cutting itself lives in
+backends/tokens.py, shared with the vLLM backend so that both cut the same prompts the same way.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -24,6 +26,7 @@ from tqdm.auto import tqdm
 
 from star_gate.backends.base import Chat, SamplingParams
 from star_gate.backends.models import resolve_model
+from star_gate.backends.tokens import fit_prompt, stop_token_ids, text_ids
 
 
 def pick_device(device: str) -> str:
@@ -81,20 +84,16 @@ class TransformersBackend:
         self.tokenizer = tokenizer
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.stop_ids = sorted(
-            {i for i in (self.tokenizer.eos_token_id, self.model.generation_config.eos_token_id) if i is not None}
+        self.stop_ids = stop_token_ids(
+            self.tokenizer.eos_token_id, self.model.generation_config.eos_token_id
         )
 
     # -- shared -----------------------------------------------------------------------------
     def encode_prompt(self, chat: Chat, room: int = 0) -> list[int]:
         """Token ids of a chat ready for the assistant's reply, left-truncated to leave `room`
         (at least one token is kept, even when `room` alone fills the context)."""
-        text = self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        limit = max(self.max_context - room, 1)
-        if len(ids) > limit:
-            self.truncated_prompts += 1
-            ids = ids[len(ids) - limit :]
+        ids, cut = fit_prompt(self.tokenizer, chat, self.max_context, room)
+        self.truncated_prompts += cut
         return ids
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,35 +148,40 @@ class TransformersBackend:
         return [texts[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
 
     # -- scoring ----------------------------------------------------------------------------
-    @torch.inference_mode()
     def logprobs(self, chats: Sequence[Chat], completions: Sequence[str]) -> list[float]:
+        return [math.fsum(values) for values in self.token_logprobs(chats, completions)]
+
+    @torch.inference_mode()
+    def token_logprobs(self, chats: Sequence[Chat], completions: Sequence[str]) -> list[list[float]]:
+        """Per completion token, log p(token | chat, earlier tokens): the terms `logprobs` sums."""
         if len(chats) != len(completions):
             raise ValueError("logprobs needs one completion per chat")
-        targets = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
+        targets = [text_ids(self.tokenizer, c) for c in completions]
         prompts = [self.encode_prompt(chat, room=len(t)) for chat, t in zip(chats, targets)]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(targets[i]))
-        results = [0.0] * len(prompts)
+        results: list[list[float]] = [[] for _ in prompts]
         for batch in self._batches(order, "score"):
-            scores = self._logprob_batch([prompts[i] for i in batch], [targets[i] for i in batch])
-            for index, score in zip(batch, scores):
-                results[index] = score
+            rows = self._logprob_batch([prompts[i] for i in batch], [targets[i] for i in batch])
+            for index, values in zip(batch, rows):
+                results[index] = values
         return results
 
-    def _logprob_batch(self, prompts: list[list[int]], targets: list[list[int]]) -> list[float]:
+    def _logprob_batch(self, prompts: list[list[int]], targets: list[list[int]]) -> list[list[float]]:
         ids, mask = self._left_pad([p + t for p, t in zip(prompts, targets)])
         # Without explicit positions a left-padded row would be shifted and score differently.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         longest = max(len(t) for t in targets)
-        if longest == 0:  # every completion is empty: log p = 0
-            return [0.0] * len(targets)
+        if longest == 0:  # every completion is empty: no terms, log p = 0
+            return [[] for _ in targets]
         # Left padding puts every completion at the end, so only the last columns need logits.
         logits = self.model(
             input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=longest + 1
         ).logits[:, :-1].float()
         logp = torch.log_softmax(logits, dim=-1)
         next_ids = ids[:, -longest:]
-        token_logp = logp.gather(-1, next_ids.unsqueeze(-1)).squeeze(-1)
-        scores = []
-        for row, target in enumerate(targets):
-            scores.append(token_logp[row, longest - len(target) :].sum().item() if target else 0.0)
-        return scores
+        token_logp = logp.gather(-1, next_ids.unsqueeze(-1)).squeeze(-1).tolist()
+        # Row r's completion fills its last len(target) columns (an empty one fills none).
+        return [
+            token_logp[row][longest - len(target) :] if target else []
+            for row, target in enumerate(targets)
+        ]

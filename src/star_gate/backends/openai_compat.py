@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from star_gate.backends.base import Chat, SamplingParams
 from star_gate.backends.cache import ResponseCache, cache_key
+from star_gate.backends.tokens import render_chat
 from star_gate.rundir import scrub_secrets
 
 log = logging.getLogger(__name__)
@@ -415,7 +416,7 @@ class OpenAIBackend:
 
     def render(self, chat: Chat) -> str:
         """The prompt a completion endpoint needs: the chat, ready for the assistant's reply."""
-        return self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        return render_chat(self.tokenizer, chat)
 
     def logprobs(self, chats: Sequence[Chat], completions: Sequence[str]) -> list[float]:
         if len(chats) != len(completions):

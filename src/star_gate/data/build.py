@@ -84,7 +84,7 @@ def extract_requests(texts: Sequence[str], pattern: str) -> list[str]:
     a text it does not match becomes empty, which dedupe then drops and counts.
 
     Example: rows like "Human: Recommend me a book. Assistant: ..." (the paper's source dataset)
-    with pattern r"Human:\s*(.*?)\s*Assistant:" give "Recommend me a book.".
+    with the pattern Human:\\s*(.*?)\\s*Assistant: give "Recommend me a book.".
     """
     try:
         regex = re.compile(pattern, re.DOTALL)

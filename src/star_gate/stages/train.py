@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from star_gate.backends.tokens import render_chat
 from star_gate.config import LoraConfig, TrainConfig
 from star_gate.data.records import Conversation, Pair
 from star_gate.roles import views
@@ -37,9 +38,8 @@ def training_chat(
 
 
 def _render(tokenizer, messages: list[Message], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+    # As generation and scoring render it: a template without a system slot gets it folded in.
+    return render_chat(tokenizer, messages, add_generation_prompt=add_generation_prompt)
 
 
 def tokenize_with_loss_mask(
@@ -99,6 +99,7 @@ def finetune(
     output_dir: Path,
     cfg: TrainConfig,
     seed: int,
+    ddp_backend: str | None = None,
 ) -> dict:
     """Fine-tune base_model (always from its initial weights) with TRL's SFTTrainer: all weights,
     or LoRA adapters when cfg.lora.enabled.
@@ -106,6 +107,9 @@ def finetune(
     Saves a standard Hugging Face checkpoint (model + tokenizer) to output_dir, with LoRA adapters
     merged in so that it loads like any other; the adapters alone go to output_dir/adapter.
     Returns the training metrics.
+
+    Runs in this process, or in each process of a launched training (train_worker.py), where
+    ddp_backend names the torch.distributed backend when accelerate's choice is not wanted.
     """
     import torch
     from datasets import Dataset
@@ -116,7 +120,6 @@ def finetune(
 
     path = resolve_model(base_model)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     dataset = Dataset.from_list(examples)
     eval_dataset = None
     held_out = int(len(examples) * cfg.validation_fraction)
@@ -141,7 +144,11 @@ def finetune(
         seed=seed,
         max_length=None,  # already truncated by build_examples, keeping the loss-bearing end
         disable_tqdm=True,
+        ddp_backend=ddp_backend,
     )
+    # Loaded after the arguments, which tell transformers whether DeepSpeed ZeRO-3 is on: then
+    # each process loads only its shard of the weights.
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -150,18 +157,49 @@ def finetune(
         processing_class=tokenizer,
         peft_config=_peft_config(cfg.lora) if cfg.lora.enabled else None,
     )
+    trainable = _trainable_params(trainer.model)  # before training wraps or shards the model
     result = trainer.train()
     metrics = {"train_loss": result.training_loss, "steps": result.global_step, "examples": len(dataset)}
     if eval_dataset is not None:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
-    if cfg.lora.enabled:
-        metrics["trainable_params"] = trainer.model.get_nb_trainable_parameters()[0]
+    metrics["trainable_params"] = trainable
+    _save(trainer, tokenizer, path, output_dir, cfg.lora.enabled)
+    return metrics
+
+
+def _trainable_params(model) -> int:
+    if hasattr(model, "get_nb_trainable_parameters"):  # a PEFT model
+        return model.get_nb_trainable_parameters()[0]
+    # DeepSpeed ZeRO-3 partitions weights as they load: ds_numel is a weight's full size.
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
+
+
+def _save(trainer, tokenizer, base_path: str, output_dir: Path, lora: bool) -> None:
+    """Save a standard checkpoint from one process or from many (train_worker.py).
+
+    Every process calls this: under FSDP and DeepSpeed ZeRO-3 each holds a shard of the weights,
+    and save_model gathers them for the main process, the only one that writes.
+    """
+    from accelerate.utils import DistributedType
+
+    accelerator = trainer.accelerator
+    in_process = accelerator.distributed_type == DistributedType.NO
+    if trainer.is_fsdp_enabled:
+        # FSDP's default sharded state dict would make save_model write nothing usable here.
+        accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    if not lora:
+        trainer.save_model(str(output_dir))
+    elif in_process:
         _save_adapter_and_merged(trainer.model, output_dir)
     else:
-        metrics["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        trainer.save_model(str(output_dir))
-    tokenizer.save_pretrained(str(output_dir))
-    return metrics
+        # A sharded or wrapped PEFT model cannot be merged in place: save the gathered adapters,
+        # then merge them into a fresh copy of the base model on the main process.
+        trainer.save_model(str(output_dir / "adapter"))
+        if accelerator.is_main_process:
+            _merge_saved_adapter(base_path, output_dir)
+    if accelerator.is_main_process:
+        tokenizer.save_pretrained(str(output_dir))
+    accelerator.wait_for_everyone()  # no process leaves before the checkpoint is whole
 
 
 def _peft_config(lora: LoraConfig):
@@ -181,3 +219,16 @@ def _save_adapter_and_merged(peft_model, output_dir: Path) -> None:
     # later stages need neither PEFT nor the adapter. Not under output_dir/trainer: that is deleted.
     peft_model.save_pretrained(str(output_dir / "adapter"))
     peft_model.merge_and_unload().save_pretrained(str(output_dir))
+
+
+def _merge_saved_adapter(base_path: str, output_dir: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    # Only the main process loads this copy: under ZeRO-3 the load would wait for the others to
+    # load their shards, forever. Training is over, so ZeRO-3 is switched off for good.
+    unset_hf_deepspeed_config()
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    PeftModel.from_pretrained(base, str(output_dir / "adapter")).merge_and_unload().save_pretrained(str(output_dir))

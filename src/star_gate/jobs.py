@@ -1,0 +1,104 @@
+"""Jobs: every model call of a stage, as plain data that runs wherever there are players.
+
+A job holds its inputs (pairs, conversations), its seed and the models it needs (by path), so it
+is a pure function of its contents and the model weights: run in this process or by a Ray worker
+(star_gate/parallel.py), it gives the same records. `run_job` is the one code path for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from star_gate.config import RoleplayerConfig
+from star_gate.data.records import Conversation, Pair, Persona
+from star_gate.roles.factory import Players
+from star_gate.stages import regularize, score_controls, score_conversations, simulate
+from star_gate.stages.evaluate import judge_answers
+
+
+def pairs_of(conversations: Sequence[Conversation], pairs: Sequence[Pair]) -> list[Pair]:
+    """The pairs these conversations belong to, in pairs' order: all that a job must carry."""
+    wanted = {c.pair_id for c in conversations}
+    return [p for p in pairs if p.pair_id in wanted]
+
+
+@dataclass(frozen=True)
+class SimulateJob:
+    """Conversations between Q_policy and a roleplayer; policy None is the base model."""
+
+    pairs: list[Pair]
+    policy: str | None
+    roleplayer: RoleplayerConfig | None  # None: roles.roleplayer
+    conversations_per_pair: int
+    max_turns: int
+    seed: int
+    acting: dict[str, Persona] | None = None  # pair id -> the persona played instead of its own
+
+    def run(self, players: Players) -> list:
+        return simulate(
+            self.pairs, players.questioner(self.policy), players.roleplayer(self.roleplayer),
+            conversations_per_pair=self.conversations_per_pair, max_turns=self.max_turns,
+            seed=self.seed, roleplayer_personas=self.acting,
+        )
+
+
+@dataclass(frozen=True)
+class ScoreJob:
+    """log p_base(gold | task, conversation) for each conversation."""
+
+    conversations: list[Conversation]
+    pairs: list[Pair]
+
+    def run(self, players: Players) -> list:
+        return score_conversations(self.conversations, self.pairs, players.scorer())
+
+
+@dataclass(frozen=True)
+class AnswerJob:
+    """Final answers by Q_policy (mode policy), or none, or the gold."""
+
+    conversations: list[Conversation]
+    pairs: list[Pair]
+    policy: str | None
+    mode: Literal["policy", "none", "gold"]
+    max_new_tokens: int
+
+    def run(self, players: Players) -> list:
+        policy = players.questioner(self.policy) if self.mode == "policy" else None
+        return regularize(self.conversations, self.pairs, policy, self.mode, self.max_new_tokens)
+
+
+@dataclass(frozen=True)
+class ControlsJob:
+    """The negative and positive controls of each pair, scored by Q_BASE."""
+
+    pairs: list[Pair]
+
+    def run(self, players: Players) -> list:
+        return score_controls(self.pairs, players.scorer())
+
+
+@dataclass(frozen=True)
+class JudgeJob:
+    """The judge's verdicts on contender answers against the baseline's (stages/evaluate.py)."""
+
+    contender: list[Conversation]
+    baseline: list[Conversation]
+    pairs: list[Pair]
+    label: str
+    order: Literal["random", "counterbalanced"]
+    seed: int
+
+    def run(self, players: Players) -> list:
+        return judge_answers(self.contender, self.baseline, self.pairs, players.judge(), self.label, self.order, self.seed)
+
+
+Job = SimulateJob | ScoreJob | AnswerJob | ControlsJob | JudgeJob
+
+
+def run_job(players: Players, job: Job) -> tuple[list, dict[str, int]]:
+    """The job's records and the work its backends counted (truncated prompts, API calls), which
+    the pipeline stores with the records in the manifest."""
+    return job.run(players), players.new_work()

@@ -1,0 +1,110 @@
+"""Players built from a run config: the questioner Q_k, the roleplayer, the scorer and the judge.
+
+Built from the config alone (and the path of the run's API cache), so that the pipeline and every
+Ray worker (star_gate/parallel.py) build the same players and hold their own model replicas.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import weakref
+from pathlib import Path
+
+from star_gate.backends import Backend, load_backend, role_sampling
+from star_gate.config import RoleConfig, RoleplayerConfig, RunConfig
+from star_gate.roles.players import (
+    GroundedRoleplayer,
+    Judge,
+    PersonaRoleplayer,
+    Questioner,
+    Roleplayer,
+)
+from star_gate.roles.prompts import get_template
+
+
+def backend_work(backend: Backend) -> dict[str, int]:
+    """Running totals a backend keeps: prompts it truncated, and an API backend's calls and tokens."""
+    counts = {"truncated_prompts": getattr(backend, "truncated_prompts", 0)}
+    if hasattr(backend, "api_counts"):
+        counts.update(backend.api_counts())
+    return counts
+
+
+class Players:
+    """Loads each model once, lazily, and binds it to the roles that name it.
+
+    Args:
+        cache_path: where API backends keep their answers (the run's api_cache.sqlite).
+    """
+
+    def __init__(self, config: RunConfig, cache_path: str | Path | None = None, progress: bool = False):
+        self.config = config
+        self.cache_path = cache_path
+        self.progress = progress
+        self.backends: dict[tuple, Backend] = {}
+        self.retriever = None  # the grounded roleplayer's sentence encoder, loaded on first use
+        self._counted: dict[tuple, tuple[weakref.ref, dict[str, int]]] = {}  # work already counted
+
+    def backend(self, role: RoleConfig, model: str | None = None) -> Backend:
+        """One backend per (kind, model, device or server); roles naming the same model share it."""
+        model = model or role.model
+        key = (role.backend, model, role.device, role.dtype, role.base_url, role.api_key_env, role.logprobs)
+        if key not in self.backends:
+            self.backends[key] = load_backend(role, model, self.progress, cache_path=self.cache_path)
+        return self.backends[key]
+
+    def release(self, model: str) -> None:
+        """Free the memory of a model (a fine-tuned policy) that no later step needs."""
+        self.backends = {k: v for k, v in self.backends.items() if k[1] != model}
+
+    def release_local_models(self) -> None:
+        """Drop every model held in this process (API clients stay), so that training launched in
+        other processes finds the GPUs' memory free; each loads again on its next use."""
+        self.backends = {k: v for k, v in self.backends.items() if k[0] == "openai"}
+        gc.collect()  # a model's memory is freed only once nothing refers to it
+        torch = sys.modules.get("torch")  # never imported just for this
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def scorer(self) -> Backend:
+        """Q_BASE, frozen: the initial questioner model."""
+        return self.backend(self.config.roles.questioner)
+
+    def questioner(self, model: str | None = None) -> Questioner:
+        """The questioner served by `model` (a checkpoint path); None: the base model, Q_0."""
+        role = self.config.roles.questioner
+        return Questioner(self.backend(role, model), get_template(role.prompt or "questioner_fewshot"), role_sampling(role))
+
+    def roleplayer(self, role: RoleplayerConfig | None = None) -> Roleplayer:
+        role = role or self.config.roles.roleplayer
+        params = role_sampling(role)
+        backend = self.backend(role) if role.mode != "facts" else None
+        if role.mode == "persona":
+            return PersonaRoleplayer(backend, get_template(role.prompt or "roleplayer_persona"), params)
+        if self.retriever is None:
+            from star_gate.roles.grounding import FactRetriever
+
+            self.retriever = FactRetriever(role.embedder)
+        template = get_template(role.prompt or "roleplayer_grounded")
+        return GroundedRoleplayer(
+            backend, template, params, self.retriever, role.facts_per_answer, verbatim=role.mode == "facts"
+        )
+
+    def judge(self) -> Judge:
+        role = self.config.roles.judge
+        template = get_template(role.prompt or "judge")
+        return Judge(self.backend(role), template, role_sampling(role), self.config.evaluate.judge_method)
+
+    def new_work(self) -> dict[str, int]:
+        """Work the backends counted since the last call: prompts cut to fit max_context, and API
+        calls, cache hits and tokens."""
+        new = {"truncated_prompts": 0}
+        for key, backend in self.backends.items():
+            counts = backend_work(backend)
+            # A weak reference, so that counting never keeps a released model in memory.
+            seen_ref, seen = self._counted.get(key, (lambda: None, {}))
+            for name, value in counts.items():
+                new[name] = new.get(name, 0) + value - (seen.get(name, 0) if seen_ref() is backend else 0)
+            self._counted[key] = (weakref.ref(backend), counts)
+        return new

@@ -1,0 +1,82 @@
+"""One training process of a launched fine-tune (train_launch.py starts them with `accelerate launch`).
+
+    python -m star_gate.stages.train_worker JOB.json
+
+Every process reads the same job: the examples file, the TrainConfig and where to save. Each runs
+`finetune`, whose Trainer shards the data and syncs gradients (DDP), or shards the weights too
+(FSDP, DeepSpeed), as the accelerate config says. The main process writes the checkpoint and then
+the metrics file, whose appearance tells the pipeline that the checkpoint is whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from star_gate.config import TrainConfig
+from star_gate.stages.train_launch import die_with_parent
+
+
+def read_examples(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as lines:
+        return [json.loads(line) for line in lines]
+
+
+def check_world_size(expected: int, use_cpu: bool, backend: str | None) -> None:
+    """Refuse to train when the launched processes did not join one process group (each would
+    train alone on all the data, and all would write the checkpoint)."""
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType
+
+    state = PartialState(cpu=use_cpu, backend=backend)
+    alone = state.distributed_type == DistributedType.NO  # a group without gradient sync
+    if state.num_processes != expected or (expected > 1 and alone):
+        raise RuntimeError(
+            f"the launched processes did not form one training group of {expected}: this one sees "
+            f"{state.num_processes} process(es), distributed type {state.distributed_type.value}; "
+            "check the accelerate config's distributed_type and use_cpu"
+        )
+
+
+def run_job(job_path: Path) -> None:
+    import torch
+
+    from star_gate.stages.train import finetune
+
+    job = json.loads(job_path.read_text(encoding="utf-8"))
+    if job["use_cpu"]:
+        # The Trainer reads this when it sets up its processes; accelerate's torchrun launcher
+        # (every distributed_type but MULTI_CPU, which needs MPI) does not pass use_cpu on.
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+    # Without GPUs accelerate finds no backend for DeepSpeed, and it would run as one process.
+    backend = None if torch.cuda.is_available() else "gloo"
+    check_world_size(job["num_processes"], job["use_cpu"], backend)
+    examples = read_examples(Path(job["examples"]))
+    cfg = TrainConfig.model_validate(job["train"])
+    output_dir = Path(job["output_dir"])
+    metrics = finetune(examples, job["base_model"], output_dir, cfg, seed=job["seed"], ddp_backend=backend)
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState()  # as the Trainer set it up: says whether FSDP or DeepSpeed ran
+    metrics.update(processes=state.num_processes, distributed_type=str(state.distributed_type.value))
+    if state.deepspeed_plugin is not None:
+        metrics["zero_stage"] = state.deepspeed_plugin.zero_stage
+    if state.is_main_process:
+        metrics_path = Path(job["metrics"])
+        partial = metrics_path.with_suffix(".partial")
+        partial.write_text(json.dumps(metrics), encoding="utf-8")
+        partial.rename(metrics_path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        raise SystemExit("usage: python -m star_gate.stages.train_worker JOB.json")
+    die_with_parent()
+    run_job(Path(args[0]))
+
+
+if __name__ == "__main__":
+    main()
