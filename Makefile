@@ -20,17 +20,24 @@ $(BIN)/.installed: pyproject.toml Makefile
 
 install: $(BIN)/.installed
 
-# The tests also run a real OpenAI-compatible server (tests/backends/test_llama_server.py).
-# llama-cpp-python builds llama.cpp from source, so only `make test` installs it.
-$(BIN)/.server-tests-installed: $(BIN)/.installed
+# Only the tests need these extras:
+#   server-tests  a real OpenAI-compatible server (tests/backends/test_llama_server.py);
+#                 llama-cpp-python builds llama.cpp from source (about 10 minutes on 2 cores)
+#   ray           a local Ray instance (tests/test_ray_sharding.py)
+#   deepspeed     ZeRO-2/3 training on 2 CPU processes (tests/stages/test_train_distributed.py);
+#                 it ships as source that imports torch while building, so it is built against
+#                 the torch above (--no-build-isolation) instead of pulling a CUDA one
+$(BIN)/.test-extras-installed: $(BIN)/.installed
 	@echo "building llama-cpp-python[server] from source (about 10 minutes on 2 cores)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,server-tests]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,server-tests,ray]"
+	$(BIN)/python -m pip install --quiet setuptools wheel
+	$(BIN)/python -m pip install --quiet --no-build-isolation "deepspeed>=0.15"
 	touch $@
 
 demo: install
 	$(BIN)/star-gate run configs/demo.yaml
 
-test: install $(BIN)/.server-tests-installed
+test: install $(BIN)/.test-extras-installed
 	$(BIN)/python -m pytest -q
 
 clean-demo:
