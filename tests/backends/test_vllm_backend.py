@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
+from chat_samples import CHATS, COMPLETIONS
 from typer.testing import CliRunner
 
 from star_gate.backends import load_backend
@@ -39,33 +40,6 @@ from star_gate.config import ConfigError, RoleConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
-CHATS = [
-    [
-        {
-            "role": "system",
-            "content": "You are a helpful assistant. Tailor your answer to the user.",
-        },
-        {"role": "user", "content": "Recommend me a book."},
-        {"role": "assistant", "content": "Happy to help! What topics do you enjoy most?"},
-        {"role": "user", "content": "I like history and true stories about ordinary people."},
-    ],
-    [{"role": "user", "content": "Hi"}],
-    [
-        {"role": "user", "content": "Where did you grow up?"},
-        {"role": "assistant", "content": "I grew up on a farm."},
-        {"role": "user", "content": "ok"},
-    ],
-    [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "What should I cook tonight?"},
-    ],
-]
-COMPLETIONS = [
-    "Try a narrative history series.",
-    "Hello!",
-    "Fiddle music and long bike rides, mostly on weekends near the sea.",
-    "Soup.",
-]
 LONG_CHATS = [
     [{"role": "user", "content": "Where did you grow up? " * 40}],
     [
