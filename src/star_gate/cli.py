@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
-from rich.markup import escape  # messages may hold brackets: star-gate[vllm]
+from rich.markup import escape
 from rich.table import Table
 
 from star_gate.config import ConfigError, RunConfig, load_config
@@ -17,6 +17,13 @@ from star_gate.data.jsonl import DataError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="STaR-GATE: teach models to ask clarifying questions.")
 console = Console()
 err_console = Console(stderr=True)
+
+
+def _fail(message: object, status: int = 2, label: str = "error") -> NoReturn:
+    """One line on stderr, then exit: 2 for input that cannot run, 1 for a failure that is not the
+    input's. Escaped, since messages hold brackets (star-gate[vllm]) that rich reads as markup."""
+    err_console.print(f"[red]{label}:[/red] {escape(str(message))}")
+    raise typer.Exit(status) from None
 
 ConfigArg = Annotated[str, typer.Argument(help="YAML config file")]
 OverridesArg = Annotated[list[str] | None, typer.Argument(help="overrides like simulate.max_turns=2")]
@@ -38,8 +45,7 @@ def _load(config: str, overrides: list[str] | None) -> RunConfig:
     try:
         return load_config(config, overrides or [])
     except ConfigError as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
+        _fail(err)
 
 
 def _pipeline(cfg: RunConfig, restart: bool = False, branch_from: str | None = None, checkpoints=None):
@@ -50,8 +56,7 @@ def _pipeline(cfg: RunConfig, restart: bool = False, branch_from: str | None = N
             cfg, restart=restart, progress=sys.stderr.isatty(), branch_from=branch_from, checkpoints=checkpoints
         )
     except (ConfigError, DataError, ValueError) as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
+        _fail(err)
 
 
 def print_eval_table(rows, title: str = "test gold log-prob, log p_base(g | ...), mean ± SEM") -> None:
@@ -77,8 +82,7 @@ def run(
     source = None
     if branch is not None:
         if restart:
-            err_console.print("[red]error:[/red] --restart and --branch exclude each other")
-            raise typer.Exit(2)
+            _fail("--restart and --branch exclude each other")
         source, cfg = cfg.run_dir, cfg.model_copy(update={"run_dir": branch})
     with _pipeline(cfg, restart, branch_from=source) as pipeline:  # stops any Ray workers at the end
         _summarise(pipeline, pipeline.run_all())
@@ -127,12 +131,10 @@ def evaluate(
             iteration += 1
     for iteration, path in enumerate(checkpoint or [], start=len(found) + 1):
         if not Path(path).exists():
-            err_console.print(f"[red]error:[/red] checkpoint {path} not found")
-            raise typer.Exit(2)
+            _fail(f"checkpoint {path} not found")
         found[iteration] = path
     if not found:
-        err_console.print("[red]error:[/red] no checkpoints: give --from RUN_DIR (with iter_k/checkpoint) or --checkpoint PATH")
-        raise typer.Exit(2)
+        _fail("no checkpoints: give --from RUN_DIR (with iter_k/checkpoint) or --checkpoint PATH")
     with _pipeline(cfg, checkpoints=found) as pipeline:
         _summarise(pipeline, pipeline.evaluate_checkpoints())
 
@@ -149,8 +151,7 @@ def report(
     try:
         console.print(f"report: {write_report(runs, out, examples)}")
     except (FileNotFoundError, ConfigError, DataError) as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
+        _fail(err)
 
 
 @app.command()
@@ -164,8 +165,7 @@ def validate(config: ConfigArg, overrides: OverridesArg = None) -> None:
         dataset = load_dataset(cfg.data.path)
         check_launcher(cfg.train)  # the accelerate config of a launched training
     except (DataError, ConfigError) as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
+        _fail(err)
     console.print(f"ok: {len(dataset.tasks)} tasks, {len(dataset.personas)} personas, {len(dataset.gold)} gold")
 
 
@@ -180,8 +180,7 @@ def _stage_command(stage: str):
             try:
                 pipeline.run_stage(iteration, stage)
             except RuntimeError as err:
-                err_console.print(f"[red]error:[/red] {escape(str(err))}")
-                raise typer.Exit(2) from None
+                _fail(err)
         console.print(f"{stage} of iteration {iteration}: done ({cfg.run_dir})")
 
     command.__doc__ = f"Run only the {stage} stage of one iteration (earlier stages must be done)."
@@ -244,8 +243,7 @@ def data_check(
     try:
         dataset = load_dataset(path)
     except DataError as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
+        _fail(err)
     report = check_texts(dataset)
     for fact in report.facts:
         console.print(fact)
@@ -281,11 +279,9 @@ def _data_step(step):
     try:
         return step(DatasetFolder)
     except (DataError, ValueError) as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
+        _fail(err)
     except RuntimeError as err:  # the model would not produce usable output: not the input's fault
-        err_console.print(f"[red]failed:[/red] {err}")
-        raise typer.Exit(1) from None
+        _fail(err, status=1, label="failed")
 
 
 @data_app.command("tasks")

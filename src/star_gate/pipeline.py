@@ -290,9 +290,10 @@ class Pipeline:
         target = self.checkpoint(iteration)
         staging = target.with_name("checkpoint.partial")
         shutil.rmtree(staging, ignore_errors=True)  # a crashed attempt's files must not mix in
-        train = finetune if cfg.distributed.launcher == "none" else finetune_launched
-        if train is finetune_launched:
+        launched = cfg.distributed.launcher != "none"
+        if launched:
             self.players.release_local_models()  # the launched processes need the GPUs' memory
+        train = finetune_launched if launched else finetune
         metrics = train(examples, role.model, staging, cfg, seed=stage_seed(self.config.seed, key))
         shutil.rmtree(staging / "trainer", ignore_errors=True)
         crash_point("before_rename", key)
