@@ -73,6 +73,42 @@ def print_eval_table(rows, title: str = "test gold log-prob, log p_base(g | ...)
     console.print(table)
 
 
+def _cell(estimate, digits: int = 2, signed: bool = False, percent: bool = False) -> str:
+    if estimate is None or estimate.mean != estimate.mean:  # absent, or nan
+        return "–"
+    scale, suffix = (100, "%") if percent else (1, "")
+    mean = f"{estimate.mean * scale:{'+' if signed else ''}.{0 if percent else digits}f}{suffix}"
+    sem = estimate.sem * scale
+    return f"{mean} ± {sem:.{0 if percent else digits}f}{suffix}" if sem == sem else mean
+
+
+def _bias(value: float) -> str:
+    return f"{value:.2f}" if value == value else "n/a"  # nan: pointwise and persona_fit have no position
+
+
+def print_answer_table(results) -> None:
+    """Per Q_k: the share of final answers that are no answer, their persona fit (and its paired
+    gain over Q_0's), and the win rate against Q_0; then the regularization answers' non-answers."""
+    iterations = [k for k in results.iterations() if results.non_answers(k) is not None]
+    if iterations:
+        table = Table(title="final answers on the test split")
+        for column in ("model", "non-answers", "n", "persona fit (nats/token)", "fit − Q_0, paired",
+                       "win rate vs Q_0", "position bias"):
+            table.add_column(column, justify="left" if column == "model" else "right")
+        for k in iterations:
+            share, rate = results.non_answers(k), results.win_rate(k) if k > 0 else None
+            table.add_row(
+                f"Q_{k}", _cell(share, percent=True), str(share.count), _cell(results.persona_fit(k), 3),
+                _cell(results.persona_fit_gain(k), 3, signed=True) if k > 0 else "–",
+                _cell(rate, 3) if rate else "–", _bias(rate.position_bias) if rate else "–",
+            )
+        console.print(table)
+    regularized = [(k, share) for k in results.training_iterations() if (share := results.regularized_non_answers(k))]
+    if regularized:
+        cells = ", ".join(f"iter_{k} (by Q_{k - 1}) {_cell(share, percent=True)} of {share.count}" for k, share in regularized)
+        console.print(f"regularization answers that are no answer: {cells}")
+
+
 @app.command()
 def run(
     config: ConfigArg, overrides: OverridesArg = None, restart: RestartOpt = False, branch: BranchOpt = None
@@ -102,11 +138,15 @@ def _summarise(pipeline, rows) -> None:
         console.print(
             f"{gain.label}: {gain.mean:+.2f} ± {gain.sem:.2f} nats over {gain.count} pairs ({sems:+.1f} SEMs)"
         )
+    print_answer_table(results)
     rate = results.win_rate(last) if last > 0 else None
     if rate is not None:
+        evaluate = pipeline.config.evaluate
+        judge = ("persona fit under the frozen base model" if evaluate.judge_method == "persona_fit"
+                 else f"judge {pipeline.config.roles.judge.model}, {evaluate.judge_method}")
         console.print(
             f"win rate of Q_{last} against Q_0: {rate.mean:.3f} ± {rate.sem:.3f} over {rate.count} judged answers "
-            f"(judge {pipeline.config.roles.judge.model}, position bias {rate.position_bias:.2f})"
+            f"({judge}, position bias {_bias(rate.position_bias)})"
         )
     console.print(f"report: {write_report([pipeline.run.root])}")
 

@@ -148,6 +148,21 @@ class RegularizeConfig(Section):
         description="final turn: the previous policy's answer (paper), none (questions only), or the gold",
     )
     max_new_tokens: int = Field(200, ge=1, description="longest final answer")
+    answer_prompt: str = Field(
+        "",
+        description="prompt template of every final answer the questioner writes: these regularization "
+        "answers and the evaluation's judged answers (e.g. questioner_answer, with worked examples of "
+        "direct answers); empty: the questioner's own prompt (roles.questioner.prompt). Training "
+        "examples keep the questioner's prompt either way",
+    )
+
+    @model_validator(mode="after")
+    def _known_answer_prompt(self):
+        if self.answer_prompt and self.answer_prompt not in TEMPLATES:
+            raise ValueError(
+                f"answer_prompt {self.answer_prompt!r} is not a template; choose from {sorted(TEMPLATES)}"
+            )
+        return self
 
 
 class LoraConfig(Section):
@@ -216,15 +231,30 @@ class EvaluateConfig(Section):
     judged_conversations_per_pair: int = Field(
         1, ge=1, description="conversations per test pair whose final answers are judged (paper: 1)"
     )
-    judge_order: Literal["random", "counterbalanced"] = Field(
+    judge_order: Literal["random", "counterbalanced", "calibrated"] = Field(
         "random",
         description="random: one order per comparison, drawn from the seed (paper); "
-        "counterbalanced: both orders, and a disagreement counts as a tie",
+        "counterbalanced: both orders, and a disagreement counts as a tie; calibrated (judge_method "
+        "logprobs only): both orders, the contender's log-odds averaged over them decides, so a "
+        "constant preference for a position cancels out. Ignored by pointwise and persona_fit, "
+        "which show no two answers side by side",
     )
-    judge_method: Literal["generate", "logprobs"] = Field(
+    judge_method: Literal["generate", "logprobs", "pointwise", "persona_fit"] = Field(
         "logprobs",
         description="generate: parse the judge's 'A'/'B' reply (API judges); "
-        "logprobs: compare log p('A') with log p('B'), which never fails to parse",
+        "logprobs: compare log p('A') with log p('B'), which never fails to parse; "
+        "pointwise: the judge sees one answer at a time and the higher log p('Yes') - log p('No') "
+        "wins; persona_fit: no judge, the answer whose per-token log p_base gains more from the "
+        "persona (the frozen base model's, as in scoring) wins",
+    )
+    pointwise_prompt: str = Field(
+        "judge_pointwise", description="prompt template of the judge with judge_method pointwise"
+    )
+    persona_fit: bool = Field(
+        True,
+        description="score each judged final answer's persona fit with the frozen base model: "
+        "[log p(answer | persona, task) - log p(answer | task)] per token (needs win_rates, which "
+        "makes the final answers)",
     )
     answer_max_new_tokens: int = Field(200, ge=1, description="longest final answer that is judged")
     response_model_ablation: bool = Field(
@@ -233,6 +263,30 @@ class EvaluateConfig(Section):
     roleplayer: RoleplayerConfig | None = Field(
         None, description="roleplayer for test conversations (generalization ablation); default: roles.roleplayer"
     )
+
+    @model_validator(mode="after")
+    def _judge_order_fits_method(self):
+        if self.judge_order == "calibrated" and self.judge_method != "logprobs":
+            raise ValueError(
+                f"judge_order 'calibrated' needs judge_method 'logprobs' (it averages the log-odds "
+                f"log p('A') - log p('B') over both orders), not {self.judge_method!r}; use "
+                "judge_order counterbalanced or random with that method"
+            )
+        if self.pointwise_prompt not in TEMPLATES:
+            raise ValueError(
+                f"pointwise_prompt {self.pointwise_prompt!r} is not a template; choose from {sorted(TEMPLATES)}"
+            )
+        return self
+
+    @property
+    def judge_scores(self) -> bool:
+        """Whether the judge (roles.judge) must score given text (read log-probs) in this config."""
+        return self.win_rates and self.judge_method in ("logprobs", "pointwise")
+
+    @property
+    def uses_judge(self) -> bool:
+        """Whether roles.judge is asked at all (persona_fit judges with the frozen base model)."""
+        return self.win_rates and self.judge_method != "persona_fit"
 
 
 class ParallelConfig(Section):
@@ -304,11 +358,11 @@ class RunConfig(Section):
                 "iteration and its base model scores the gold answers, so it must be a local model"
             )
         judge = self.roles.judge
-        judge_scores = self.evaluate.win_rates and self.evaluate.judge_method == "logprobs"
-        if judge_scores and judge.backend == "openai" and judge.logprobs == "none":
+        if self.evaluate.judge_scores and judge.backend == "openai" and judge.logprobs == "none":
             raise ValueError(
                 "roles.judge has logprobs: none, so it cannot score with evaluate.judge_method "
-                "'logprobs'; set judge_method: generate, or serve the judge where log-probs exist"
+                f"{self.evaluate.judge_method!r}; set judge_method: generate, or serve the judge where "
+                "log-probs exist"
             )
         return self
 

@@ -8,14 +8,14 @@ is a pure function of its contents and the model weights: run in this process or
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from star_gate.config import RoleplayerConfig
 from star_gate.data.records import Conversation, Pair, Persona
 from star_gate.roles.factory import Players
 from star_gate.stages import regularize, score_controls, score_conversations, simulate
-from star_gate.stages.evaluate import judge_answers
+from star_gate.stages.evaluate import answer_fits, judge_answers, judge_answers_by_fit
 
 
 def pairs_of(conversations: Sequence[Conversation], pairs: Sequence[Pair]) -> list[Pair]:
@@ -82,20 +82,38 @@ class ControlsJob:
 
 @dataclass(frozen=True)
 class JudgeJob:
-    """The judge's verdicts on contender answers against the baseline's (stages/evaluate.py)."""
+    """The judge's verdicts on contender answers against the baseline's (stages/evaluate.py).
+
+    method persona_fit asks no judge: the frozen base model (the scorer) measures each answer's fit."""
 
     contender: list[Conversation]
     baseline: list[Conversation]
     pairs: list[Pair]
     label: str
-    order: Literal["random", "counterbalanced"]
+    order: Literal["random", "counterbalanced", "calibrated"]
     seed: int
+    method: Literal["generate", "logprobs", "pointwise", "persona_fit"] | None = None  # None: the config's
 
     def run(self, players: Players) -> list:
-        return judge_answers(self.contender, self.baseline, self.pairs, players.judge(), self.label, self.order, self.seed)
+        method = self.method or players.config.evaluate.judge_method
+        if method == "persona_fit":
+            return judge_answers_by_fit(self.contender, self.baseline, self.pairs, players.scorer(), self.label)
+        judge = replace(players.judge(), method=method)
+        return judge_answers(self.contender, self.baseline, self.pairs, judge, self.label, self.order, self.seed)
 
 
-Job = SimulateJob | ScoreJob | AnswerJob | ControlsJob | JudgeJob
+@dataclass(frozen=True)
+class FitJob:
+    """The persona fit of each conversation's final answer, measured by Q_BASE."""
+
+    conversations: list[Conversation]
+    pairs: list[Pair]
+
+    def run(self, players: Players) -> list:
+        return answer_fits(self.conversations, self.pairs, players.scorer())
+
+
+Job = SimulateJob | ScoreJob | AnswerJob | ControlsJob | JudgeJob | FitJob
 
 
 def run_job(players: Players, job: Job) -> tuple[list, dict[str, int]]:

@@ -19,7 +19,7 @@ from star_gate.config import RoleConfig, RoleplayerConfig, RunConfig
 from star_gate.data.loaders import load_dataset
 from star_gate.data.records import Conversation, Dataset, Pair, Persona
 from star_gate.faults import crash_point
-from star_gate.jobs import AnswerJob, ControlsJob, Job, JudgeJob, ScoreJob, SimulateJob, pairs_of
+from star_gate.jobs import AnswerJob, ControlsJob, FitJob, Job, JudgeJob, ScoreJob, SimulateJob, pairs_of
 from star_gate.parallel import check_parallel, make_runner
 from star_gate.results import Estimate, RunResults
 from star_gate.roles.factory import Players
@@ -60,7 +60,7 @@ def in_chunks(items: list, size: int) -> list[list]:
 def check_api_roles(config: RunConfig) -> None:
     """Refuse, before the run directory is touched, an API role whose key is missing from the
     environment, or a judge that must score on a server whose log-probs fail the probe."""
-    used = {"roles.judge": config.roles.judge} if config.evaluate.win_rates else {}
+    used = {"roles.judge": config.roles.judge} if config.evaluate.uses_judge else {}
     roleplayers = {"roles.roleplayer": config.roles.roleplayer, "evaluate.roleplayer": config.evaluate.roleplayer}
     for label, role in roleplayers.items():
         if role is not None and role.mode != "facts":
@@ -75,7 +75,7 @@ def check_api_roles(config: RunConfig) -> None:
     # a refused config leaves no run directory behind and --branch still finds none.
     cache = run_dir / "api_cache.sqlite" if run_dir.is_dir() else None
     for label, role in api_roles.items():
-        must_score = label == "roles.judge" and config.evaluate.judge_method == "logprobs"
+        must_score = label == "roles.judge" and config.evaluate.judge_scores
         check_role(role, label, must_score, cache)
 
 
@@ -311,8 +311,8 @@ class Pipeline:
     def evaluate_stage(self, iteration: int) -> None:
         """Everything the test split says about Q_iteration: gold log-probs under its conversations
         (and, with evaluate.random_persona, under conversations with another test persona), its
-        temperature-0 final answers, and (iteration > 0, evaluate.win_rates) the judge's verdicts
-        against Q_0's answers."""
+        temperature-0 final answers with their persona fit (evaluate.persona_fit), and
+        (iteration > 0, evaluate.win_rates) the judge's verdicts against Q_0's answers."""
         evaluate = self.config.evaluate
         pairs = self.pairs(self.config.data.test_split)
         self._score_test_conversations(iteration, "experimental", pairs)
@@ -320,6 +320,8 @@ class Pipeline:
             self._score_test_conversations(iteration, "random", pairs, random_personas(pairs, self.config.seed))
         if evaluate.win_rates:
             self._final_answers(iteration, pairs)
+            if evaluate.persona_fit:
+                self._persona_fit(iteration, pairs)
             if iteration > 0:
                 self._final_answers(0, pairs)
                 self._judge(iteration, "judge", self.run.records(f"eval/iter_{iteration}/answers", Conversation.from_json), pairs)
@@ -351,6 +353,14 @@ class Pipeline:
             self._answer_chunked(key, f"eval/iter_{iteration}_answers.jsonl", self._judged_conversations(iteration),
                                  pairs, iteration, "policy", self.config.evaluate.answer_max_new_tokens)
 
+    def _persona_fit(self, iteration: int, pairs: list[Pair]) -> None:
+        """Each final answer's persona fit under Q_BASE (stages/evaluate.py, persona_fits)."""
+        key = f"eval/iter_{iteration}/persona_fit"
+        if not self.run.is_done(key):
+            answers = self.run.records(f"eval/iter_{iteration}/answers", Conversation.from_json)
+            fits = self._run_one(FitJob(answers, pairs_of(answers, pairs)))
+            self.run.write_records(key, f"eval/iter_{iteration}_persona_fit.jsonl", fits)
+
     def _base_answers_and_judge(self, iteration: int, pairs: list[Pair]) -> None:
         """Response-model ablation: Q_BASE answers after Q_iteration's conversations, judged against Q_0."""
         key = f"eval/iter_{iteration}/base_answers"
@@ -365,10 +375,11 @@ class Pipeline:
         if self.run.is_done(key):
             return
         baseline = self.run.records("eval/iter_0/answers", Conversation.from_json)
-        order = self.config.evaluate.judge_order
+        order, method = self.config.evaluate.judge_order, self.config.evaluate.judge_method
         seed = stage_seed(self.config.seed, key)
-        judgements = self._run_one(JudgeJob(contender, baseline, pairs, label or f"Q_{iteration}", order, seed))
-        self.run.write_records(key, f"eval/iter_{iteration}_{kind}.jsonl", judgements, order=order, seed=seed)
+        judgements = self._run_one(JudgeJob(contender, baseline, pairs, label or f"Q_{iteration}", order, seed, method))
+        self.run.write_records(key, f"eval/iter_{iteration}_{kind}.jsonl", judgements, order=order, seed=seed,
+                               method=method)
 
     STAGE_METHODS: ClassVar[dict] = {
         "simulate": simulate_stage, "score": score_stage, "select": select_stage,

@@ -131,8 +131,47 @@ def describe_runs(runs: Sequence[RunResults]) -> list[str]:
         test_rp = f"{test.mode} ({test.model})" if test else "same"
         pairs = len(run.controls("negative"))
         lines.append(f"| `{run.root}` | {cfg.roles.questioner.model} | {train_rp} / {test_rp} | "
-                     f"{cfg.roles.judge.model} ({cfg.evaluate.judge_method}, {cfg.evaluate.judge_order} order) | "
-                     f"{cfg.regularize.mode} | {pairs} | {', '.join(map(str, run.iterations()))} |")
+                     f"{describe_judge(cfg)} | {cfg.regularize.mode}"
+                     f"{f' ({cfg.regularize.answer_prompt} prompt)' if cfg.regularize.answer_prompt else ''} | "
+                     f"{pairs} | {', '.join(map(str, run.iterations()))} |")
+    return lines
+
+
+def describe_judge(cfg) -> str:
+    evaluate = cfg.evaluate
+    if evaluate.judge_method == "persona_fit":
+        return "none: persona fit under the frozen base model"
+    if evaluate.judge_method == "pointwise":
+        return f"{cfg.roles.judge.model} (pointwise, one answer at a time)"
+    return f"{cfg.roles.judge.model} ({evaluate.judge_method}, {evaluate.judge_order} order)"
+
+
+def bias_cell(value: float) -> str:
+    return f"{value:.2f}" if math.isfinite(value) else "n/a"
+
+
+def answer_tables(run: RunResults) -> list[str]:
+    """Per Q_k: non-answers among the judged final answers, and their persona fit; then the
+    regularization answers' non-answers per training iteration."""
+    iterations = [k for k in run.iterations() if run.non_answers(k)]
+    regularized = [(k, share) for k in run.training_iterations() if (share := run.regularized_non_answers(k))]
+    if not iterations and not regularized:
+        return [f"### {run.name}", "", "No final answers in this run (evaluate.win_rates is off or not run yet).", ""]
+    lines = [f"### {run.name}", ""]
+    if iterations:
+        lines += ["| Q_k | non-answers ± SEM (n) | persona fit, nats/token | persona fit − Q_0, paired |",
+                  "|---|---|---|---|"]
+        for k in iterations:
+            share, fit = run.non_answers(k), run.persona_fit(k)
+            gain = run.persona_fit_gain(k) if k > 0 else None
+            lines.append(f"| Q_{k} | {fmt(share.mean, share.sem)} ({share.count}) | "
+                         f"{fmt(fit.mean, fit.sem, 3) if fit else '–'} | {fmt(gain.mean, gain.sem, 3) if gain else '–'} |")
+        lines.append("")
+    if regularized:
+        lines += ["Regularization answers (written by Q_{k-1} for training iteration k) that are no answer:", "",
+                  "| training iteration | written by | non-answers ± SEM (n) |", "|---|---|---|"]
+        lines += [f"| {k} | Q_{k - 1} | {fmt(share.mean, share.sem)} ({share.count}) |" for k, share in regularized]
+        lines.append("")
     return lines
 
 
@@ -164,7 +203,7 @@ def win_rate_tables(run: RunResults) -> list[str]:
     for k, kind, rate in rows:
         label = f"Q_{k}" if kind == "judge" else f"Q_BASE answering after Q_{k}"
         lines.append(f"| {label} | {fmt(rate.mean, rate.sem, 3)} | {rate.count} | {rate.unreadable} | "
-                     f"{rate.position_bias:.2f} |")
+                     f"{bias_cell(rate.position_bias)} |")
     lengths = sorted({turns for k, kind, _ in rows if kind == "judge" for turns in run.win_rates_by_length(k)})
     lines += ["", "By conversation length (questions asked):", "",
               "| Q_k | " + " | ".join(f"{t} turn{'s' * (t > 1)}" for t in lengths) + " |",
@@ -179,8 +218,8 @@ def win_rate_tables(run: RunResults) -> list[str]:
 
 
 def judge_caveat(runs: Sequence[RunResults]) -> list[str]:
-    weak = sorted({run.config.roles.judge.model for run in runs
-                   if any(marker in run.config.roles.judge.model.lower() for marker in WEAK_JUDGES)})
+    weak = sorted({run.config.roles.judge.model for run in runs if run.config.evaluate.uses_judge
+                   and any(marker in run.config.roles.judge.model.lower() for marker in WEAK_JUDGES)})
     if not weak:
         return []
     return [(f"> **A weak judge.** The judge here is {', '.join(weak)}, a small model, not GPT-4. Its "
@@ -266,14 +305,27 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
               "## Win rates against the initial model", "",
               ("Q_k answers at temperature 0 after one of its own test conversations; so does Q_0; the judge sees "
               "the persona and the task and picks the better answer. Ties (counterbalanced order, verdicts that "
-              "flip with the order) count one half. Position bias: share of verdicts that follow the position, "
-              "not the answer (counterbalanced: picks the same position in both orders; random order: "
-              "|2·P(first) − 1|)."), "", *judge_caveat(runs)]
+              "flip with the order) count one half. Calibrated order: both orders are asked and the contender's "
+              "log-odds log p(its letter) − log p(the other), averaged over the two, decides, so a constant "
+              "preference for a position cancels out. Pointwise: the judge sees one answer at a time and the "
+              "higher log p('Yes') − log p('No') wins. Persona fit: no judge; the answer with the higher persona "
+              "fit (below) wins. Position bias: share of verdicts that follow the position, not the answer "
+              "(counterbalanced and calibrated: the raw picks are the same position in both orders; random "
+              "order: |2·P(first) − 1|; n/a where no two answers are shown side by side)."), "",
+              *judge_caveat(runs)]
     for run in runs:
         lines += win_rate_tables(run)
     lines.append(f"![win rates per iteration]({plots['win_rates'].name})")
     if "by_length" in plots:
         lines.append(f"![win rates per conversation length]({plots['by_length'].name})")
+    lines += ["", "## Final answers", "",
+              ("Non-answers: final answers that are empty or under four words, end with a question mark, or "
+               "whose first sentence is a question (they ask instead of answering). Persona fit: "
+               "[log p_base(answer | persona, task) − log p_base(answer | task)] per answer token, under the "
+               "frozen base model: how much more the answer suits this person than anyone. Q_k − Q_0 is paired "
+               "by test pair."), ""]
+    for run in runs:
+        lines += answer_tables(run)
     lines += ["", "## Examples", "", f"The first test conversation of {examples} test pairs ({runs[0].name}).", ""]
     lines += example_tables(runs[0], examples)
     report = out / "report.md"

@@ -15,10 +15,18 @@ from pathlib import Path
 
 from star_gate.config import RunConfig, load_config
 from star_gate.data.jsonl import read_jsonl
-from star_gate.data.records import Conversation, Judgement, ScoredControl
-from star_gate.stages.evaluate import WinRate, mean_sem, per_pair_means, persona_gap_share, win_rate
+from star_gate.data.records import AnswerFit, Conversation, Judgement, ScoredControl
+from star_gate.stages.evaluate import (
+    WinRate,
+    mean_sem,
+    non_answer_share,
+    per_pair_means,
+    persona_gap_share,
+    win_rate,
+)
 
 _EVAL_KEY = re.compile(r"eval/iter_(\d+)$")
+_REGULARIZE_KEY = re.compile(r"iter_(\d+)/regularize$")
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,17 @@ class RunResults:
     def judgements(self, iteration: int, kind: str = "judge") -> list[Judgement]:
         return self._rows(f"eval/iter_{iteration}/{kind}", Judgement.from_json)
 
+    def answer_fits(self, iteration: int) -> list[AnswerFit]:
+        return self._rows(f"eval/iter_{iteration}/persona_fit", AnswerFit.from_json)
+
+    def regularized(self, iteration: int) -> list[Conversation]:
+        """The kept conversations of training iteration k with the final answers Q_{k-1} wrote."""
+        return self._rows(f"iter_{iteration}/regularize", Conversation.from_json)
+
+    def training_iterations(self) -> list[int]:
+        """Iterations whose regularization answers were written, in order."""
+        return sorted(int(m.group(1)) for key in self.stages if (m := _REGULARIZE_KEY.match(key)))
+
     # -- summaries ----------------------------------------------------------------------------
     def control_rows(self) -> list[Estimate]:
         rows = []
@@ -108,3 +127,30 @@ class RunResults:
         for judgement in self.judgements(iteration, kind):
             groups[judgement.target_turns].append(judgement)
         return {turns: win_rate(groups[turns]) for turns in sorted(groups)}
+
+    def persona_fit(self, iteration: int) -> Estimate | None:
+        """Q_k's final answers' persona fit (nats per token): mean ± SEM over test pairs' means."""
+        values = list(per_pair_means((f.pair_id, f.fit) for f in self.answer_fits(iteration)).values())
+        return Estimate(f"Q_{iteration} persona fit", *mean_sem(values), len(values)) if values else None
+
+    def persona_fit_gain(self, later: int, earlier: int = 0) -> Estimate | None:
+        """Per test pair, the mean persona fit of Q_later's final answers minus Q_earlier's; mean ±
+        SEM over pairs."""
+        a, b = (per_pair_means((f.pair_id, f.fit) for f in self.answer_fits(k)) for k in (later, earlier))
+        diffs = [a[k] - b[k] for k in a if k in b]
+        label = f"Q_{later} - Q_{earlier} persona fit, paired by test pair"
+        return Estimate(label, *mean_sem(diffs), len(diffs)) if diffs else None
+
+    def non_answers(self, iteration: int, kind: str = "answers") -> Estimate | None:
+        """Share of Q_k's judged final answers (kind base_answers: Q_BASE's after Q_k's
+        conversations) that are no answer (stages/evaluate.py, is_non_answer)."""
+        rows = self._rows(f"eval/iter_{iteration}/{kind}", Conversation.from_json)
+        mean, sem, count = non_answer_share(c.response for c in rows)
+        return Estimate(f"Q_{iteration} non-answers", mean, sem, count) if count else None
+
+    def regularized_non_answers(self, iteration: int) -> Estimate | None:
+        """Share of training iteration k's regularization answers (written by Q_{k-1}) that are no
+        answer; None when there are none (regularize.mode none, or not run yet)."""
+        responses = [c.response for c in self.regularized(iteration) if c.response is not None]
+        mean, sem, count = non_answer_share(responses)
+        return Estimate(f"iter_{iteration} regularization non-answers", mean, sem, count) if count else None

@@ -7,6 +7,7 @@ frozen dataclasses with string ids so that they round-trip through JSONL unchang
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -126,7 +127,16 @@ class Judgement:
 
     `shown_first` lists, for each order the judge was asked, which answer was in position A;
     `verdicts` lists the answer the judge picked each time ("contender", "baseline", or "" when
-    the reply named neither). One entry in random-order mode, two in counterbalanced mode.
+    the reply named neither). One entry in random-order mode, two in counterbalanced and
+    calibrated mode, none for the pointwise and persona-fit methods (which show one answer at a
+    time, so there is no position).
+
+    `margin`, when set, decides instead of the verdicts: the contender's advantage (> 0 wins,
+    < 0 loses, 0 ties). Calibrated order: the contender's log-odds log p(its letter) - log p(the
+    other letter), averaged over both orders (the verdicts stay the raw per-order picks, for the
+    position bias); pointwise: [log p('Yes') - log p('No')] of the contender's answer minus the
+    baseline's; persona_fit: fit(contender's answer) - fit(baseline's). Records written before
+    the field existed have none and load as before; it is left out of the JSON when unset.
     """
 
     task_id: str
@@ -136,6 +146,7 @@ class Judgement:
     contender: str  # e.g. "Q_2", or "Q_BASE answering after Q_2" in the response-model ablation
     shown_first: tuple[str, ...]
     verdicts: tuple[str, ...]
+    margin: float | None = None
 
     @property
     def pair_id(self) -> str:
@@ -143,8 +154,13 @@ class Judgement:
 
     @property
     def score(self) -> float | None:
-        """The contender's result: 1 win, 0 loss, 0.5 tie (the two orders disagree); None if unreadable."""
-        if "" in self.verdicts:
+        """The contender's result: 1 win, 0 loss, 0.5 tie (the two orders disagree, or a margin of
+        0); None if unreadable. A margin, when there is one, decides."""
+        if self.margin is not None:
+            if math.isnan(self.margin):
+                return None
+            return 1.0 if self.margin > 0 else 0.0 if self.margin < 0 else 0.5
+        if "" in self.verdicts or not self.verdicts:
             return None
         if len(set(self.verdicts)) > 1:
             return 0.5
@@ -156,11 +172,45 @@ class Judgement:
         return [v == shown for v, shown in zip(self.verdicts, self.shown_first) if v]
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        row = dataclasses.asdict(self)
+        if self.margin is None:  # records of the methods without a margin stay as they were
+            del row["margin"]
+        return row
 
     @classmethod
     def from_json(cls, row: dict) -> Judgement:
         return cls(**{**row, "shown_first": tuple(row["shown_first"]), "verdicts": tuple(row["verdicts"])})
+
+
+@dataclass(frozen=True)
+class AnswerFit:
+    """How much better one final answer fits its pair's persona than a persona-blind reading.
+
+    fit = [log p_base(answer | persona, task) - log p_base(answer | task)] / length, where length
+    is the answer's number of tokens under the scorer (`unit` "tokens"), or its number of words
+    when the scorer cannot list per-token log-probs (`unit` "words"). An empty answer has fit 0.
+    """
+
+    task_id: str
+    persona_id: str
+    sample_index: int
+    target_turns: int
+    with_persona: float  # log p_base(answer | persona, task), summed over the answer
+    without_persona: float  # log p_base(answer | task)
+    length: int
+    unit: str  # "tokens" or "words"
+    fit: float
+
+    @property
+    def pair_id(self) -> str:
+        return f"{self.task_id}|{self.persona_id}"
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, row: dict) -> AnswerFit:
+        return cls(**row)
 
 
 @dataclass

@@ -74,7 +74,11 @@ class Players:
     def questioner(self, model: str | None = None) -> Questioner:
         """The questioner served by `model` (a checkpoint path); None: the base model, Q_0."""
         role = self.config.roles.questioner
-        return Questioner(self.backend(role, model), get_template(role.prompt or "questioner_fewshot"), role_sampling(role))
+        answer_prompt = self.config.regularize.answer_prompt  # the regularizer's and the evaluation's
+        return Questioner(
+            self.backend(role, model), get_template(role.prompt or "questioner_fewshot"), role_sampling(role),
+            answer_template=get_template(answer_prompt) if answer_prompt else None,
+        )
 
     def roleplayer(self, role: RoleplayerConfig | None = None) -> Roleplayer:
         role = role or self.config.roles.roleplayer
@@ -94,7 +98,11 @@ class Players:
     def judge(self) -> Judge:
         role = self.config.roles.judge
         template = get_template(role.prompt or "judge")
-        return Judge(self.backend(role), template, role_sampling(role), self.config.evaluate.judge_method)
+        evaluate = self.config.evaluate
+        return Judge(
+            self.backend(role), template, role_sampling(role), evaluate.judge_method,
+            pointwise_template=get_template(evaluate.pointwise_prompt),
+        )
 
     def new_work(self) -> dict[str, int]:
         """Work the backends counted since the last call: prompts cut to fit max_context, and API

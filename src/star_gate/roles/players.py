@@ -15,7 +15,7 @@ from star_gate.backends.base import Backend, SamplingParams
 from star_gate.data.records import Conversation, Persona
 from star_gate.roles import views
 from star_gate.roles.grounding import FactRetriever, split_facts
-from star_gate.roles.prompts import PromptTemplate
+from star_gate.roles.prompts import PromptTemplate, get_template
 
 
 def first_paragraph(text: str) -> str:
@@ -28,6 +28,7 @@ class Questioner:
     backend: Backend
     template: PromptTemplate
     params: SamplingParams
+    answer_template: PromptTemplate | None = None  # final answers' template; None: `template`
 
     def ask(self, tasks: Sequence[str], conversations: Sequence[Conversation], seed: int) -> list[str]:
         chats = [views.questioner_chat(self.template, t, c) for t, c in zip(tasks, conversations)]
@@ -37,8 +38,10 @@ class Questioner:
     def respond(
         self, tasks: Sequence[str], conversations: Sequence[Conversation], max_new_tokens: int
     ) -> list[str]:
-        """Final answers at temperature 0, with the task repeated after the conversation."""
-        chats = [views.final_answer_chat(self.template, t, c) for t, c in zip(tasks, conversations)]
+        """Final answers at temperature 0, with the task repeated after the conversation, under
+        `answer_template` (regularize.answer_prompt) when set, else the questioner's template."""
+        template = self.answer_template or self.template
+        chats = [views.final_answer_chat(template, t, c) for t, c in zip(tasks, conversations)]
         greedy = replace(self.params, n=1, temperature=0.0, max_new_tokens=max_new_tokens)
         return [r[0].strip() for r in self.backend.generate(chats, greedy)]
 
@@ -101,28 +104,58 @@ Roleplayer = PersonaRoleplayer | GroundedRoleplayer
 _VERDICT = re.compile(r"\b([AB])\b")
 
 
+JudgeMethod = Literal["generate", "logprobs", "pointwise"]
+
+
 @dataclass
 class Judge:
-    """Picks the answer that suits a persona better: 'A' (shown first), 'B', or '' when unreadable.
+    """Judges which answer suits a persona better.
 
+    `pick` names the answer it prefers of two: 'A' (shown first), 'B', or '' when unreadable.
     method "generate" parses the first standalone A or B of the reply, as one would with an API
     judge; "logprobs" compares log p('A') with log p('B') after the prompt, so it always decides.
+    `log_odds` gives that comparison as a number, log p('A') - log p('B'), for calibrating over
+    both orders. method "pointwise" shows one answer at a time (`fit_scores`: log p('Yes') -
+    log p('No') under `pointwise_template`), so no position can be preferred.
     """
 
     backend: Backend
     template: PromptTemplate
     params: SamplingParams
-    method: Literal["generate", "logprobs"] = "logprobs"
+    method: JudgeMethod = "logprobs"
+    pointwise_template: PromptTemplate | None = None  # None: the judge_pointwise template
+
+    def _chats(self, personas, tasks, firsts, seconds) -> list:
+        return [views.judge_chat(self.template, p, t, a, b) for p, t, a, b in zip(personas, tasks, firsts, seconds)]
+
+    def log_odds(
+        self, personas: Sequence[Persona], tasks: Sequence[str], firsts: Sequence[str], seconds: Sequence[str]
+    ) -> list[float]:
+        """log p('A') - log p('B') after each pairwise prompt: > 0 prefers the answer shown first."""
+        return _contrast(self.backend, self._chats(personas, tasks, firsts, seconds), "A", "B")
 
     def pick(self, personas: Sequence[Persona], tasks: Sequence[str], firsts: Sequence[str], seconds: Sequence[str]) -> list[str]:
-        chats = [
-            views.judge_chat(self.template, p, t, a, b) for p, t, a, b in zip(personas, tasks, firsts, seconds)
-        ]
         if self.method == "logprobs":
-            scores = self.backend.logprobs(chats + chats, ["A"] * len(chats) + ["B"] * len(chats))
-            return ["A" if a >= b else "B" for a, b in zip(scores[: len(chats)], scores[len(chats) :])]
+            return ["A" if odds >= 0 else "B" for odds in self.log_odds(personas, tasks, firsts, seconds)]
+        if self.method != "generate":
+            raise ValueError(f"judge method {self.method!r} does not pick between two answers")
+        chats = self._chats(personas, tasks, firsts, seconds)
         replies = self.backend.generate(chats, replace(self.params, n=1, temperature=0.0))
         return [_parse_verdict(r[0]) for r in replies]
+
+    def fit_scores(self, personas: Sequence[Persona], tasks: Sequence[str], answers: Sequence[str]) -> list[float]:
+        """log p('Yes') - log p('No') after the pointwise prompt: how well one answer fits the persona."""
+        template = self.pointwise_template or get_template("judge_pointwise")
+        chats = [views.judge_pointwise_chat(template, p, t, a) for p, t, a in zip(personas, tasks, answers)]
+        return _contrast(self.backend, chats, "Yes", "No")
+
+
+def _contrast(backend: Backend, chats: list, first: str, second: str) -> list[float]:
+    """log p(first) - log p(second) after each chat, in one batched call."""
+    if not chats:
+        return []
+    scores = backend.logprobs(chats + chats, [first] * len(chats) + [second] * len(chats))
+    return [a - b for a, b in zip(scores[: len(chats)], scores[len(chats) :])]
 
 
 def _parse_verdict(reply: str) -> str:

@@ -86,6 +86,36 @@ ROLEPLAYER_GROUNDED = PromptTemplate(
     ),
 )
 
+# The final answer after a conversation (regularize.answer_prompt: questioner_answer): worked
+# examples that end with the final cue and a direct, complete answer built on what the user said,
+# never another question. Few-shot turns are formatted as views.final_answer_chat formats the real
+# ones (the cue merged into the user's last answer).
+QUESTIONER_ANSWER = PromptTemplate(
+    name="questioner_answer",
+    version="1",
+    system=(
+        "You are a helpful assistant. You have asked the user some questions about themselves. "
+        "When the user asks you to answer their original request, answer it now: directly and "
+        "completely, in a few sentences, using what they told you. Do not ask any more questions."
+    ),
+    few_shot=(
+        ("user", "Recommend me a podcast for my commute."),
+        ("assistant", "Happy to help! What topics do you enjoy reading or talking about most?"),
+        ("user", ("I like history and true stories about ordinary people.\n\n"
+                 "Thank you. Now please answer my original request: Recommend me a podcast for my commute.")),
+        ("assistant", ("Since you love history and the lives of ordinary people, try a narrative history "
+                      "podcast that tells one true story per episode, such as a series on everyday life in "
+                      "past centuries. Start with its first season and listen in order on your commute.")),
+        ("user", "Suggest a hobby I could pick up."),
+        ("assistant", "Sure! How much free time do you have each week, and do you prefer being indoors or outdoors?"),
+        ("user", ("About five hours a week, and I like being outside.\n\n"
+                 "Thank you. Now please answer my original request: Suggest a hobby I could pick up.")),
+        ("assistant", ("With five free hours a week and a love of the outdoors, take up hiking. Begin with "
+                      "a two-hour trail near home on a weekend, buy good walking shoes, and add a longer "
+                      "route each month as you get fitter.")),
+    ),
+)
+
 # Used to score gold responses with the frozen base model and for the final answer.
 RESPONDER = PromptTemplate(
     name="responder",
@@ -115,6 +145,17 @@ JUDGE = PromptTemplate(
     ),
 )
 
+# evaluate.judge_method pointwise: one answer at a time, so there is no position to prefer; the
+# verdict compares log p('Yes') - log p('No') of two answers (JUDGE_POINTWISE_REQUEST).
+JUDGE_POINTWISE = PromptTemplate(
+    name="judge_pointwise",
+    version="1",
+    system=(
+        "You judge whether an answer to a user's request suits this user. The user is described "
+        "below. Reply with exactly 'Yes' or 'No'.\n\nThe user:\n{persona}"
+    ),
+)
+
 # `star-gate data personas`: each call shows two seed personas as examples (as the paper did with
 # GPT-4 and PRODIGy personas) and asks for one new person in the same form.
 PERSONA_WRITER = PromptTemplate(
@@ -138,16 +179,22 @@ JUDGE_REQUEST = (
     "Which answer suits me better? Reply with A or B."
 )
 
+JUDGE_POINTWISE_REQUEST = (
+    "My request: {task}\n\nAnswer:\n{answer}\n\nDoes this answer fit me? Reply Yes or No."
+)
+
 TEMPLATES: dict[str, PromptTemplate] = {
     t.name: t
     for t in (
         QUESTIONER_PLAIN,
         QUESTIONER_FEWSHOT,
+        QUESTIONER_ANSWER,
         ROLEPLAYER_PERSONA,
         ROLEPLAYER_GROUNDED,
         RESPONDER,
         ORACLE,
         JUDGE,
+        JUDGE_POINTWISE,
         PERSONA_WRITER,
     )
 }

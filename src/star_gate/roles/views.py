@@ -10,6 +10,7 @@ from __future__ import annotations
 from star_gate.data.records import Conversation, Persona
 from star_gate.roles.prompts import (
     FINAL_CUE,
+    JUDGE_POINTWISE_REQUEST,
     JUDGE_REQUEST,
     PERSONA_CONTEXT,
     PERSONA_REQUEST,
@@ -33,7 +34,9 @@ def questioner_chat(template: PromptTemplate, task: str, conversation: Conversat
 def final_answer_chat(template: PromptTemplate, task: str, conversation: Conversation) -> list[Message]:
     """The questioner's view with the task repeated after the last answer, asking for the answer.
 
-    Used for the regularization response and as the prompt of every training example.
+    Used for the regularization response and the evaluation's final answers (with the template
+    regularize.answer_prompt names, when set) and, with the questioner's own template, as the
+    prompt of every training example.
     """
     return _with_final_cue(questioner_chat(template, task, conversation), task)
 
@@ -94,4 +97,10 @@ def persona_writer_chat(template: PromptTemplate, first: Persona, second: Person
 def judge_chat(template: PromptTemplate, persona: Persona, task: str, first: str, second: str) -> list[Message]:
     """The judge reads the persona and the task, then two answers labelled A and B in that order."""
     request = JUDGE_REQUEST.format(task=task, first=first, second=second)
+    return [*template.opening(persona=persona.description), {"role": "user", "content": request}]
+
+
+def judge_pointwise_chat(template: PromptTemplate, persona: Persona, task: str, answer: str) -> list[Message]:
+    """The pointwise judge reads the persona and the task, then one answer: does it fit?"""
+    request = JUDGE_POINTWISE_REQUEST.format(task=task, answer=answer)
     return [*template.opening(persona=persona.description), {"role": "user", "content": request}]
