@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from typing import Annotated, NoReturn
@@ -74,16 +75,16 @@ def print_eval_table(rows, title: str = "test gold log-prob, log p_base(g | ...)
 
 
 def _cell(estimate, digits: int = 2, signed: bool = False, percent: bool = False) -> str:
-    if estimate is None or estimate.mean != estimate.mean:  # absent, or nan
+    if estimate is None or math.isnan(estimate.mean):
         return "–"
     scale, suffix = (100, "%") if percent else (1, "")
     mean = f"{estimate.mean * scale:{'+' if signed else ''}.{0 if percent else digits}f}{suffix}"
     sem = estimate.sem * scale
-    return f"{mean} ± {sem:.{0 if percent else digits}f}{suffix}" if sem == sem else mean
+    return mean if math.isnan(sem) else f"{mean} ± {sem:.{0 if percent else digits}f}{suffix}"
 
 
 def _bias(value: float) -> str:
-    return f"{value:.2f}" if value == value else "n/a"  # nan: pointwise and persona_fit have no position
+    return "n/a" if math.isnan(value) else f"{value:.2f}"  # nan: pointwise and persona_fit have no position
 
 
 def print_answer_table(results) -> None:

@@ -19,7 +19,16 @@ from star_gate.config import RoleConfig, RoleplayerConfig, RunConfig
 from star_gate.data.loaders import load_dataset
 from star_gate.data.records import Conversation, Dataset, Pair, Persona
 from star_gate.faults import crash_point
-from star_gate.jobs import AnswerJob, ControlsJob, FitJob, Job, JudgeJob, ScoreJob, SimulateJob, pairs_of
+from star_gate.jobs import (
+    AnswerJob,
+    ControlsJob,
+    FitJob,
+    Job,
+    JudgeJob,
+    ScoreJob,
+    SimulateJob,
+    pairs_of,
+)
 from star_gate.parallel import check_parallel, make_runner
 from star_gate.results import Estimate, RunResults
 from star_gate.roles.factory import Players
