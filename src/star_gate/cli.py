@@ -232,6 +232,24 @@ for _stage in ("simulate", "score", "select", "regularize", "train"):
     app.command(name=_stage)(_stage_command(_stage))
 
 
+bench_app = typer.Typer(no_args_is_help=False, help="Measure the loop's speed on this machine.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.callback(invoke_without_command=True)
+def bench(
+    ctx: typer.Context,
+    quick: Annotated[bool, typer.Option("--quick", help="fewer pairs: about a third of the time")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object of the results on the last line")] = False,
+) -> None:
+    """Simulation, scoring and training speed, new path against the present one and a decode
+    ceiling, side by side in one run on the bundled model with the demo's settings."""
+    if ctx.invoked_subcommand is None:
+        from star_gate.bench import main as bench_main
+
+        bench_main(quick, as_json)
+
+
 @app.command()
 def chat(
     checkpoint: Annotated[str, typer.Argument(help="a checkpoint folder, a hub id or 'bundled'")],

@@ -34,6 +34,11 @@ class RoleConfig(Section):
     max_new_tokens: int = Field(48, ge=1, description="longest reply in tokens")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     dtype: str = Field("auto", description="'auto' (bf16 on GPU, fp32 on CPU), 'float32', 'bfloat16'")
+    sample_dtype: Literal["", "float32", "bfloat16", "float16"] = Field(
+        "",
+        description="backend transformers only: dtype of a copy of the model that generates text "
+        "(scoring keeps dtype); 'bfloat16' decodes faster on a GPU or a CPU with AMX; empty: dtype",
+    )
     batch_size: int = Field(16, ge=1, description="sequences per forward pass")
     max_context: int = Field(2048, ge=64, description="prompts longer than this are cut from the left (counted)")
     # backend: vllm only
@@ -212,13 +217,41 @@ class TrainConfig(Section):
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps warming up (paper: 0.1)")
     max_length: int = Field(1024, ge=32, description="longest training sequence (paper: 1024)")
     validation_fraction: float = Field(0.05, ge=0, lt=1, description="held out for eval loss (paper: 0.05)")
-    bf16: bool | None = Field(None, description="bf16 mixed precision; default: on when a GPU has it")
+    bf16: bool | None = Field(
+        None,
+        description="bf16 mixed precision; default: on when a GPU has it. On a CPU with AMX (Intel "
+        "Sapphire Rapids and later) true makes training several times faster",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute activations in the backward pass: less memory, about a third more "
+        "compute (TRL's default is on; a small model on a CPU does not need it)",
+    )
+    padding_free: bool = Field(
+        True,
+        description="batch examples as one unpadded sequence (TRL padding_free): no compute spent on "
+        "padding; attention stays within each example through its position ids",
+    )
+    prompt: str = Field(
+        "",
+        description="prompt template the trained questioners Q_1, Q_2, ... are trained with and then "
+        "prompted with; empty: roles.questioner.prompt (the paper's choice). Q_0 keeps "
+        "roles.questioner.prompt. A short prompt (questioner_plain) makes training and the trained "
+        "questioners' turns faster",
+    )
     lora: LoraConfig = Field(
         LoraConfig(), description="LoRA adapters, merged into the saved checkpoint; off: full fine-tuning"
     )
     distributed: DistributedConfig = Field(
         DistributedConfig(), description="train in worker processes across GPUs or machines; default: in-process"
     )
+
+
+    @model_validator(mode="after")
+    def _known_prompt(self):
+        if self.prompt and self.prompt not in TEMPLATES:
+            raise ValueError(f"prompt {self.prompt!r} is not a template; choose from {sorted(TEMPLATES)}")
+        return self
 
 
 class EvaluateConfig(Section):
@@ -365,6 +398,11 @@ class RunConfig(Section):
                 "log-probs exist"
             )
         return self
+
+    def questioner_prompt(self, trained: bool) -> str:
+        """The prompt template of Q_0 (trained False) or of a fine-tuned Q_k (train.prompt)."""
+        base = self.roles.questioner.prompt or "questioner_fewshot"
+        return (self.train.prompt or base) if trained else base
 
     @property
     def eval_max_turns(self) -> int:

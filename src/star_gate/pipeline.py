@@ -294,7 +294,7 @@ class Pipeline:
         cfg, role = self.config.train, self.config.roles.questioner
         kept = self.run.records(f"iter_{iteration}/regularize", Conversation.from_json)
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(role.model))
-        template = get_template(role.prompt or "questioner_fewshot")
+        template = get_template(self.config.questioner_prompt(trained=True))
         examples, truncated = build_examples(kept, self.pairs(self.split_for(iteration)), template, tokenizer, cfg.max_length)
         target = self.checkpoint(iteration)
         staging = target.with_name("checkpoint.partial")

@@ -17,16 +17,21 @@ backends/tokens.py, shared with the vLLM backend so that both cut the same promp
 
 from __future__ import annotations
 
+import copy as copy_module
 import math
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
 
 import torch
 from tqdm.auto import tqdm
 
 from star_gate.backends.base import Chat, SamplingParams
 from star_gate.backends.models import resolve_model
+from star_gate.backends.shared_prefix import SharedPrefixRunner, common_prefix_length
 from star_gate.backends.tokens import fit_prompt, stop_token_ids, text_ids
+
+
+SCORE_LOGIT_TOKENS = 4096  # completion positions whose logits one scoring batch holds (~0.8 GB)
 
 
 def pick_device(device: str) -> str:
@@ -66,6 +71,7 @@ class TransformersBackend:
         progress: bool = True,
         model_object=None,
         tokenizer=None,
+        sample_dtype: str = "",
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -87,6 +93,20 @@ class TransformersBackend:
         self.stop_ids = stop_token_ids(
             self.tokenizer.eos_token_id, self.model.generation_config.eos_token_id
         )
+        self.runner = SharedPrefixRunner(self.model, self.tokenizer.pad_token_id)
+        self.sampler = self.runner  # generation; scoring always runs at the model's own dtype
+        if sample_dtype and getattr(torch, sample_dtype) != self.model.dtype:
+            # Sampled text needs no exact log-probs: a bf16 copy decodes faster (on GPUs, and on CPUs
+            # with AMX), while gold answers are still scored by the full-precision model.
+            copy = copy_module.deepcopy(self.model).to(getattr(torch, sample_dtype))
+            self.sampler = SharedPrefixRunner(copy, self.tokenizer.pad_token_id)
+
+    @classmethod
+    def from_role(cls, role, model: str, progress: bool, cache_path=None) -> TransformersBackend:
+        return cls(
+            model=model, device=role.device, dtype=role.dtype, batch_size=role.batch_size,
+            max_context=role.max_context, progress=progress, sample_dtype=role.sample_dtype,
+        )
 
     # -- shared -----------------------------------------------------------------------------
     def encode_prompt(self, chat: Chat, room: int = 0) -> list[int]:
@@ -96,92 +116,85 @@ class TransformersBackend:
         self.truncated_prompts += cut
         return ids
 
-    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
-        return ids, mask
-
-    def _batches(self, order: list[int], desc: str):
-        starts = range(0, len(order), self.batch_size)
-        bar = tqdm(starts, desc=desc, leave=False, disable=not self.progress or len(starts) < 2)
-        for start in bar:
-            yield order[start : start + self.batch_size]
+    def _batches(self, sizes: list[int], desc: str) -> list[list[int]]:
+        """Consecutive index groups whose sizes add up to at most batch_size (one item at least)."""
+        groups: list[list[int]] = []
+        total = 0
+        for index, size in enumerate(sizes):
+            if not groups or total + size > self.batch_size:
+                groups.append([])
+                total = 0
+            groups[-1].append(index)
+            total += size
+        return list(tqdm(groups, desc=desc, leave=False, disable=not self.progress or len(groups) < 2))
 
     # -- generation -------------------------------------------------------------------------
-    @torch.inference_mode()
     def generate(self, chats: Sequence[Chat], params: SamplingParams) -> list[list[str]]:
-        prompts = [self.encode_prompt(chat, room=params.max_new_tokens) for chat in chats]
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        results: list[list[str]] = [[] for _ in prompts]
-        torch.manual_seed(params.seed)
-        for batch in self._batches(order, "generate"):
-            for index, texts in zip(batch, self._generate_batch([prompts[i] for i in batch], params)):
-                results[index] = texts
+        """params.n replies per chat. Identical chats are prefilled once and sampled together, and
+        the prefix all chats share is computed once (backends/shared_prefix.py)."""
+        prompts = [tuple(self.encode_prompt(chat, room=params.max_new_tokens)) for chat in chats]
+        greedy = params.temperature == 0
+        per_chat = 1 if greedy else params.n  # greedy decoding is deterministic: decode once, repeat
+        distinct = sorted(set(prompts), key=lambda p: (len(p), p))
+        copies = Counter(prompts)
+        shared = common_prefix_length(distinct)
+        generator = None
+        if not greedy:
+            generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        sampling = None if greedy else (params.temperature, params.top_p)
+        samples = [copies[p] * per_chat for p in distinct]
+        drawn: dict[tuple, list[list[int]]] = {}
+        for batch in self._batches(samples, "generate"):
+            new = self.sampler.sample(
+                list(distinct[0][:shared]), [list(distinct[i][shared:]) for i in batch],
+                [samples[i] for i in batch], params.max_new_tokens, self.stop_ids, sampling, generator,
+            )
+            drawn.update(zip((distinct[i] for i in batch), new))
+        results, taken = [], Counter()
+        for prompt in prompts:  # the k-th chat with this prompt takes the k-th share of its samples
+            start = taken[prompt] * per_chat
+            taken[prompt] += 1
+            texts = [self._reply(ids) for ids in drawn[prompt][start : start + per_chat]]
+            results.append(texts * params.n if greedy else texts)
         return results
 
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[list[str]]:
-        if params.temperature == 0 and params.n > 1:
-            # Greedy decoding is deterministic: decode once, repeat (transformers refuses n > 1).
-            once = self._generate_batch(prompts, replace(params, n=1))
-            return [texts * params.n for texts in once]
-        ids, mask = self._left_pad(prompts)
-        sampling = (
-            {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
-            if params.temperature > 0
-            else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        )
-        out = self.model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=params.max_new_tokens,
-            num_return_sequences=params.n,
-            eos_token_id=self.stop_ids,
-            pad_token_id=self.tokenizer.pad_token_id,
-            **sampling,
-        )
-        new_tokens = out[:, ids.shape[1] :]
-        self.generated_tokens += count_generated(new_tokens, self.stop_ids)
-        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        texts = [t.strip() for t in texts]
-        return [texts[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
+    def _reply(self, ids: list[int]) -> str:
+        self.generated_tokens += len(ids)
+        if ids and ids[-1] in self.stop_ids:
+            ids = ids[:-1]
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     # -- scoring ----------------------------------------------------------------------------
+    def _score_batches(self, order, prompts, targets, shared) -> list[list[int]]:
+        """Rows in `order`, batch_size at most per batch, and fewer where their completions' logits
+        (rows x longest completion x vocabulary) would pass SCORE_LOGIT_TOKENS: memory stays flat."""
+        groups: list[list[int]] = []
+        longest = 0
+        for index in order:
+            longest_with = max(longest, len(targets[index]))
+            if not groups or len(groups[-1]) >= self.batch_size or longest_with * (len(groups[-1]) + 1) > SCORE_LOGIT_TOKENS:
+                groups.append([])
+                longest_with = len(targets[index])
+            groups[-1].append(index)
+            longest = longest_with
+        return list(tqdm(groups, desc="score", leave=False, disable=not self.progress or len(groups) < 2))
+
     def logprobs(self, chats: Sequence[Chat], completions: Sequence[str]) -> list[float]:
         return [math.fsum(values) for values in self.token_logprobs(chats, completions)]
 
-    @torch.inference_mode()
     def token_logprobs(self, chats: Sequence[Chat], completions: Sequence[str]) -> list[list[float]]:
         """Per completion token, log p(token | chat, earlier tokens): the terms `logprobs` sums."""
         if len(chats) != len(completions):
             raise ValueError("logprobs needs one completion per chat")
         targets = [text_ids(self.tokenizer, c) for c in completions]
         prompts = [self.encode_prompt(chat, room=len(t)) for chat, t in zip(chats, targets)]
+        shared = common_prefix_length(prompts)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(targets[i]))
         results: list[list[float]] = [[] for _ in prompts]
-        for batch in self._batches(order, "score"):
-            rows = self._logprob_batch([prompts[i] for i in batch], [targets[i] for i in batch])
-            for index, values in zip(batch, rows):
+        for rows in self._score_batches(order, prompts, targets, shared):
+            scored = self.runner.score(
+                prompts[0][:shared], [prompts[i][shared:] for i in rows], [targets[i] for i in rows]
+            )
+            for index, values in zip(rows, scored):
                 results[index] = values
         return results
-
-    def _logprob_batch(self, prompts: list[list[int]], targets: list[list[int]]) -> list[list[float]]:
-        ids, mask = self._left_pad([p + t for p, t in zip(prompts, targets)])
-        # Without explicit positions a left-padded row would be shifted and score differently.
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        longest = max(len(t) for t in targets)
-        if longest == 0:  # every completion is empty: no terms, log p = 0
-            return [[] for _ in targets]
-        # Left padding puts every completion at the end, so only the last columns need logits.
-        logits = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=longest + 1
-        ).logits[:, :-1].float()
-        logp = torch.log_softmax(logits, dim=-1)
-        next_ids = ids[:, -longest:]
-        token_logp = logp.gather(-1, next_ids.unsqueeze(-1)).squeeze(-1).tolist()
-        # Row r's completion fills its last len(target) columns (an empty one fills none).
-        return [
-            token_logp[row][longest - len(target) :] if target else []
-            for row, target in enumerate(targets)
-        ]

@@ -49,7 +49,8 @@ class Players:
     def backend(self, role: RoleConfig, model: str | None = None) -> Backend:
         """One backend per (kind, model, device or server); roles naming the same model share it."""
         model = model or role.model
-        key = (role.backend, model, role.device, role.dtype, role.base_url, role.api_key_env, role.logprobs)
+        key = (role.backend, model, role.device, role.dtype, role.sample_dtype, role.base_url, role.api_key_env,
+               role.logprobs)
         if key not in self.backends:
             self.backends[key] = load_backend(role, model, self.progress, cache_path=self.cache_path)
         return self.backends[key]
@@ -76,7 +77,7 @@ class Players:
         role = self.config.roles.questioner
         answer_prompt = self.config.regularize.answer_prompt  # the regularizer's and the evaluation's
         return Questioner(
-            self.backend(role, model), get_template(role.prompt or "questioner_fewshot"), role_sampling(role),
+            self.backend(role, model), get_template(self.config.questioner_prompt(trained=model is not None)), role_sampling(role),
             answer_template=get_template(answer_prompt) if answer_prompt else None,
         )
 

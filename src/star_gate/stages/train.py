@@ -137,6 +137,9 @@ def finetune(
         lr_scheduler_type=cfg.scheduler,
         warmup_steps=float(cfg.warmup_ratio),  # a float in [0, 1) is a ratio of total steps
         bf16=use_bf16,
+        use_cpu=use_bf16 and not torch.cuda.is_available(),  # bf16 on a CPU must be asked for
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        padding_free=cfg.padding_free,
         logging_steps=1,
         save_strategy="no",
         eval_strategy="epoch" if eval_dataset is not None else "no",
@@ -159,7 +162,10 @@ def finetune(
     )
     trainable = _trainable_params(trainer.model)  # before training wraps or shards the model
     result = trainer.train()
-    metrics = {"train_loss": result.training_loss, "steps": result.global_step, "examples": len(dataset)}
+    metrics = {
+        "train_loss": result.training_loss, "steps": result.global_step, "examples": len(dataset),
+        "train_seconds": result.metrics.get("train_runtime"),
+    }
     if eval_dataset is not None:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
     metrics["trainable_params"] = trainable
