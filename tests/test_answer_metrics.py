@@ -4,6 +4,7 @@ the report; the final-answer prompt; and the labelled judge set's accuracy."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 
@@ -126,35 +127,56 @@ def test_answer_prompt_is_used_for_final_answers_only(fake_config_file, tmp_path
     assert systems["questioner_answer"] == (answer.system, fewshot.system)
 
 
-class NameJudge:
-    """A judge backend with a fixed bias toward position A that outweighs its content signal: an
-    answer that names the persona (read from the system prompt) earns 0.5 for its letter or 'Yes'."""
+def _love(description: str) -> str:
+    return description.split("I love ")[1].rstrip(".")
 
-    name = "name-judge"
+
+class LoveJudge:
+    """A judge backend with a fixed bias toward position A that outweighs its content signal: an
+    answer that mentions what the persona loves (read from the system prompt) earns 0.5 for its
+    letter or 'Yes'."""
+
+    name = "love-judge"
 
     def logprobs(self, chats, completions):
         scores = []
         for chat, completion in zip(chats, completions):
-            first_name = chat[0]["content"].split("My name is ")[1].split()[0]
+            love = _love(chat[0]["content"].split("My name is ")[1])
             request = chat[-1]["content"]
             if completion in ("Yes", "No"):
                 answer = request.split("Answer:\n")[1]
-                scores.append(0.5 * (completion == "Yes" and first_name in answer))
+                scores.append(0.5 * (completion == "Yes" and love in answer))
                 continue
             shown = request.split(f"Answer {completion}:\n")[1].split("\n\n")[0]
-            scores.append(1.0 * (completion == "A") + 0.5 * (first_name in shown))
+            scores.append(1.0 * (completion == "A") + 0.5 * (love in shown))
         return scores
 
 
-def test_labelled_judge_set_and_accuracy(dataset):
+def _with_persona_content(dataset):
+    """Gold answers that differ by what fits the person (not only by the name they open with)."""
+    for (task_id, persona_id), gold in dataset.gold.items():
+        love = _love(dataset.personas[persona_id].description)
+        dataset.gold[task_id, persona_id] = dataclasses.replace(gold, text=f"{gold.text} Enjoy {love}.")
+    return dataset
+
+
+def test_labelled_judge_set_takes_the_names_out(dataset):
     comparisons = labelled_comparisons(dataset, count=72, seed=0)
+    assert comparisons == []  # the fixture's golds differ only by the name: nothing left to judge
+    comparisons = labelled_comparisons(_with_persona_content(dataset), count=72, seed=0)
+    names = [p.name.split()[0] for p in dataset.personas.values()]
+    assert comparisons and not any(n in c.fitting or n in c.other for c in comparisons for n in names)
+
+
+def test_labelled_judge_set_and_accuracy(dataset):
+    comparisons = labelled_comparisons(_with_persona_content(dataset), count=72, seed=0)
     assert len(comparisons) == 8  # 2 tasks x 2 personas x 1 other persona, in A and in B
     assert all(c.persona.persona_id != c.other_persona_id and c.fitting != c.other for c in comparisons)
     assert {c.task.task_id for c in comparisons} <= {"t1", "t2", "t3", "t4"}  # never the test split
     assert labelled_comparisons(dataset, count=3, seed=1) == labelled_comparisons(dataset, count=3, seed=1)
     with pytest.raises(ValueError, match="never the test split"):
         labelled_comparisons(dataset, ("A", "test"))
-    judge = Judge(NameJudge(), get_template("judge"), SamplingParams(temperature=0.0), "logprobs")
+    judge = Judge(LoveJudge(), get_template("judge"), SamplingParams(temperature=0.0), "logprobs")
     one_order = judge_accuracy(comparisons, "logprobs", judge=judge, seed=0)
     assert one_order.position_bias == 1.0 and one_order.count == 8
     assert one_order.mean == sum(o == "contender" for o in _firsts(comparisons, judge)) / 8  # follows position
@@ -163,7 +185,7 @@ def test_labelled_judge_set_and_accuracy(dataset):
     pointwise = judge_accuracy(comparisons, "pointwise", judge=judge)
     assert pointwise.mean == 1.0 and math.isnan(pointwise.position_bias)
     fit = judge_accuracy(comparisons, "persona_fit", scorer=FakeBackend())
-    assert fit.mean == 1.0 and math.isnan(fit.position_bias)  # the gold names its person
+    assert fit.mean == 1.0 and math.isnan(fit.position_bias)  # the fitting gold shares the persona's words
     with pytest.raises(ValueError, match="unknown method"):
         judge_accuracy(comparisons, "vibes", judge=judge)
 

@@ -154,7 +154,7 @@ def bench_config(quick: bool) -> RunConfig:
     demo = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
     overrides = ["run_dir=" + tempfile.mkdtemp(prefix="star-gate-bench-")]
     if quick:
-        overrides += ["data.max_tasks=2", "data.max_personas=4"]
+        overrides += ["data.train_max_tasks=2", "data.train_max_personas=4"]
     return load_config(demo if demo.exists() else None, overrides)
 
 
@@ -165,7 +165,7 @@ def run_bench(quick: bool = False, present_batch_size: int = 32, say=print) -> d
     from star_gate.stages import regularize, score_conversations, select_top_k, simulate
 
     cfg = bench_config(quick)
-    dataset = limit_splits(load_dataset(cfg.data.path), cfg.data.max_tasks, cfg.data.max_personas)
+    dataset = limit_splits(load_dataset(cfg.data.path), cfg.data.max_tasks, cfg.data.max_personas, cfg.data)
     pairs = dataset.pairs(cfg.data.train_splits[0])
     players = Players(cfg)
     questioner, roleplayer = players.questioner(None), players.roleplayer()

@@ -135,6 +135,18 @@ class DataConfig(Section):
     test_split: str = Field("test", description="held-out split for evaluation")
     max_tasks: int | None = Field(None, ge=1, description="use only the first N tasks of each split")
     max_personas: int | None = Field(None, ge=1, description="use only the first N personas of each split")
+    train_max_tasks: int | None = Field(
+        None, ge=1, description="use only the first N tasks of each training split; default: max_tasks"
+    )
+    train_max_personas: int | None = Field(
+        None, ge=1, description="use only the first N personas of each training split; default: max_personas"
+    )
+
+    def limits(self, split: str) -> tuple[int | None, int | None]:
+        """(tasks, personas) kept of a split: the train_ limits for training splits when set."""
+        if split in self.train_splits and split != self.test_split:
+            return (self.train_max_tasks or self.max_tasks, self.train_max_personas or self.max_personas)
+        return self.max_tasks, self.max_personas
 
 
 class SimulateConfig(Section):
@@ -248,9 +260,10 @@ class TrainConfig(Section):
 
 
     @model_validator(mode="after")
-    def _known_prompt(self):
-        if self.prompt and self.prompt not in TEMPLATES:
-            raise ValueError(f"prompt {self.prompt!r} is not a template; choose from {sorted(TEMPLATES)}")
+    def _questioner_prompt(self):
+        choices = sorted(name for name in TEMPLATES if name.startswith("questioner_"))
+        if self.prompt and self.prompt not in choices:
+            raise ValueError(f"prompt {self.prompt!r} is not a questioner template; choose from {choices}")
         return self
 
 

@@ -2,7 +2,8 @@
 
 Each comparison takes one (task, persona) pair of a training split: the fitting answer is that
 pair's gold, the other is the gold of the same task for a different persona of the same split,
-written for someone else. A method that reads the persona should pick the fitting one; the share
+written for someone else. Both persons' first names are taken out of both answers (the gold
+answers address the person by name, which would make the set trivial). A method that reads the persona should pick the fitting one; the share
 it does is its accuracy. Only training splits are used (never the test split), so tuning a judge
 here leaves the test split untouched. `benchmarks/judge_accuracy.py` runs this on real models.
 """
@@ -10,6 +11,7 @@ here leaves the test split untouched. `benchmarks/judge_accuracy.py` runs this o
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -30,6 +32,18 @@ class LabelledComparison:
     other_persona_id: str
 
 
+def without_names(text: str, names: Sequence[str]) -> str:
+    """The answer with the persons' first names taken out: the gold answers open with the name
+    ("Aoife, why not ..."), and a judge must not win by matching names instead of reading the person."""
+    for name in names:
+        first = name.split()[0] if name.split() else ""
+        if not first:
+            continue
+        text = re.sub(rf"^{re.escape(first)},\s*", "", text)
+        text = re.sub(rf"\b{re.escape(first)}\b", "you", text)
+    return text[:1].upper() + text[1:]
+
+
 def labelled_comparisons(
     dataset: Dataset, splits: Sequence[str] = ("A", "B"), count: int = 72, seed: int = 0
 ) -> list[LabelledComparison]:
@@ -45,8 +59,12 @@ def labelled_comparisons(
         for pair in dataset.pairs(split):
             for other in personas:
                 gold = dataset.gold.get((pair.task.task_id, other))
-                if other != pair.persona.persona_id and gold is not None and gold.text != pair.gold.text:
-                    candidates.append(LabelledComparison(pair.task, pair.persona, pair.gold.text, gold.text, other))
+                if other == pair.persona.persona_id or gold is None:
+                    continue
+                names = [pair.persona.name, dataset.personas[other].name]
+                fitting, unfitting = without_names(pair.gold.text, names), without_names(gold.text, names)
+                if fitting != unfitting:
+                    candidates.append(LabelledComparison(pair.task, pair.persona, fitting, unfitting, other))
     rng = random.Random(seed)
     return rng.sample(candidates, min(count, len(candidates)))
 

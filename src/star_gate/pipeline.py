@@ -53,10 +53,12 @@ def acting_in(pairs: Sequence[Pair], acting: dict[str, Persona] | None) -> dict[
     return None if acting is None else {p.pair_id: acting[p.pair_id] for p in pairs if p.pair_id in acting}
 
 
-def limit_splits(dataset: Dataset, max_tasks: int | None, max_personas: int | None) -> Dataset:
-    """Keep the first N tasks and personas of each split (demos and smoke tests)."""
+def limit_splits(dataset: Dataset, max_tasks: int | None, max_personas: int | None, data=None) -> Dataset:
+    """Keep the first N tasks and personas of each split (demos and smoke tests); with a DataConfig
+    `data`, each split's own limits (data.limits: training splits may keep more)."""
+    limits = {name: data.limits(name) if data is not None else (max_tasks, max_personas) for name in dataset.splits}
     dataset.splits = {
-        name: {"tasks": spec["tasks"][:max_tasks], "personas": spec["personas"][:max_personas]}
+        name: {"tasks": spec["tasks"][: limits[name][0]], "personas": spec["personas"][: limits[name][1]]}
         for name, spec in dataset.splits.items()
     }
     return dataset
@@ -103,7 +105,7 @@ class Pipeline:
         for split in (*config.data.train_splits, config.data.test_split):
             if split not in dataset.splits:
                 raise ValueError(f"data.path has no split {split!r}; it has {sorted(dataset.splits)}")
-        self.dataset = limit_splits(dataset, config.data.max_tasks, config.data.max_personas)
+        self.dataset = limit_splits(dataset, config.data.max_tasks, config.data.max_personas, config.data)
         if config.evaluate.random_persona and len(self.dataset.splits[config.data.test_split]["personas"]) < 2:
             raise ValueError(
                 "evaluate.random_persona needs at least 2 test personas; set it to false or use more personas"

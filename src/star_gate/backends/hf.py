@@ -46,13 +46,6 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     return getattr(torch, dtype)
 
 
-def count_generated(new_tokens: torch.Tensor, stop_ids: list[int]) -> int:
-    """Tokens each row generated up to and including its first stop token (the rest is padding)."""
-    stopped = torch.isin(new_tokens, torch.tensor(stop_ids, device=new_tokens.device))
-    after_stop = (stopped.cumsum(-1) - stopped.int()) > 0
-    return int((~after_stop).sum())
-
-
 class TransformersBackend:
     """Serve a causal LM with transformers.
 
@@ -165,7 +158,7 @@ class TransformersBackend:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     # -- scoring ----------------------------------------------------------------------------
-    def _score_batches(self, order, prompts, targets, shared) -> list[list[int]]:
+    def _score_batches(self, order, targets) -> list[list[int]]:
         """Rows in `order`, batch_size at most per batch, and fewer where their completions' logits
         (rows x longest completion x vocabulary) would pass SCORE_LOGIT_TOKENS: memory stays flat."""
         groups: list[list[int]] = []
@@ -191,7 +184,7 @@ class TransformersBackend:
         shared = common_prefix_length(prompts)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(targets[i]))
         results: list[list[float]] = [[] for _ in prompts]
-        for rows in self._score_batches(order, prompts, targets, shared):
+        for rows in self._score_batches(order, targets):
             scored = self.runner.score(
                 prompts[0][:shared], [prompts[i][shared:] for i in rows], [targets[i] for i in rows]
             )

@@ -121,6 +121,8 @@ def nucleus_sample(probs: torch.Tensor, top_p: float, generator: torch.Generator
     on a CPU; the nucleus almost always lies within the top few hundred tokens, so those are
     found with topk, and only a row whose nucleus is wider is sorted in full. Same result either way.
     """
+    if top_p >= 1.0:  # the whole vocabulary: nothing to cut
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     width = min(NUCLEUS_CANDIDATES, probs.shape[-1])
     top, index = probs.topk(width, dim=-1)
     wide = top.sum(-1) < top_p
