@@ -277,6 +277,17 @@ def test_token_logprobs_same_chat_many_completions(sharp_model, tiny_tokenizer):
 
 
 @pytest.mark.parametrize("logit_tokens", [4096, 12])
+def test_token_logprobs_mixing_shared_and_unique_prompts(sharp_model, tiny_tokenizer, monkeypatch, logit_tokens):
+    """A judge's 'A' and 'B' after the same prompt, and golds after prompts of their own, in one call:
+    prompts that repeat run once per batch, and every row still scores as it would alone."""
+    monkeypatch.setattr(hf, "SCORE_LOGIT_TOKENS", logit_tokens)
+    backend = make_backend(sharp_model, tiny_tokenizer, batch_size=5)
+    chats = [SHARED_CHATS[0], SHARED_CHATS[1], SHARED_CHATS[0], SHARED_CHATS[3], SHARED_CHATS[1]]
+    completions = ["A", COMPLETIONS[1], "B", COMPLETIONS[3], COMPLETIONS[0]]
+    check_scores(backend, chats, completions)
+
+
+@pytest.mark.parametrize("logit_tokens", [4096, 12])
 def test_token_logprobs_with_absolute_positions(gpt2_backend, monkeypatch, logit_tokens):
     monkeypatch.setattr(hf, "SCORE_LOGIT_TOKENS", logit_tokens)
     check_scores(gpt2_backend, SHARED_CHATS, COMPLETIONS)

@@ -182,7 +182,12 @@ class TransformersBackend:
         targets = [text_ids(self.tokenizer, c) for c in completions]
         prompts = [self.encode_prompt(chat, room=len(t)) for chat, t in zip(chats, targets)]
         shared = common_prefix_length(prompts)
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(targets[i]))
+        # By length, and rows that share a prompt side by side, so a batch runs that prompt once.
+        longest_with: dict[tuple[int, ...], int] = {}
+        for prompt, target in zip(prompts, targets):
+            key = tuple(prompt)
+            longest_with[key] = max(longest_with.get(key, 0), len(prompt) + len(target))
+        order = sorted(range(len(prompts)), key=lambda i: (longest_with[tuple(prompts[i])], prompts[i], i))
         results: list[list[float]] = [[] for _ in prompts]
         for rows in self._score_batches(order, targets):
             scored = self.runner.score(

@@ -276,13 +276,32 @@ class SharedPrefixRunner:
     # -- scoring -------------------------------------------------------------------------------
     @torch.inference_mode()
     def score(self, prefix: list[int], suffixes: list[list[int]], targets: list[list[int]]) -> list[list[float]]:
-        """log p(target token | prefix, suffix, earlier target tokens) for each row, per token."""
+        """log p(target token | prefix, suffix, earlier target tokens) for each row, per token.
+
+        Rows with the same suffix (a judge's 'A' and 'B', or several gold answers after one control
+        prompt) run that suffix once: all of it but its last token goes through the model once, and
+        each row continues from there with [last token] + its target.
+        """
         longest = max(len(t) for t in targets)
         if longest == 0:
             return [[] for _ in targets]
         cache = self.prefix_cache(prefix)
-        rows = [s + t for s, t in zip(suffixes, targets)]
-        buffer, state, width = self._start(cache, rows, 0)
+        heads: dict[tuple[int, ...], int] = {}
+        owner = [heads.setdefault(tuple(s[:-1]), len(heads)) for s in suffixes]
+        if len(heads) == len(suffixes):  # nothing to share: one pass over suffix + target
+            rows = [s + t for s, t in zip(suffixes, targets)]
+            buffer, state, width = self._start(cache, rows, 0)
+        else:
+            rows = [s[-1:] + t for s, t in zip(suffixes, targets)]
+            width = max(len(r) for r in rows)
+            buffer, state, head_width = self._start(cache, [list(h) for h in heads], width)
+            if head_width:
+                self._forward(self._padded([list(h) for h in heads], head_width), buffer, state, keep=1)
+            index = torch.tensor(owner, device=self.device)
+            buffer.select(index)
+            state.select(index)
+            for row, tail in enumerate(rows):
+                state.visible[row, buffer.filled + width - len(tail) : buffer.filled + width] = True
         tokens = self._padded(rows, width)
         logits = self._forward(tokens, buffer, state, keep=longest + 1)[:, :-1].float()
         logp = torch.log_softmax(logits, dim=-1)
