@@ -133,12 +133,17 @@ def _summarise(pipeline, rows) -> None:
     print_eval_table(rows)
     results = pipeline.results()
     last = max(results.iterations())
-    gain = results.paired_gain(last, 0) if last > 0 else None
-    if gain is not None:
-        sems = gain.mean / gain.sem if gain.sem > 0 else float("nan")
-        console.print(
-            f"{gain.label}: {gain.mean:+.2f} ± {gain.sem:.2f} nats over {gain.count} pairs ({sems:+.1f} SEMs)"
-        )
+    for k in results.iterations():
+        gain = results.paired_gain(k, 0) if k > 0 else None
+        if gain is not None:
+            sems = gain.mean / gain.sem if gain.sem > 0 else float("nan")
+            console.print(
+                f"{gain.label}: {gain.mean:+.2f} ± {gain.sem:.2f} nats over {gain.count} pairs ({sems:+.1f} SEMs)"
+            )
+    shares = [(k, results.gap_share(k)) for k in results.iterations()]
+    if results.controls("positive") and shares:
+        cells = ", ".join(f"Q_{k} {share:.2f} ± {sem:.2f}" for k, (share, sem) in shares)
+        console.print(f"share of the persona gap closed: {cells}")
     print_answer_table(results)
     rate = results.win_rate(last) if last > 0 else None
     if rate is not None:

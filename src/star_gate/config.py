@@ -173,6 +173,14 @@ class RegularizeConfig(Section):
         "examples keep the questioner's prompt either way",
     )
 
+    answer_samples: int = Field(
+        0,
+        ge=0,
+        description="when a temperature-0 final answer asks again or says nothing (roles/answers.py), "
+        "sample this many more at temperature 0.7 and keep the first that answers; for these "
+        "regularization answers and the evaluation's alike; 0: the greedy answer as it is (paper)",
+    )
+
     @model_validator(mode="after")
     def _known_answer_prompt(self):
         if self.answer_prompt and self.answer_prompt not in TEMPLATES:

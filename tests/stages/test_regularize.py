@@ -69,3 +69,45 @@ def test_policy_mode_needs_a_policy(dataset):
     pairs = dataset.pairs("A")
     with pytest.raises(ValueError, match="needs the previous policy"):
         regularize(kept(pairs), pairs, None, "policy")
+
+
+class AsksAgainWhenGreedy:
+    """Greedy final answers ask another question; sampled ones answer only from the second sample on."""
+
+    name = "asks-again"
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, chats, params):
+        self.calls.append(params)
+        if params.temperature == 0:
+            return [["And what else do you like?"] * params.n for _ in chats]
+        return [["Why?"] + [f"Try the riverside trail this weekend, sample {i}." for i in range(1, params.n)]
+                for _ in chats]
+
+    def logprobs(self, chats, completions):
+        return [0.0] * len(chats)
+
+
+@pytest.mark.parametrize("samples", [0, 1, 3])
+def test_answer_samples_replace_a_greedy_non_answer_with_the_first_sampled_answer(dataset, samples):
+    pairs = dataset.pairs("A")
+    backend = AsksAgainWhenGreedy()
+    policy = Questioner(backend, QUESTIONER_FEWSHOT, SamplingParams(), answer_samples=samples)
+    answers = [c.response for c in regularize(kept(pairs), pairs, policy, "policy", max_new_tokens=20)]
+    if samples < 2:  # none drawn, or only the one that asks "Why?": the greedy answer stays
+        assert answers == ["And what else do you like?"] * len(pairs)
+        assert len(backend.calls) == (1 if samples == 0 else 2)
+    else:
+        assert answers == ["Try the riverside trail this weekend, sample 1."] * len(pairs)
+        extra = backend.calls[1]
+        assert (extra.n, extra.temperature, extra.max_new_tokens) == (samples, 0.7, 20)
+
+
+def test_answer_samples_leave_answers_alone(dataset):
+    pairs = dataset.pairs("A")
+    backend = FakeBackend()  # its final answers answer
+    policy = Questioner(backend, QUESTIONER_FEWSHOT, SamplingParams(), answer_samples=4)
+    regularize(kept(pairs), pairs, policy, "policy", max_new_tokens=20)
+    assert backend.calls["generate"] == 1

@@ -79,6 +79,7 @@ class Players:
         return Questioner(
             self.backend(role, model), get_template(self.config.questioner_prompt(trained=model is not None)), role_sampling(role),
             answer_template=get_template(answer_prompt) if answer_prompt else None,
+            answer_samples=self.config.regularize.answer_samples,
         )
 
     def roleplayer(self, role: RoleplayerConfig | None = None) -> Roleplayer:

@@ -14,8 +14,11 @@ from typing import Literal
 from star_gate.backends.base import Backend, SamplingParams
 from star_gate.data.records import Conversation, Persona
 from star_gate.roles import views
+from star_gate.roles.answers import is_non_answer
 from star_gate.roles.grounding import FactRetriever, split_facts
 from star_gate.roles.prompts import PromptTemplate, get_template
+
+ANSWER_TEMPERATURE = 0.7  # for the extra samples of a final answer that was no answer
 
 
 def first_paragraph(text: str) -> str:
@@ -29,6 +32,7 @@ class Questioner:
     template: PromptTemplate
     params: SamplingParams
     answer_template: PromptTemplate | None = None  # final answers' template; None: `template`
+    answer_samples: int = 0  # samples drawn when the greedy final answer is no answer
 
     def ask(self, tasks: Sequence[str], conversations: Sequence[Conversation], seed: int) -> list[str]:
         chats = [views.questioner_chat(self.template, t, c) for t, c in zip(tasks, conversations)]
@@ -43,7 +47,20 @@ class Questioner:
         template = self.answer_template or self.template
         chats = [views.final_answer_chat(template, t, c) for t, c in zip(tasks, conversations)]
         greedy = replace(self.params, n=1, temperature=0.0, max_new_tokens=max_new_tokens)
-        return [r[0].strip() for r in self.backend.generate(chats, greedy)]
+        answers = [r[0].strip() for r in self.backend.generate(chats, greedy)]
+        return self._replace_non_answers(chats, answers, max_new_tokens)
+
+    def _replace_non_answers(self, chats: list, answers: list[str], max_new_tokens: int) -> list[str]:
+        """Where the greedy answer asks again or says nothing, the first of `answer_samples` samples
+        (temperature ANSWER_TEMPERATURE, one seed per call) that does answer; else the greedy one."""
+        redo = [i for i, answer in enumerate(answers) if is_non_answer(answer)]
+        if not redo or self.answer_samples == 0:
+            return answers
+        params = replace(self.params, n=self.answer_samples, temperature=ANSWER_TEMPERATURE,
+                         max_new_tokens=max_new_tokens, seed=0)
+        for index, samples in zip(redo, self.backend.generate([chats[i] for i in redo], params)):
+            answers[index] = next((s.strip() for s in samples if not is_non_answer(s)), answers[index])
+        return answers
 
 
 @dataclass

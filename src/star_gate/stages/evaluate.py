@@ -13,7 +13,6 @@ from __future__ import annotations
 import inspect
 import math
 import random
-import re
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -23,6 +22,7 @@ from typing import Literal
 from star_gate.backends.base import Backend
 from star_gate.data.records import AnswerFit, Conversation, Judgement, Pair, Persona
 from star_gate.roles import views
+from star_gate.roles.answers import is_non_answer
 from star_gate.roles.players import Judge
 
 JudgeOrder = Literal["random", "counterbalanced", "calibrated"]
@@ -219,27 +219,6 @@ def answer_fits(conversations: Sequence[Conversation], pairs: Sequence[Pair], sc
 
 
 # -- final answers that are no answers -------------------------------------------------------------
-MIN_ANSWER_WORDS = 4
-_SENTENCE_END = re.compile(r"[.!?](?=[\s\"')\]*_]|$)")
-
-
-def is_non_answer(text: str | None) -> bool:
-    """Whether a final answer fails to answer: it is empty or shorter than MIN_ANSWER_WORDS words,
-    it ends with a question mark, or its first sentence is a question (the first '.', '!' or '?'
-    followed by a space or the end is a '?').
-
-    Such an answer asks another question, or says nothing, instead of answering the request. The
-    rule is deliberately simple and strict: "Looking for a book? Try Dune." counts as a non-answer.
-    """
-    stripped = (text or "").strip()
-    if len(stripped.split()) < MIN_ANSWER_WORDS:
-        return True
-    if stripped.rstrip("\"')]*_ ").endswith("?"):
-        return True
-    first_end = _SENTENCE_END.search(stripped)
-    return first_end is not None and first_end.group() == "?"
-
-
 def non_answer_share(texts: Iterable[str | None]) -> tuple[float, float, int]:
     """Share of final answers that are non-answers, its SEM, and the number of answers."""
     flags = [float(is_non_answer(t)) for t in texts]
