@@ -72,7 +72,9 @@ def build_tiny_tokenizer():
     return tokenizer
 
 
-def build_tiny_model(tokenizer):
+def build_tiny_model(tokenizer, initializer_range: float = 0.02):
+    """A 2-layer Llama on the tiny tokenizer. A larger initializer_range (0.3) makes every output
+    depend strongly on the whole context, which tests of positions and masks need."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -88,10 +90,34 @@ def build_tiny_model(tokenizer):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
+        initializer_range=initializer_range,
     )
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval()
+
+
+def build_tiny_gpt2(tokenizer, initializer_range: float = 0.02):
+    """A 2-layer GPT-2 on the tiny tokenizer: learned absolute positions, so a wrong position id
+    changes every log-prob."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=1024,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=initializer_range,
+    )
+    model = GPT2LMHeadModel(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model.eval()
 
 

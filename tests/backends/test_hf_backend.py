@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from chat_samples import CHATS, COMPLETIONS
+from conftest import build_tiny_gpt2
 
 from star_gate.backends.base import Backend, SamplingParams
 from star_gate.backends.hf import TransformersBackend, pick_dtype
@@ -169,21 +170,7 @@ def test_pick_dtype():
 @pytest.fixture
 def absolute_position_backend(tiny_tokenizer):
     """A tiny GPT-2: learned absolute positions, so a left-padded row is wrong without position ids."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=len(tiny_tokenizer),
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        n_positions=1024,
-        eos_token_id=tiny_tokenizer.eos_token_id,
-        bos_token_id=tiny_tokenizer.eos_token_id,
-        pad_token_id=tiny_tokenizer.pad_token_id,
-    )
-    model = GPT2LMHeadModel(config)
-    model.generation_config.eos_token_id = tiny_tokenizer.eos_token_id
+    model = build_tiny_gpt2(tiny_tokenizer)
     return TransformersBackend(
         "gpt2-tiny",
         model_object=model,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build_tiny_gpt2, build_tiny_model
 
 from star_gate.backends import hf
 from star_gate.backends import shared_prefix as sp
@@ -55,47 +56,13 @@ def sharp_model(tiny_tokenizer):
     With the default weights the ~200-token shared opening swamps everything after it: every chat
     gets the same greedy reply, and a row that read its neighbour's suffix or the wrong positions
     would go unnoticed. These weights make each reply and log-prob depend on the whole prompt."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(1234)
-    config = LlamaConfig(
-        vocab_size=len(tiny_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=4096,
-        eos_token_id=tiny_tokenizer.eos_token_id,
-        pad_token_id=tiny_tokenizer.pad_token_id,
-        bos_token_id=None,
-        initializer_range=0.3,
-    )
-    model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id = tiny_tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tiny_tokenizer.pad_token_id
-    return model.eval()
+    return build_tiny_model(tiny_tokenizer, initializer_range=0.3)
 
 
 @pytest.fixture
 def gpt2_backend(tiny_tokenizer):
     """A tiny GPT-2: learned absolute positions, so a wrong position id changes every log-prob."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=len(tiny_tokenizer),
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        n_positions=1024,
-        eos_token_id=tiny_tokenizer.eos_token_id,
-        bos_token_id=tiny_tokenizer.eos_token_id,
-        pad_token_id=tiny_tokenizer.pad_token_id,
-        initializer_range=0.2,  # as sharp_model: outputs depend on every position
-    )
-    model = GPT2LMHeadModel(config).eval()
-    model.generation_config.eos_token_id = tiny_tokenizer.eos_token_id
+    model = build_tiny_gpt2(tiny_tokenizer, initializer_range=0.2)  # as sharp_model: outputs depend on every position
     return make_backend(model, tiny_tokenizer, batch_size=3)
 
 

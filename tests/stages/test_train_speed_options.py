@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build_tiny_model
 
 from star_gate.config import ConfigError, RunConfig, TrainConfig, load_config
 from star_gate.data.records import Conversation
@@ -42,24 +43,8 @@ def examples_of_different_lengths(tokenizer, template=QUESTIONER_PLAIN) -> list[
 def sharp_dir(tmp_path_factory, tiny_tokenizer):
     """The conftest tiny Llama with larger initial weights (initializer_range 0.3), saved: its
     log-probs depend strongly on context, so attention leaking across packed examples shows."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(1234)
-    config = LlamaConfig(
-        vocab_size=len(tiny_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=4096,
-        eos_token_id=tiny_tokenizer.eos_token_id,
-        pad_token_id=tiny_tokenizer.pad_token_id,
-        bos_token_id=None,
-        initializer_range=0.3,
-    )
     folder = tmp_path_factory.mktemp("sharp-model")
-    LlamaForCausalLM(config).save_pretrained(folder)
+    build_tiny_model(tiny_tokenizer, initializer_range=0.3).save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
     return folder
 
