@@ -92,9 +92,9 @@ def print_answer_table(results) -> None:
     gain over Q_0's), and the win rate against Q_0; then the regularization answers' non-answers."""
     iterations = [k for k in results.iterations() if results.non_answers(k) is not None]
     if iterations:
-        table = Table(title="final answers on the test split")
-        for column in ("model", "non-answers", "n", "persona fit (nats/token)", "fit − Q_0, paired",
-                       "win rate vs Q_0", "position bias"):
+        table = Table(title="final answers on the test split (fit: persona fit, nats/token; fit − Q_0 paired)")
+        # Short headers: the table must stay readable at 80 columns (a log file, CI).
+        for column in ("model", "no answer", "n", "fit/token", "fit − Q_0", "win vs Q_0", "pos. bias"):
             table.add_column(column, justify="left" if column == "model" else "right")
         for k in iterations:
             share, rate = results.non_answers(k), results.win_rate(k) if k > 0 else None
