@@ -302,8 +302,9 @@ class Pipeline:
         staging = target.with_name("checkpoint.partial")
         shutil.rmtree(staging, ignore_errors=True)  # a crashed attempt's files must not mix in
         launched = cfg.distributed.launcher != "none"
-        if launched:
-            self.players.release_local_models()  # the launched processes need the GPUs' memory
+        # Training needs the memory: launched processes the GPUs', in-process training room for its
+        # optimizer state beside nothing else (the policy and scorer load again when next used).
+        self.players.release_local_models()
         train = finetune_launched if launched else finetune
         metrics = train(examples, role.model, staging, cfg, seed=stage_seed(self.config.seed, key))
         shutil.rmtree(staging / "trainer", ignore_errors=True)

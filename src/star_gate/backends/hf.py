@@ -30,8 +30,7 @@ from star_gate.backends.models import resolve_model
 from star_gate.backends.shared_prefix import SharedPrefixRunner, common_prefix_length
 from star_gate.backends.tokens import fit_prompt, stop_token_ids, text_ids
 
-
-SCORE_LOGIT_TOKENS = 4096  # completion positions whose logits one scoring batch holds (~0.8 GB)
+SCORE_LOGIT_TOKENS = 2048  # completion positions whose logits one scoring batch holds (~0.4 GB)
 
 
 def pick_device(device: str) -> str:

@@ -304,6 +304,7 @@ class SharedPrefixRunner:
                 state.visible[row, buffer.filled + width - len(tail) : buffer.filled + width] = True
         tokens = self._padded(rows, width)
         logits = self._forward(tokens, buffer, state, keep=longest + 1)[:, :-1].float()
-        logp = torch.log_softmax(logits, dim=-1)
-        token_logp = logp.gather(-1, tokens[:, -longest:].unsqueeze(-1)).squeeze(-1).tolist()
+        # log p(token) = logit(token) - logsumexp(logits): no second vocabulary-sized tensor.
+        picked = logits.gather(-1, tokens[:, -longest:].unsqueeze(-1)).squeeze(-1)
+        token_logp = (picked - torch.logsumexp(logits, dim=-1)).tolist()
         return [row[longest - len(t) :] if t else [] for row, t in zip(token_logp, targets)]
