@@ -27,9 +27,12 @@ install: $(BIN)/.installed
 #   deepspeed     ZeRO-2/3 training on 2 CPU processes (tests/stages/test_train_distributed.py);
 #                 it ships as source that imports torch while building, so it is built against
 #                 the torch above (--no-build-isolation) instead of pulling a CUDA one
+# llama.cpp is built for a portable x86-64 baseline (GGML_NATIVE=OFF): a native build takes every
+# instruction set the CPU advertises, and on virtual machines that advertise AMX it died with
+# "invalid opcode" in libggml-cpu at the first request.
 $(BIN)/.test-extras-installed: $(BIN)/.installed
 	@echo "building llama-cpp-python[server] from source (about 10 minutes on 2 cores)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,server-tests,ray]"
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip install --quiet --no-cache-dir -e ".[dev,server-tests,ray]"
 	$(BIN)/python -m pip install --quiet setuptools wheel
 	$(BIN)/python -m pip install --quiet --no-build-isolation "deepspeed>=0.15"
 	touch $@

@@ -49,9 +49,11 @@ def records_files(run_dir: Path) -> dict[str, bytes]:
 
 
 def manifest_counts(run_dir: Path) -> tuple[dict, dict]:
-    """Every stage's entry but its finishing time, and the run's totals."""
+    """Every stage's entry but its times (when it finished, how long training took), and the
+    run's totals."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    stages = {key: {k: v for k, v in entry.items() if k != "finished"} for key, entry in manifest["stages"].items()}
+    times = ("finished", "train_seconds")
+    stages = {key: {k: v for k, v in entry.items() if k not in times} for key, entry in manifest["stages"].items()}
     return stages, manifest["totals"]
 
 
