@@ -67,8 +67,6 @@ class KVBuffer:
         self._pending = 0
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        if layer_idx == len(self.keys):  # no prefix given: allocate on first use
-            raise RuntimeError("KVBuffer needs its layers allocated up front")
         width = key_states.shape[2]
         end = self.filled + width
         self.keys[layer_idx][:, :, self.filled : end] = key_states
@@ -182,7 +180,7 @@ class SharedPrefixRunner:
         Real (non-pad) tokens become visible to later tokens; positions follow each row's own count.
         """
         width = tokens.shape[1]
-        real = tokens_visible = state.visible[:, buffer.filled : buffer.filled + width]
+        real = state.visible[:, buffer.filled : buffer.filled + width]
         positions = state.next_position[:, None] + (real.long().cumsum(-1) - 1).clamp(min=0)
         mask = state.mask(width, buffer.filled, next(self.model.parameters()).dtype)
         out = self.model(
@@ -190,7 +188,7 @@ class SharedPrefixRunner:
             logits_to_keep=keep, **{self.cache_arg: buffer},
         )
         buffer.advance()
-        state.next_position = state.next_position + tokens_visible.long().sum(-1)
+        state.next_position = state.next_position + real.long().sum(-1)
         return out.logits
 
     def _start(self, prefix, suffixes: list[list[int]], capacity_after: int) -> tuple[KVBuffer, Batch, int]:
