@@ -230,6 +230,26 @@ BAD_CONFIG = {
         ["roles.roleplayer.max_new_tokens=64", "roles.roleplayer.max_context=64"],
         ["roles.roleplayer: max_new_tokens (64) must be smaller than max_context (64)"],
     ),
+    "DPO without enough conversations for its pairs": (
+        "train: {objective: dpo}\n",
+        ["simulate.conversations_per_pair=3", "select.top_k=2"],
+        ["select.top_k (2) pairs need simulate.conversations_per_pair of at least 4, not 3"],
+    ),
+    "negative DPO beta": (
+        "train: {objective: dpo, dpo: {beta: -0.1}}\n",
+        [],
+        ["train.dpo.beta: Input should be greater than 0"],
+    ),
+    "negative preference margin": (
+        "",
+        ["select.min_margin=-1"],
+        ["select.min_margin: Input should be greater than or equal to 0"],
+    ),
+    "unknown training objective": (
+        "",
+        ["train.objective=ppo"],
+        ["train.objective: Input should be 'sft' or 'dpo'"],
+    ),
     "split the dataset lacks": (
         "",
         ["data.test_split=holdout"],

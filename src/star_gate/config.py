@@ -156,7 +156,18 @@ class SimulateConfig(Section):
 
 
 class SelectConfig(Section):
-    top_k: int = Field(1, ge=1, description="conversations kept per pair, best gold log-prob first")
+    top_k: int = Field(
+        1,
+        ge=1,
+        description="conversations kept per pair, best gold log-prob first; with train.objective dpo, "
+        "preference pairs per (task, persona): the i-th best against the i-th worst",
+    )
+    min_margin: float = Field(
+        0.0,
+        ge=0,
+        description="train.objective dpo only: a preference pair is kept only when its chosen "
+        "conversation beats the rejected one by more than this many nats of gold log-prob",
+    )
 
 
 class RegularizeConfig(Section):
@@ -228,7 +239,30 @@ class DistributedConfig(Section):
         return self
 
 
+class DpoConfig(Section):
+    beta: float = Field(
+        0.1, gt=0, description="strength of the pull toward the reference model (DPO's beta; TRL's default 0.1)"
+    )
+    sft_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of an added NLL term on the chosen conversation's trained tokens (SFT+DPO); "
+        "0: plain DPO",
+    )
+    reference: str = Field(
+        "",
+        description="model whose log-probs anchor the preferences; empty: the base model "
+        "(roles.questioner.model), which every Q_k is trained from",
+    )
+
+
 class TrainConfig(Section):
+    objective: Literal["sft", "dpo"] = Field(
+        "sft",
+        description="sft: fine-tune on the best conversations (paper); dpo: direct preference "
+        "optimization, best against worst conversation of each pair (TRL's DPO loss, same loss mask)",
+    )
+    dpo: DpoConfig = Field(DpoConfig(), description="settings of train.objective dpo")
     learning_rate: float = Field(2e-5, gt=0, description="peak learning rate (paper: 2e-5)")
     epochs: float = Field(1.0, gt=0, description="passes over the kept conversations (paper: 1)")
     batch_size: int = Field(8, ge=1, description="examples per device step")
@@ -379,6 +413,12 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _cross_field(self):
+        n, top_k = self.simulate.conversations_per_pair, self.select.top_k
+        if self.train.objective == "dpo" and 2 * top_k > n:
+            raise ValueError(
+                f"train.objective dpo pairs the i-th best with the i-th worst conversation: select.top_k "
+                f"({top_k}) pairs need simulate.conversations_per_pair of at least {2 * top_k}, not {n}"
+            )
         if self.select.top_k > self.simulate.conversations_per_pair:
             raise ValueError(
                 f"select.top_k ({self.select.top_k}) cannot exceed "

@@ -35,8 +35,9 @@ from star_gate.roles.factory import Players
 from star_gate.roles.players import Judge, Questioner, Roleplayer
 from star_gate.roles.prompts import get_template
 from star_gate.rundir import RunDir
-from star_gate.stages import select_top_k
+from star_gate.stages import preference_pairs, select_preference_pairs, select_top_k
 from star_gate.stages.evaluate import random_personas
+from star_gate.stages.preference import build_preference_examples
 from star_gate.stages.train import build_examples, finetune
 from star_gate.stages.train_launch import check_launcher, finetune_launched
 
@@ -273,7 +274,12 @@ class Pipeline:
             return
         self._require(f"iter_{iteration}/score")
         scored = self.run.records(f"iter_{iteration}/score", Conversation.from_json)
-        self.run.write_records(key, f"iter_{iteration}/selected.jsonl", select_top_k(scored, self.config.select.top_k))
+        select = self.config.select
+        if self.config.train.objective == "dpo":  # chosen and rejected, both answered by regularize
+            kept = select_preference_pairs(scored, select.top_k, select.min_margin)
+        else:
+            kept = select_top_k(scored, select.top_k)
+        self.run.write_records(key, f"iter_{iteration}/selected.jsonl", kept, objective=self.config.train.objective)
 
     def regularize_stage(self, iteration: int) -> None:
         key = f"iter_{iteration}/regularize"
@@ -297,7 +303,16 @@ class Pipeline:
         kept = self.run.records(f"iter_{iteration}/regularize", Conversation.from_json)
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(role.model))
         template = get_template(self.config.questioner_prompt(trained=True))
-        examples, truncated = build_examples(kept, self.pairs(self.split_for(iteration)), template, tokenizer, cfg.max_length)
+        pairs = self.pairs(self.split_for(iteration))
+        if cfg.objective == "dpo":
+            if not kept:
+                raise RuntimeError(
+                    f"no preference pair of iteration {iteration} beats its rejected conversation by more "
+                    f"than select.min_margin ({self.config.select.min_margin} nats); lower it"
+                )
+            examples, truncated = build_preference_examples(preference_pairs(kept), pairs, template, tokenizer, cfg.max_length)
+        else:
+            examples, truncated = build_examples(kept, pairs, template, tokenizer, cfg.max_length)
         target = self.checkpoint(iteration)
         staging = target.with_name("checkpoint.partial")
         shutil.rmtree(staging, ignore_errors=True)  # a crashed attempt's files must not mix in

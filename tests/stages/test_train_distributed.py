@@ -133,6 +133,32 @@ def test_two_processes_train_like_one_at_the_same_global_batch(examples, tiny_di
     assert largest_difference(weights(tmp_path / "halves"), one_process[1]) > 100 * ROUNDING
 
 
+def test_dpo_in_two_processes_trains_like_one(examples, tiny_dir, tmp_path):
+    """The launched DPO keeps the reference model beside the policy; in-process DPO precomputes the
+    reference log-probs: the same reference either way, so the same losses step after step."""
+    pairs = [
+        {"chosen_ids": a["input_ids"], "chosen_mask": a["assistant_masks"],
+         "rejected_ids": b["input_ids"], "rejected_mask": b["assistant_masks"]}
+        for a, b in zip(examples, examples[1:] + examples[:1])
+    ]
+
+    def dpo(batch_size, accelerate_config=None):
+        return train_config(batch_size, accelerate_config).model_copy(update={"objective": "dpo"})
+
+    expected = finetune(pairs, str(tiny_dir), tmp_path / "one", dpo(4), seed=0)
+    out = tmp_path / "checkpoint"
+    metrics = finetune_launched(pairs, str(tiny_dir), out, dpo(2, CPU_2PROC), seed=0)
+    assert metrics["processes"] == 2 and metrics["steps"] == expected["steps"] == 2
+    # The second step's loss follows from the first update: a process updating alone would move it.
+    assert metrics["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-5)
+    assert metrics["preference_margins"] == pytest.approx(expected["preference_margins"], rel=1e-4)
+    # Weights are not compared to rounding, as they are for SFT: DPO's first gradients are small
+    # (the policy starts at the reference), and Adam's first step turns a component's rounding
+    # into up to a learning rate of difference. The same happens in one process at batch 2 x 2.
+    assert largest_difference(weights(out), weights(tiny_dir)) > 1e-4
+    assert not (out / "launch").exists()
+
+
 def test_lora_adapters_from_two_processes_are_merged_once(examples, tiny_dir, one_process_lora, tmp_path):
     out = tmp_path / "checkpoint"
     metrics = finetune_launched(examples, str(tiny_dir), out, train_config(2, CPU_2PROC, lora=True), seed=0)

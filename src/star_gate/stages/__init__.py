@@ -3,7 +3,15 @@ no model loading, and all randomness from an explicit seed."""
 
 from star_gate.stages.regularize import regularize
 from star_gate.stages.score import score_controls, score_conversations
-from star_gate.stages.select import select_top_k
+from star_gate.stages.select import preference_pairs, select_preference_pairs, select_top_k
 from star_gate.stages.simulate import simulate
 
-__all__ = ["regularize", "score_controls", "score_conversations", "select_top_k", "simulate"]
+__all__ = [
+    "preference_pairs",
+    "regularize",
+    "score_controls",
+    "score_conversations",
+    "select_preference_pairs",
+    "select_top_k",
+    "simulate",
+]

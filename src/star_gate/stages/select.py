@@ -1,4 +1,5 @@
-"""Keep the top-k conversations per pair by gold log-prob."""
+"""Keep the top-k conversations per pair by gold log-prob, or (train.objective dpo) preference
+pairs: the best conversations of a pair against its worst."""
 
 from __future__ import annotations
 
@@ -8,14 +9,48 @@ from collections.abc import Sequence
 from star_gate.data.records import Conversation
 
 
-def select_top_k(conversations: Sequence[Conversation], k: int) -> list[Conversation]:
-    """Best k per pair (ties broken by sample index, so the choice is deterministic)."""
+def _ranked_groups(conversations: Sequence[Conversation]) -> list[list[Conversation]]:
+    """Each pair's conversations, best gold log-prob first (ties broken by sample index, so the
+    order is deterministic), pairs in order of first appearance."""
     if any(c.logprob is None for c in conversations):
-        raise ValueError("select_top_k needs scored conversations (run the score stage first)")
+        raise ValueError("selection needs scored conversations (run the score stage first)")
     groups: dict[str, list[Conversation]] = defaultdict(list)
     for c in conversations:
         groups[c.pair_id].append(c)
+    return [sorted(group, key=lambda c: (-c.logprob, c.sample_index)) for group in groups.values()]
+
+
+def select_top_k(conversations: Sequence[Conversation], k: int) -> list[Conversation]:
+    """Best k per pair."""
+    return [c for group in _ranked_groups(conversations) for c in group[:k]]
+
+
+def select_preference_pairs(
+    conversations: Sequence[Conversation], k: int, min_margin: float = 0.0
+) -> list[Conversation]:
+    """Up to k (chosen, rejected) pairs per (task, persona): the i-th best against the i-th worst,
+    kept while chosen beats rejected by more than min_margin nats. Returned flat, chosen then
+    rejected, pair after pair: `preference_pairs` reads them back."""
     kept = []
-    for group in groups.values():
-        kept += sorted(group, key=lambda c: (-c.logprob, c.sample_index))[:k]
+    for group in _ranked_groups(conversations):
+        for i in range(min(k, len(group) // 2)):
+            chosen, rejected = group[i], group[-1 - i]
+            if chosen.logprob - rejected.logprob <= min_margin:
+                break  # later pairs have smaller margins still
+            kept += [chosen, rejected]
     return kept
+
+
+def preference_pairs(selected: Sequence[Conversation]) -> list[tuple[Conversation, Conversation]]:
+    """The (chosen, rejected) pairs that select_preference_pairs wrote, after any stage that keeps
+    the records in order (regularize appends the final answers)."""
+    if len(selected) % 2:
+        raise ValueError("preference records come in (chosen, rejected) twos; got an odd number")
+    pairs = list(zip(selected[::2], selected[1::2]))
+    for chosen, rejected in pairs:
+        if chosen.pair_id != rejected.pair_id or chosen.logprob < rejected.logprob:
+            raise ValueError(
+                f"records {chosen.pair_id}#{chosen.sample_index} and {rejected.pair_id}#{rejected.sample_index} "
+                "are not a (chosen, rejected) pair of one (task, persona)"
+            )
+    return pairs

@@ -1,4 +1,5 @@
-"""Fine-tune Q_BASE on the kept conversations, with loss only on the questioner's turns.
+"""Fine-tune Q_BASE on the kept conversations, with loss only on the questioner's turns (SFT, the
+paper's objective, or DPO: stages/preference.py).
 
 TRL's `assistant_only_loss` needs `{% generation %}` tags that many chat templates (SmolLM2's among
 them) lack. Instead the loss mask is built from message boundaries, which works for any template
@@ -101,8 +102,9 @@ def finetune(
     seed: int,
     ddp_backend: str | None = None,
 ) -> dict:
-    """Fine-tune base_model (always from its initial weights) with TRL's SFTTrainer: all weights,
-    or LoRA adapters when cfg.lora.enabled.
+    """Fine-tune base_model (always from its initial weights) with TRL: SFTTrainer on examples from
+    build_examples, or (cfg.objective dpo) DPOTrainer on examples from
+    preference.build_preference_examples; all weights, or LoRA adapters when cfg.lora.enabled.
 
     Saves a standard Hugging Face checkpoint (model + tokenizer) to output_dir, with LoRA adapters
     merged in so that it loads like any other; the adapters alone go to output_dir/adapter.
@@ -114,7 +116,6 @@ def finetune(
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
 
     from star_gate.backends.models import resolve_model
 
@@ -127,50 +128,98 @@ def finetune(
         split = dataset.train_test_split(test_size=held_out, seed=seed)
         dataset, eval_dataset = split["train"], split["test"]
     use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() if cfg.bf16 is None else cfg.bf16
-    args = SFTConfig(
-        output_dir=str(output_dir / "trainer"),
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation,
-        lr_scheduler_type=cfg.scheduler,
-        warmup_steps=float(cfg.warmup_ratio),  # a float in [0, 1) is a ratio of total steps
-        bf16=use_bf16,
-        use_cpu=use_bf16 and not torch.cuda.is_available(),  # bf16 on a CPU must be asked for
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        padding_free=cfg.padding_free,
-        logging_steps=1,
-        save_strategy="no",
-        eval_strategy="epoch" if eval_dataset is not None else "no",
-        report_to=[],
-        seed=seed,
-        max_length=None,  # already truncated by build_examples, keeping the loss-bearing end
-        disable_tqdm=True,
-        ddp_backend=ddp_backend,
-    )
-    # Loaded after the arguments, which tell transformers whether DeepSpeed ZeRO-3 is on: then
-    # each process loads only its shard of the weights.
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=_peft_config(cfg.lora) if cfg.lora.enabled else None,
-    )
+    common = {
+        "output_dir": str(output_dir / "trainer"),
+        "learning_rate": cfg.learning_rate,
+        "num_train_epochs": cfg.epochs,
+        "per_device_train_batch_size": cfg.batch_size,
+        "per_device_eval_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation,
+        "lr_scheduler_type": cfg.scheduler,
+        "warmup_steps": float(cfg.warmup_ratio),  # a float in [0, 1) is a ratio of total steps
+        "bf16": use_bf16,
+        "use_cpu": use_bf16 and not torch.cuda.is_available(),  # bf16 on a CPU must be asked for
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "eval_strategy": "epoch" if eval_dataset is not None else "no",
+        "report_to": [],
+        "seed": seed,
+        "max_length": None,  # already truncated by the example builders, keeping the loss-bearing end
+        "disable_tqdm": True,
+        "ddp_backend": ddp_backend,
+    }
+    trainer_kwargs = {
+        "train_dataset": dataset,
+        "eval_dataset": eval_dataset,
+        "processing_class": tokenizer,
+        "peft_config": _peft_config(cfg.lora) if cfg.lora.enabled else None,
+    }
+    if cfg.objective == "dpo":
+        trainer = _dpo_trainer(cfg, path, common, trainer_kwargs)
+    else:
+        from trl import SFTConfig, SFTTrainer
+
+        args = SFTConfig(**common, padding_free=cfg.padding_free)
+        # Loaded after the arguments, which tell transformers whether DeepSpeed ZeRO-3 is on: then
+        # each process loads only its shard of the weights.
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        trainer = SFTTrainer(model=model, args=args, **trainer_kwargs)
     trainable = _trainable_params(trainer.model)  # before training wraps or shards the model
     result = trainer.train()
     metrics = {
         "train_loss": result.training_loss, "steps": result.global_step, "examples": len(dataset),
         "train_seconds": result.metrics.get("train_runtime"),
     }
+    if cfg.objective == "dpo":
+        metrics.update(_last_epoch_means(trainer.state.log_history, ("rewards/accuracies", "rewards/margins")))
     if eval_dataset is not None:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
     metrics["trainable_params"] = trainable
     _save(trainer, tokenizer, path, output_dir, cfg.lora.enabled)
     return metrics
+
+
+def _dpo_trainer(cfg: TrainConfig, path: str, common: dict, trainer_kwargs: dict):
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig
+
+    from star_gate.backends.models import resolve_model
+    from star_gate.stages.preference import PreferenceCollator, masked_dpo_trainer
+
+    weight = cfg.dpo.sft_weight
+    args = DPOConfig(
+        **common,
+        beta=cfg.dpo.beta,
+        loss_type=["sigmoid", "sft"] if weight else ["sigmoid"],
+        loss_weights=[1.0, weight] if weight else None,
+        # One pass of the reference over the data before training, instead of a second model
+        # beside the policy at every step. Several processes would each cache it in a private
+        # temporary file (the examples are in memory), so they keep the reference model instead.
+        precompute_ref_log_probs=True,
+    )
+    if args.world_size > 1:
+        args.precompute_ref_log_probs = False
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    reference = None
+    if cfg.dpo.reference:
+        reference = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.dpo.reference), dtype=torch.float32)
+    tokenizer = trainer_kwargs["processing_class"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return masked_dpo_trainer(
+        model=model, ref_model=reference, args=args, data_collator=PreferenceCollator(pad), **trainer_kwargs
+    )
+
+
+def _last_epoch_means(log_history: list[dict], names: Sequence[str]) -> dict:
+    """Each logged training metric averaged over the last epoch's steps."""
+    logged = [entry for entry in log_history if names[0] in entry and "epoch" in entry]
+    if not logged:
+        return {}
+    last_epoch = max(entry["epoch"] for entry in logged)
+    final = [entry for entry in logged if entry["epoch"] > last_epoch - 1]
+    return {name.replace("rewards/", "preference_"): sum(e[name] for e in final) / len(final) for name in names}
 
 
 def _trainable_params(model) -> int:
