@@ -12,8 +12,9 @@ from star_gate import pipeline as pipeline_module
 from star_gate.backends.fake import FakeBackend
 from star_gate.config import ConfigError, RunConfig, load_config
 from star_gate.data.records import Conversation, ScoredControl
-from star_gate.pipeline import STAGES, Pipeline, limit_splits, stage_seed
+from star_gate.pipeline import STAGES, Pipeline, limit_splits
 from star_gate.roles.factory import Players
+from star_gate.seeds import derive_seed
 
 
 def fake_config(run_dir, data_dir, *overrides: str) -> RunConfig:
@@ -267,11 +268,11 @@ def test_facts_mode_needs_no_roleplayer_model(tmp_path, dataset_dir, retriever):
 
 
 def test_stage_seed_is_stable_and_distinct():
-    seeds = {stage_seed(0, "iter_1/simulate", i) for i in range(50)}
+    seeds = {derive_seed(0, "iter_1/simulate", i) for i in range(50)}
     assert len(seeds) == 50 and all(0 <= s < 2**31 for s in seeds)
-    assert stage_seed(0, "x", 1) == stage_seed(0, "x", 1) != stage_seed(1, "x", 1)
+    assert derive_seed(0, "x", 1) == derive_seed(0, "x", 1) != derive_seed(1, "x", 1)
     assert (
-        stage_seed(0, "x", 1) == 1314676631
+        derive_seed(0, "x", 1) == 1314676631
     )  # crc32 of "0|x|1": the same in every process (no hash salt)
 
 

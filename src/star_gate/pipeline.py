@@ -8,7 +8,6 @@ the test pairs. Every step writes its records to the run directory and is skippe
 from __future__ import annotations
 
 import shutil
-import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -35,6 +34,7 @@ from star_gate.roles.factory import Players
 from star_gate.roles.players import Judge, Questioner, Roleplayer
 from star_gate.roles.prompts import get_template
 from star_gate.rundir import RunDir
+from star_gate.seeds import derive_seed
 from star_gate.stages import preference_pairs, select_preference_pairs, select_top_k
 from star_gate.stages.evaluate import random_personas
 from star_gate.stages.preference import build_preference_examples
@@ -43,10 +43,6 @@ from star_gate.stages.train_launch import check_launcher, finetune_launched
 
 STAGES = ("simulate", "score", "select", "regularize", "train")
 
-
-def stage_seed(seed: int, *parts: object) -> int:
-    """A seed per (run seed, stage, iteration, chunk) that is stable across processes."""
-    return zlib.crc32("|".join(map(str, (seed, *parts))).encode()) % (2**31)
 
 
 def acting_in(pairs: Sequence[Pair], acting: dict[str, Persona] | None) -> dict[str, Persona] | None:
@@ -228,7 +224,7 @@ class Pipeline:
         jobs = [
             SimulateJob(
                 chunk, self.policy_model(policy_iteration), roleplayer, n, turns,
-                seed=stage_seed(self.config.seed, seed_key or key, index), acting=acting_in(chunk, acting),
+                seed=derive_seed(self.config.seed, seed_key or key, index), acting=acting_in(chunk, acting),
             )
             for index, chunk in enumerate(in_chunks(pairs, self.config.simulate.chunk_pairs))
         ]
@@ -321,7 +317,7 @@ class Pipeline:
         # optimizer state beside nothing else (the policy and scorer load again when next used).
         self.players.release_local_models()
         train = finetune_launched if launched else finetune
-        metrics = train(examples, role.model, staging, cfg, seed=stage_seed(self.config.seed, key))
+        metrics = train(examples, role.model, staging, cfg, seed=derive_seed(self.config.seed, key))
         shutil.rmtree(staging / "trainer", ignore_errors=True)
         crash_point("before_rename", key)
         if target.exists():  # renamed by a run that crashed before listing it in the manifest
@@ -403,7 +399,7 @@ class Pipeline:
             return
         baseline = self.run.records("eval/iter_0/answers", Conversation.from_json)
         order, method = self.config.evaluate.judge_order, self.config.evaluate.judge_method
-        seed = stage_seed(self.config.seed, key)
+        seed = derive_seed(self.config.seed, key)
         judgements = self._run_one(JudgeJob(contender, baseline, pairs, label or f"Q_{iteration}", order, seed, method))
         self.run.write_records(key, f"eval/iter_{iteration}_{kind}.jsonl", judgements, order=order, seed=seed,
                                method=method)

@@ -27,9 +27,9 @@ from star_gate.backends.openai_compat import (
     completion_share,
     drop_generated,
     is_retryable,
-    sample_seed,
 )
 from star_gate.config import ConfigError, RoleConfig, load_config
+from star_gate.seeds import derive_seed
 
 # The HTTP library the installed openai client talks through (httpx2 in newer releases, else httpx).
 httpx = importlib.import_module("httpx2" if hasattr(openai._base_client, "httpx2") else "httpx")
@@ -302,7 +302,7 @@ def test_n_samples_are_n_requests_with_their_own_seeds(make_backend, stand_in):
     assert all(len(set(r)) == 3 for r in replies)  # three distinct seeds, three distinct replies
     assert all(request["n"] == 1 for request in stand_in.requests) and len(stand_in.requests) == 6
     seeds = {request["seed"] for request in stand_in.requests}
-    assert seeds == {sample_seed(9, slot) for slot in range(3)}
+    assert seeds == {derive_seed(9, slot) for slot in range(3)}
     assert replies[1][0].endswith(OTHER_CHAT[0]["content"])  # input order kept
 
 

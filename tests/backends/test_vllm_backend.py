@@ -35,8 +35,9 @@ from star_gate.backends.tokens import (
     stop_token_ids,
     text_ids,
 )
-from star_gate.backends.vllm_backend import VLLMBackend, completion_logprobs, request_seed
+from star_gate.backends.vllm_backend import VLLMBackend, completion_logprobs
 from star_gate.config import ConfigError, RoleConfig
+from star_gate.seeds import derive_seed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -314,7 +315,7 @@ def test_generate_returns_n_samples_per_chat_in_one_seeded_call(vllm_backend, fa
     assert len(engine.calls) == 1
     prompts, sent = engine.calls[0]
     assert prompts == [vllm_backend.encode_prompt(c, room=6) for c in CHATS]
-    assert [p.seed for p in sent] == [request_seed(5, i) for i in range(len(CHATS))]
+    assert [p.seed for p in sent] == [derive_seed(5, i) for i in range(len(CHATS))]
     assert len({p.seed for p in sent}) == len(CHATS)
     assert {(p.n, p.temperature, p.top_p, p.max_tokens, tuple(p.stop_token_ids)) for p in sent} == {
         (3, 1.0, 0.8, 6, tuple(vllm_backend.stop_ids))

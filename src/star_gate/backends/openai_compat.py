@@ -30,7 +30,6 @@ import random
 import statistics
 import threading
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +44,7 @@ from star_gate.backends.base import Chat, SamplingParams
 from star_gate.backends.cache import ResponseCache, cache_key
 from star_gate.backends.tokens import render_chat
 from star_gate.rundir import scrub_secrets
+from star_gate.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +153,6 @@ def read_api_key(env_name: str, base_url: str) -> str:
         )
     return "no-key"
 
-
-def sample_seed(seed: int, slot: int) -> int:
-    """A seed per sample: each sample is its own request, and equal seeds give equal samples."""
-    return zlib.crc32(f"{seed}|{slot}".encode()) % (2**31)
 
 
 def completion_share(
@@ -389,7 +385,7 @@ class OpenAIBackend:
             "max_tokens": params.max_new_tokens,
         }
         if params.temperature > 0:
-            settings["seed"] = sample_seed(params.seed, slot)
+            settings["seed"] = derive_seed(params.seed, slot)
         key = cache_key(kind="chat", model=self.name, messages=chat, **settings)
 
         def ask() -> str:

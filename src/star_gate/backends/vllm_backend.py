@@ -31,13 +31,13 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
-import zlib
 from collections.abc import Sequence
 
 from star_gate.backends.base import Chat, SamplingParams
 from star_gate.backends.models import resolve_model
 from star_gate.backends.tokens import fit_prompt, stop_token_ids, text_ids
 from star_gate.config import ConfigError
+from star_gate.seeds import derive_seed
 
 INSTALL_HINT = "pip install 'star-gate[vllm]' (GPU only)"
 
@@ -85,10 +85,6 @@ def check_vllm_roles(config) -> None:
 
 # -- reading vLLM's answers -------------------------------------------------------------------
 
-
-def request_seed(seed: int, index: int) -> int:
-    """The seed of chat `index`'s request: distinct for every chat of a call, equal on reruns."""
-    return zlib.crc32(f"{seed}|{index}".encode()) % (2**31)
 
 
 def completion_logprobs(prompt_logprobs, ids: list[int], count: int) -> list[float]:
@@ -194,7 +190,7 @@ class VLLMBackend:
         prompts = [self.encode_prompt(chat, room=params.max_new_tokens) for chat in chats]
         greedy = params.temperature == 0
         sampling = [
-            self._sampling(params, request_seed(params.seed, i), greedy)
+            self._sampling(params, derive_seed(params.seed, i), greedy)
             for i in range(len(prompts))
         ]
         replies = [

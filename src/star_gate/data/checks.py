@@ -11,7 +11,7 @@ import itertools
 import re
 from dataclasses import dataclass, field
 
-from star_gate.data.records import Dataset
+from star_gate.data.records import Dataset, pair_id
 
 _WORD = re.compile(r"[a-z0-9']+")
 
@@ -70,7 +70,7 @@ def check_texts(
     collections = {
         "task": {k: t.text for k, t in dataset.tasks.items()},
         "persona": {k: p.description for k, p in dataset.personas.items()},
-        "gold": {f"{k[0]}|{k[1]}": g.text for k, g in dataset.gold.items()},
+        "gold": {pair_id(*k): g.text for k, g in dataset.gold.items()},
     }
     for kind, texts in collections.items():
         for a, b, score in near_duplicates(texts, near_duplicate):

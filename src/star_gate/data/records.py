@@ -14,6 +14,30 @@ from typing import Literal
 Speaker = Literal["questioner", "roleplayer"]
 
 
+def pair_id(task_id: str, persona_id: str) -> str:
+    """The id of a (task, persona) pair, which groups its records."""
+    return f"{task_id}|{persona_id}"
+
+
+class PairRecord:
+    """What every record about one (task, persona) pair has: its pair id, and a JSON form that is
+    its fields as they are."""
+
+    task_id: str
+    persona_id: str
+
+    @property
+    def pair_id(self) -> str:
+        return pair_id(self.task_id, self.persona_id)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, row: dict):
+        return cls(**row)
+
+
 @dataclass(frozen=True)
 class Task:
     task_id: str
@@ -47,7 +71,7 @@ class Pair:
 
     @property
     def pair_id(self) -> str:
-        return f"{self.task.task_id}|{self.persona.persona_id}"
+        return pair_id(self.task.task_id, self.persona.persona_id)
 
 
 @dataclass(frozen=True)
@@ -57,7 +81,7 @@ class Turn:
 
 
 @dataclass(frozen=True)
-class Conversation:
+class Conversation(PairRecord):
     """A simulated dialogue about one pair, stored with game roles (not chat roles)."""
 
     task_id: str
@@ -68,10 +92,6 @@ class Conversation:
     roleplayer_persona_id: str | None = None  # differs from persona_id in the random-persona control
     logprob: float | None = None  # log p_base(gold | task, conversation), set by the score stage
     response: str | None = None  # final assistant answer, set by the regularize stage
-
-    @property
-    def pair_id(self) -> str:
-        return f"{self.task_id}|{self.persona_id}"
 
     @property
     def questions(self) -> list[str]:
@@ -91,9 +111,6 @@ class Conversation:
     def replace(self, **changes) -> Conversation:
         return dataclasses.replace(self, **changes)
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_json(cls, row: dict) -> Conversation:
         turns = tuple(Turn(t["speaker"], t["text"]) for t in row.get("turns", ()))
@@ -101,7 +118,7 @@ class Conversation:
 
 
 @dataclass(frozen=True)
-class ScoredControl:
+class ScoredControl(PairRecord):
     """A gold log-prob under a control condition that needs no conversation."""
 
     task_id: str
@@ -109,20 +126,10 @@ class ScoredControl:
     condition: Literal["negative", "positive"]
     logprob: float
 
-    @property
-    def pair_id(self) -> str:
-        return f"{self.task_id}|{self.persona_id}"
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, row: dict) -> ScoredControl:
-        return cls(**row)
 
 
 @dataclass(frozen=True)
-class Judgement:
+class Judgement(PairRecord):
     """One comparison of a contender's final answer with the baseline's (Q_0's) for one test pair.
 
     `shown_first` lists, for each order the judge was asked, which answer was in position A;
@@ -147,10 +154,6 @@ class Judgement:
     shown_first: tuple[str, ...]
     verdicts: tuple[str, ...]
     margin: float | None = None
-
-    @property
-    def pair_id(self) -> str:
-        return f"{self.task_id}|{self.persona_id}"
 
     @property
     def score(self) -> float | None:
@@ -183,7 +186,7 @@ class Judgement:
 
 
 @dataclass(frozen=True)
-class AnswerFit:
+class AnswerFit(PairRecord):
     """How much better one final answer fits its pair's persona than a persona-blind reading.
 
     fit = [log p_base(answer | persona, task) - log p_base(answer | task)] / length, where length
@@ -201,16 +204,6 @@ class AnswerFit:
     unit: str  # "tokens" or "words"
     fit: float
 
-    @property
-    def pair_id(self) -> str:
-        return f"{self.task_id}|{self.persona_id}"
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, row: dict) -> AnswerFit:
-        return cls(**row)
 
 
 @dataclass
