@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from star_gate.cli import app
 from star_gate.config import load_config
 from star_gate.data.records import Conversation
-from star_gate.rundir import RunDir, scrub_secrets
+from star_gate.rundir import RunDir
+from star_gate.secrets import scrub_secrets
 
 KEY_VARIABLES = ("OPENAI_API_KEY", "HF_TOKEN", "STAR_GATE_API_KEY")
 

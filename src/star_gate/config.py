@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from star_gate.roles.prompts import TEMPLATES
+from star_gate.secrets import is_secret_name
 
 
 class Section(BaseModel):
@@ -484,19 +485,12 @@ def _field_names(model: type[BaseModel], prefix: str = "") -> list[str]:
     return names
 
 
-# Key names that hold a secret (api_key, openai_api_key, hf_token, client_secret), not max_new_token.
-_SECRET_KEY = re.compile(
-    r"(^|_)(api_?key|secret|password|passwd|credentials?)($|_)|^((hf|access|auth|api|bearer)_)?token$",
-    re.IGNORECASE,
-)
-
-
 def _explain(error: ValidationError, source: str) -> str:
     """One sentence naming the field. Never the value: it may be a secret put in the wrong place."""
     first = error.errors()[0]
     location = ".".join(str(part) for part in first["loc"])
     if first["type"] == "extra_forbidden":
-        if _SECRET_KEY.search(str(first["loc"][-1])):
+        if is_secret_name(str(first["loc"][-1])):
             return (
                 f"{source}: unknown key '{location}'; secrets such as API keys are never read from "
                 "a config: set them in the environment (e.g. OPENAI_API_KEY) instead"

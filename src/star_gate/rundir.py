@@ -14,8 +14,6 @@ any environment variable named like a secret (..._KEY, ..._TOKEN, ...) is replac
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
 import sys
 import time
@@ -28,6 +26,7 @@ from star_gate.config import ConfigError, RunConfig, config_to_yaml
 from star_gate.data.jsonl import atomic_write_text, is_temporary, read_jsonl, write_jsonl
 from star_gate.faults import crash_point
 from star_gate.roles.prompts import TEMPLATES
+from star_gate.secrets import scrub_secrets
 
 # Counts that stages report and the manifest also sums over the whole run.
 TOTALLED = ("truncated_prompts", "truncated_examples")
@@ -35,18 +34,6 @@ TOTALLED = ("truncated_prompts", "truncated_examples")
 TOTALLED_WHEN_REPORTED = (
     "api_calls", "api_retries", "api_cache_hits", "api_prompt_tokens", "api_completion_tokens",
 )
-
-_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
-_SHORTEST_SECRET = 8  # shorter values ("1", "true") would be replaced everywhere they occur
-
-
-def scrub_secrets(text: str) -> str:
-    """Replace the value of every secret-named environment variable by '<$NAME>'."""
-    for name, value in os.environ.items():
-        if _SECRET_NAME.search(name) and len(value) >= _SHORTEST_SECRET and value in text:
-            text = text.replace(value, f"<${name}>")
-    return text
-
 
 def _left_by_a_crash(folder: str, names: list[str]) -> set[str]:
     """copytree filter: temporary files and unfinished checkpoints are not finished work."""

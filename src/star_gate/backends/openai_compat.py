@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from star_gate.backends.base import Chat, SamplingParams
 from star_gate.backends.cache import ResponseCache, cache_key
 from star_gate.backends.tokens import render_chat
-from star_gate.rundir import scrub_secrets
+from star_gate.secrets import scrub_secrets
 from star_gate.seeds import derive_seed
 
 log = logging.getLogger(__name__)
