@@ -30,7 +30,7 @@ def main() -> None:
     base = load_config(None, ["run_dir=/tmp/star-gate-roleplayer-signal"])
     pipeline = Pipeline(base, restart=True, progress=False)
     pairs = pipeline.pairs("test")[: args.pairs]
-    controls = score_controls(pairs, pipeline.scorer())
+    controls = score_controls(pairs, pipeline.players.scorer())
     negative = {c.pair_id: c.logprob for c in controls if c.condition == "negative"}
     print(f"{len(pairs)} test pairs, {args.n} one-turn conversations each")
     print(f"{'roleplayer':<10} {'gain vs negative':>20} {'best-of-n gain':>18} {'spread in pair':>15} {'secs':>6}")
@@ -38,8 +38,8 @@ def main() -> None:
         # Same pipeline (models and retriever stay loaded); only the roleplayer mode changes.
         pipeline.config = load_config(None, ["run_dir=/tmp/star-gate-roleplayer-signal", f"roles.roleplayer.mode={mode}"])
         started = time.time()
-        conversations = simulate(pairs, pipeline.questioner(0), pipeline.roleplayer(), args.n, 1, seed=0)
-        scored = score_conversations(conversations, pairs, pipeline.scorer())
+        conversations = simulate(pairs, pipeline.players.questioner(), pipeline.players.roleplayer(), args.n, 1, seed=0)
+        scored = score_conversations(conversations, pairs, pipeline.players.scorer())
         by_pair = defaultdict(list)
         for c in scored:
             by_pair[c.pair_id].append(c.logprob - negative[c.pair_id])

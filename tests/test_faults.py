@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from star_gate import pipeline as pipeline_module
+import star_gate.training.finetune as finetune_module
 from star_gate.cli import app
 from star_gate.config import ConfigError, load_config
 from star_gate.data.records import Conversation
@@ -290,7 +290,7 @@ def test_crashed_training_attempt_leaves_nothing_in_the_checkpoint(
         (output_dir / "model.safetensors").write_text("weights")
         return {"train_loss": 1.0, "steps": 1, "examples": len(examples)}
 
-    monkeypatch.setattr(pipeline_module, "finetune", fake_finetune)
+    monkeypatch.setattr(finetune_module, "finetune", fake_finetune)
     p = Pipeline(
         fake_config(tmp_path / "run", dataset_dir, f"roles.questioner.model={tiny_dir}"),
         progress=False,
@@ -329,7 +329,7 @@ def fake_run(fake_config_file, tmp_path, dataset_dir, tiny_dir, monkeypatch):
         (output_dir / "weights.txt").write_text(f"{len(examples)} examples, seed {seed}")
         return {"train_loss": 1.0, "steps": 1, "examples": len(examples)}
 
-    monkeypatch.setattr(pipeline_module, "finetune", fake_finetune)
+    monkeypatch.setattr(finetune_module, "finetune", fake_finetune)
     extra = "iterations: 1\nevaluate: {conversations_per_pair: 1}\n"
     return fake_config_file(tmp_path, dataset_dir, extra, questioner_model=tiny_dir)
 

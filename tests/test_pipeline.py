@@ -7,12 +7,13 @@ import math
 
 import pytest
 
+import star_gate.training.finetune as finetune_module
 from star_gate import jobs as jobs_module
-from star_gate import pipeline as pipeline_module
 from star_gate.backends.fake import FakeBackend
 from star_gate.config import ConfigError, RunConfig, load_config
 from star_gate.data.records import Conversation, ScoredControl
-from star_gate.pipeline import STAGES, Pipeline, limit_splits
+from star_gate.pipeline import STAGES, Pipeline
+from star_gate.preflight import limit_splits
 from star_gate.roles.factory import Players
 from star_gate.seeds import derive_seed
 
@@ -96,13 +97,13 @@ def test_one_iteration_on_the_fake_backend(fake_pipeline):
 
 def test_one_backend_per_model_serves_every_role(fake_pipeline):
     p = fake_pipeline
-    assert p.scorer() is p.questioner(0).backend
-    assert p.roleplayer().backend is p.backend(p.config.roles.roleplayer)
-    assert isinstance(p.scorer(), FakeBackend)
+    assert p.players.scorer() is p.players.questioner(p.policy_model(0)).backend
+    assert p.players.roleplayer().backend is p.players.backend(p.config.roles.roleplayer)
+    assert isinstance(p.players.scorer(), FakeBackend)
     assert (
-        p.questioner(1).backend is not p.scorer()
+        p.players.questioner(p.policy_model(1)).backend is not p.players.scorer()
     )  # the checkpoint of iteration 1 is another model
-    assert p.questioner(1).backend.name == str(p.checkpoint(1))
+    assert p.players.questioner(p.policy_model(1)).backend.name == str(p.checkpoint(1))
 
 
 def test_each_stage_uses_the_right_model(tmp_path, dataset_dir, tiny_dir, monkeypatch):
@@ -116,10 +117,10 @@ def test_each_stage_uses_the_right_model(tmp_path, dataset_dir, tiny_dir, monkey
         output_dir.mkdir(parents=True)
         return {"train_loss": 1.0, "steps": 1, "examples": len(examples)}
 
-    monkeypatch.setattr(pipeline_module, "finetune", fake_finetune)
+    monkeypatch.setattr(finetune_module, "finetune", fake_finetune)
 
     def calls(model: str) -> dict:
-        backend = p.backend(config.roles.questioner, model)
+        backend = p.players.backend(config.roles.questioner, model)
         return dict(backend.calls)
 
     base = str(tiny_dir)
@@ -257,7 +258,7 @@ def test_facts_mode_needs_no_roleplayer_model(tmp_path, dataset_dir, retriever):
         progress=False,
     )
     p.players.retriever = retriever
-    assert p.roleplayer().backend is None
+    assert p.players.roleplayer().backend is None
     p.simulate_stage(1)
     conversations = p.run.records("iter_1/simulate", Conversation.from_json)
     assert all(
@@ -350,7 +351,7 @@ def test_rerun_calls_no_backend(tiny_run, monkeypatch):
 def test_paired_gain_averages_per_pair_differences(tiny_run):
     config, rows = tiny_run
     p = Pipeline(config, progress=False)
-    gain = p.paired_gain(2, 0)
+    gain = p.results().paired_gain(2, 0)
     assert gain.count == 4
     later, earlier = (
         {c.pair_id: c.logprob for c in p.run.records(f"eval/iter_{i}", Conversation.from_json)}
@@ -359,4 +360,4 @@ def test_paired_gain_averages_per_pair_differences(tiny_run):
     diffs = [later[k] - earlier[k] for k in later]
     assert gain.mean == pytest.approx(sum(diffs) / len(diffs))
     assert gain.mean == pytest.approx(rows[6].mean - rows[2].mean)  # one conversation per pair
-    assert p.paired_gain(3, 0) is None
+    assert p.results().paired_gain(3, 0) is None

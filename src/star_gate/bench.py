@@ -160,7 +160,7 @@ def bench_config(quick: bool) -> RunConfig:
 
 def run_bench(quick: bool = False, present_batch_size: int = 32, say=print) -> dict:
     from star_gate.data.loaders import load_dataset
-    from star_gate.pipeline import limit_splits
+    from star_gate.preflight import limit_splits
     from star_gate.roles.factory import Players
     from star_gate.stages import regularize, score_conversations, select_top_k, simulate
 
@@ -236,7 +236,8 @@ def _bench_train(cfg: RunConfig, answered, pairs, tokenizer) -> tuple[Timing, Ti
     """Seconds to fine-tune on the same conversations: the config's train section and prompt, and
     the present path (TRL's defaults, fp32, padded batches, the questioner's few-shot prompt)."""
     from star_gate.roles.prompts import get_template
-    from star_gate.stages.train import build_examples, finetune
+    from star_gate.stages.train import build_examples
+    from star_gate.training.finetune import finetune
 
     present_cfg = cfg.train.model_copy(update={"gradient_checkpointing": True, "padding_free": False, "bf16": False})
     timings = []

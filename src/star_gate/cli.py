@@ -14,6 +14,7 @@ from rich.table import Table
 
 from star_gate.config import ConfigError, RunConfig, load_config
 from star_gate.data.jsonl import DataError
+from star_gate.rundir import STAGES, Layout
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="STaR-GATE: teach models to ask clarifying questions.")
 console = Console()
@@ -172,8 +173,8 @@ def evaluate(
     found: dict[int, str] = {}
     if from_run:
         iteration = 1
-        while (Path(from_run) / f"iter_{iteration}" / "checkpoint" / "config.json").exists():
-            found[iteration] = str(Path(from_run) / f"iter_{iteration}" / "checkpoint")
+        while (Path(from_run) / Layout.stage_output(iteration, "train") / "config.json").exists():
+            found[iteration] = str(Path(from_run) / Layout.stage_output(iteration, "train"))
             iteration += 1
     for iteration, path in enumerate(checkpoint or [], start=len(found) + 1):
         if not Path(path).exists():
@@ -203,14 +204,13 @@ def report(
 @app.command()
 def validate(config: ConfigArg, overrides: OverridesArg = None) -> None:
     """Check a config and its dataset without loading any model."""
-    from star_gate.data.loaders import load_dataset
-    from star_gate.stages.train_launch import check_launcher
+    from star_gate.preflight import check_runnable
 
     cfg = _load(config, overrides)
     try:
-        dataset = load_dataset(cfg.data.path)
-        check_launcher(cfg.train)  # the accelerate config of a launched training
-    except (DataError, ConfigError) as err:
+        # Offline: no API key looked up, no server probed (`run` does both before it starts).
+        dataset = check_runnable(cfg, probe_roles=False)
+    except (DataError, ConfigError, ValueError) as err:
         _fail(err)
     console.print(f"ok: {len(dataset.tasks)} tasks, {len(dataset.personas)} personas, {len(dataset.gold)} gold")
 
@@ -233,7 +233,7 @@ def _stage_command(stage: str):
     return command
 
 
-for _stage in ("simulate", "score", "select", "regularize", "train"):
+for _stage in STAGES:
     app.command(name=_stage)(_stage_command(_stage))
 
 

@@ -231,7 +231,7 @@ class DistributedConfig(Section):
 
     @model_validator(mode="after")
     def _launcher_has_its_config(self):
-        # Whether the file exists is checked when a pipeline starts (stages/train_launch.py), so
+        # Whether the file exists is checked when a pipeline starts (training/launch.py), so
         # that a run directory's saved config can still be read on a machine without it.
         if self.launcher == "accelerate" and not self.accelerate_config:
             raise ValueError("launcher 'accelerate' needs accelerate_config, e.g. configs/accelerate/ddp.yaml")

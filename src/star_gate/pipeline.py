@@ -2,22 +2,18 @@
 
 For iteration k = 1..N on split A, B, A, ...: simulate with Q_{k-1}, score with Q_BASE, keep the
 top-k per pair, let Q_{k-1} write the final answers, fine-tune Q_BASE into Q_k, then evaluate Q_k on
-the test pairs. Every step writes its records to the run directory and is skipped when rerun.
+the test pairs. Every step writes its records to the run directory (rundir.py names them) and is
+skipped when rerun.
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from star_gate.backends import Backend
-from star_gate.backends.vllm_backend import check_vllm_roles
-from star_gate.config import RoleConfig, RoleplayerConfig, RunConfig
-from star_gate.data.loaders import load_dataset
-from star_gate.data.records import Conversation, Dataset, Pair, Persona
-from star_gate.faults import crash_point
+from star_gate.config import RoleplayerConfig, RunConfig
+from star_gate.data.records import Conversation, Pair, Persona
 from star_gate.jobs import (
     AnswerJob,
     ControlsJob,
@@ -28,21 +24,16 @@ from star_gate.jobs import (
     SimulateJob,
     pairs_of,
 )
-from star_gate.parallel import check_parallel, make_runner
+from star_gate.parallel import make_runner
+from star_gate.preflight import check_runnable
 from star_gate.results import Estimate, RunResults
 from star_gate.roles.factory import Players
-from star_gate.roles.players import Judge, Questioner, Roleplayer
-from star_gate.roles.prompts import get_template
-from star_gate.rundir import RunDir
+from star_gate.rundir import STAGES, RunDir
 from star_gate.seeds import derive_seed
 from star_gate.stages import preference_pairs, select_preference_pairs, select_top_k
 from star_gate.stages.evaluate import random_personas
-from star_gate.stages.preference import build_preference_examples
-from star_gate.stages.train import build_examples, finetune
-from star_gate.stages.train_launch import check_launcher, finetune_launched
 
-STAGES = ("simulate", "score", "select", "regularize", "train")
-
+__all__ = ["STAGES", "Pipeline"]
 
 
 def acting_in(pairs: Sequence[Pair], acting: dict[str, Persona] | None) -> dict[str, Persona] | None:
@@ -50,41 +41,8 @@ def acting_in(pairs: Sequence[Pair], acting: dict[str, Persona] | None) -> dict[
     return None if acting is None else {p.pair_id: acting[p.pair_id] for p in pairs if p.pair_id in acting}
 
 
-def limit_splits(dataset: Dataset, max_tasks: int | None, max_personas: int | None, data=None) -> Dataset:
-    """Keep the first N tasks and personas of each split (demos and smoke tests); with a DataConfig
-    `data`, each split's own limits (data.limits: training splits may keep more)."""
-    limits = {name: data.limits(name) if data is not None else (max_tasks, max_personas) for name in dataset.splits}
-    dataset.splits = {
-        name: {"tasks": spec["tasks"][: limits[name][0]], "personas": spec["personas"][: limits[name][1]]}
-        for name, spec in dataset.splits.items()
-    }
-    return dataset
-
-
 def in_chunks(items: list, size: int) -> list[list]:
     return [items[start : start + size] for start in range(0, len(items), size)]
-
-
-def check_api_roles(config: RunConfig) -> None:
-    """Refuse, before the run directory is touched, an API role whose key is missing from the
-    environment, or a judge that must score on a server whose log-probs fail the probe."""
-    used = {"roles.judge": config.roles.judge} if config.evaluate.uses_judge else {}
-    roleplayers = {"roles.roleplayer": config.roles.roleplayer, "evaluate.roleplayer": config.evaluate.roleplayer}
-    for label, role in roleplayers.items():
-        if role is not None and role.mode != "facts":
-            used[label] = role
-    api_roles = {label: role for label, role in used.items() if role.backend == "openai"}
-    if not api_roles:
-        return
-    from star_gate.backends.openai_compat import check_role
-
-    run_dir = Path(config.run_dir)
-    # The run's own cache when it exists (a rerun pays nothing); never created here, so that
-    # a refused config leaves no run directory behind and --branch still finds none.
-    cache = run_dir / "api_cache.sqlite" if run_dir.is_dir() else None
-    for label, role in api_roles.items():
-        must_score = label == "roles.judge" and config.evaluate.judge_scores
-        check_role(role, label, must_score, cache)
 
 
 class Pipeline:
@@ -96,21 +54,8 @@ class Pipeline:
     ):
         """checkpoints: iteration -> a policy checkpoint made elsewhere (`star-gate eval`)."""
         self.config = config
-        self.progress = progress
         self.external_checkpoints = dict(checkpoints or {})
-        dataset = load_dataset(config.data.path)  # validated before any model loads
-        for split in (*config.data.train_splits, config.data.test_split):
-            if split not in dataset.splits:
-                raise ValueError(f"data.path has no split {split!r}; it has {sorted(dataset.splits)}")
-        self.dataset = limit_splits(dataset, config.data.max_tasks, config.data.max_personas, config.data)
-        if config.evaluate.random_persona and len(self.dataset.splits[config.data.test_split]["personas"]) < 2:
-            raise ValueError(
-                "evaluate.random_persona needs at least 2 test personas; set it to false or use more personas"
-            )
-        check_api_roles(config)  # keys present, and a scoring server's log-probs pass a probe
-        check_parallel(config)  # the ray package, and the GPUs a local Ray instance is asked for
-        check_vllm_roles(config)  # the vllm package, where a role names backend vllm
-        check_launcher(config.train)  # the accelerate config of a launched training, and its packages
+        self.dataset = check_runnable(config)  # before the run directory is touched or any model loads
         self.run = RunDir(config, restart=restart, branch_from=branch_from)
         # API backends keep their answers in the run directory: a rerun never pays twice.
         cache = self.run.path("api_cache.sqlite")
@@ -129,10 +74,6 @@ class Pipeline:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    # -- players ------------------------------------------------------------------------------
-    def backend(self, role: RoleConfig, model: str | None = None) -> Backend:
-        return self.players.backend(role, model)
-
     def _new_work(self) -> dict[str, int]:
         """Work counted since the last call (RunDir.mark_done stores it with each finished stage):
         prompts cut to fit max_context, and API calls, cache hits and tokens, whether the jobs
@@ -143,6 +84,7 @@ class Pipeline:
         self._job_work = {}
         return new
 
+    # -- models and data ------------------------------------------------------------------------
     def release_policy(self, iteration: int) -> None:
         """Free the memory of a fine-tuned policy that no later step needs, here and on workers."""
         model = str(self.checkpoint(iteration))
@@ -152,33 +94,19 @@ class Pipeline:
     def checkpoint(self, iteration: int) -> Path:
         if iteration in self.external_checkpoints:
             return Path(self.external_checkpoints[iteration])
-        return self.run.path(f"iter_{iteration}", "checkpoint")
+        return self.run.path(self.run.stage_output(iteration, "train"))
 
     def policy_model(self, iteration: int) -> str | None:
         """The model of Q_iteration: None (the base model) for 0, else that iteration's checkpoint."""
         return None if iteration == 0 else str(self.checkpoint(iteration))
 
-    def scorer(self) -> Backend:
-        """Q_BASE, frozen: the initial questioner model."""
-        return self.players.scorer()
-
-    def questioner(self, iteration: int) -> Questioner:
-        return self.players.questioner(self.policy_model(iteration))
-
-    def roleplayer(self, role: RoleplayerConfig | None = None) -> Roleplayer:
-        return self.players.roleplayer(role)
-
-    def judge(self) -> Judge:
-        return self.players.judge()
-
-    # -- data -----------------------------------------------------------------------------------
     def split_for(self, iteration: int) -> str:
         return self.config.data.train_splits[(iteration - 1) % 2]
 
     def pairs(self, split: str) -> list[Pair]:
         return self.dataset.pairs(split)
 
-    # -- stages -----------------------------------------------------------------------------------
+    # -- running jobs ---------------------------------------------------------------------------
     def _run_jobs(self, jobs: dict[int, Job]) -> Iterator[tuple[int, list]]:
         """(index, records) of each job as it finishes, here or on a Ray worker (parallel.engine);
         the work each job counted is stored with the records it gave."""
@@ -197,11 +125,11 @@ class Pipeline:
         in progress, and which worker ran which chunk changes nothing."""
         if self.run.is_done(key):
             return
-        keys = [f"{key}/chunk_{index:04d}" for index in range(len(jobs))]
-        pending = {index: job for index, job in enumerate(jobs) if not self.run.is_done(keys[index])}
+        chunks = [self.run.chunk(key, out, index) for index in range(len(jobs))]
+        pending = {index: job for index, job in enumerate(jobs) if not self.run.is_done(chunks[index][0])}
         for index, records in self._run_jobs(pending):
-            self.run.write_records(keys[index], f"{out}.chunks/{index:04d}.jsonl", records)
-        merged = [record for chunk_key in keys for record in self.run.records(chunk_key, Conversation.from_json)]
+            self.run.write_records(*chunks[index], records)
+        merged = [record for chunk_key, _ in chunks for record in self.run.records(chunk_key, Conversation.from_json)]
         self.run.write_records(key, out, merged, **info)
 
     def _chunk_of(self, conversations: list[Conversation]) -> int:
@@ -220,7 +148,6 @@ class Pipeline:
         roleplayer (default: roles.roleplayer) configures who answers; acting maps pair ids to the
         persona the roleplayer plays instead of the pair's own (random-persona condition).
         """
-
         jobs = [
             SimulateJob(
                 chunk, self.policy_model(policy_iteration), roleplayer, n, turns,
@@ -245,91 +172,104 @@ class Pipeline:
         ]
         self._in_chunks(key, out, jobs, mode=mode)
 
+    # -- the stages of one iteration --------------------------------------------------------------
+    def _open_stage(self, iteration: int, stage: str, needs: str) -> tuple[str, str, list[Conversation] | None]:
+        """(key, output, the records of the stage it needs) of one stage of this iteration; the
+        records are None when the stage is already done (nothing to do).
+
+        Raises:
+            RuntimeError: the stage it needs has not run.
+        """
+        key, out = self.run.stage_key(iteration, stage), self.run.stage_output(iteration, stage)
+        if self.run.is_done(key):
+            return key, out, None
+        needed = self.run.stage_key(iteration, needs)
+        if not self.run.is_done(needed):
+            raise RuntimeError(f"stage {needed} has not run yet in {self.run.root}; run it first")
+        return key, out, self.run.records(needed, Conversation.from_json)
+
     def simulate_stage(self, iteration: int) -> None:
         sim = self.config.simulate
         self._simulate_chunked(
-            f"iter_{iteration}/simulate", f"iter_{iteration}/conversations.jsonl",
+            self.run.stage_key(iteration, "simulate"), self.run.stage_output(iteration, "simulate"),
             self.pairs(self.split_for(iteration)), iteration - 1, sim.conversations_per_pair, sim.max_turns,
         )
 
-    def _require(self, key: str) -> None:
-        if not self.run.is_done(key):
-            raise RuntimeError(f"stage {key} has not run yet in {self.run.root}; run it first")
-
     def score_stage(self, iteration: int) -> None:
-        key = f"iter_{iteration}/score"
-        if self.run.is_done(key):
-            return
-        self._require(f"iter_{iteration}/simulate")
-        conversations = self.run.records(f"iter_{iteration}/simulate", Conversation.from_json)
-        self._score_chunked(key, f"iter_{iteration}/scored.jsonl", conversations, self.pairs(self.split_for(iteration)))
+        key, out, conversations = self._open_stage(iteration, "score", needs="simulate")
+        if conversations is not None:
+            self._score_chunked(key, out, conversations, self.pairs(self.split_for(iteration)))
 
     def select_stage(self, iteration: int) -> None:
-        key = f"iter_{iteration}/select"
-        if self.run.is_done(key):
+        key, out, scored = self._open_stage(iteration, "select", needs="score")
+        if scored is None:
             return
-        self._require(f"iter_{iteration}/score")
-        scored = self.run.records(f"iter_{iteration}/score", Conversation.from_json)
-        select = self.config.select
-        if self.config.train.objective == "dpo":  # chosen and rejected, both answered by regularize
+        select, objective = self.config.select, self.config.train.objective
+        if objective == "dpo":  # chosen and rejected, both answered by regularize
             kept = select_preference_pairs(scored, select.top_k, select.min_margin)
         else:
             kept = select_top_k(scored, select.top_k)
-        self.run.write_records(key, f"iter_{iteration}/selected.jsonl", kept, objective=self.config.train.objective)
+        self.run.write_records(key, out, kept, objective=objective)
 
     def regularize_stage(self, iteration: int) -> None:
-        key = f"iter_{iteration}/regularize"
-        if self.run.is_done(key):
-            return
-        self._require(f"iter_{iteration}/select")
-        kept = self.run.records(f"iter_{iteration}/select", Conversation.from_json)
-        self._answer_chunked(key, f"iter_{iteration}/regularized.jsonl", kept, self.pairs(self.split_for(iteration)),
-                             iteration - 1, self.config.regularize.mode, self.config.regularize.max_new_tokens)
+        key, out, kept = self._open_stage(iteration, "regularize", needs="select")
+        if kept is not None:
+            regularize = self.config.regularize
+            self._answer_chunked(key, out, kept, self.pairs(self.split_for(iteration)), iteration - 1,
+                                 regularize.mode, regularize.max_new_tokens)
 
     def train_stage(self, iteration: int) -> None:
-        key = f"iter_{iteration}/train"
-        if self.run.is_done(key):
+        key, target, kept = self._open_stage(iteration, "train", needs="regularize")
+        if kept is None:
             return
-        self._require(f"iter_{iteration}/regularize")
-        from transformers import AutoTokenizer
+        from star_gate.training import train_checkpoint
 
-        from star_gate.backends.models import resolve_model
-
-        cfg, role = self.config.train, self.config.roles.questioner
-        kept = self.run.records(f"iter_{iteration}/regularize", Conversation.from_json)
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model(role.model))
-        template = get_template(self.config.questioner_prompt(trained=True))
-        pairs = self.pairs(self.split_for(iteration))
-        if cfg.objective == "dpo":
-            if not kept:
-                raise RuntimeError(
-                    f"no preference pair of iteration {iteration} beats its rejected conversation by more "
-                    f"than select.min_margin ({self.config.select.min_margin} nats); lower it"
-                )
-            examples, truncated = build_preference_examples(preference_pairs(kept), pairs, template, tokenizer, cfg.max_length)
-        else:
-            examples, truncated = build_examples(kept, pairs, template, tokenizer, cfg.max_length)
-        target = self.checkpoint(iteration)
-        staging = target.with_name("checkpoint.partial")
-        shutil.rmtree(staging, ignore_errors=True)  # a crashed attempt's files must not mix in
-        launched = cfg.distributed.launcher != "none"
+        examples, truncated = self._training_examples(iteration, kept)
         # Training needs the memory: launched processes the GPUs', in-process training room for its
         # optimizer state beside nothing else (the policy and scorer load again when next used).
         self.players.release_local_models()
-        train = finetune_launched if launched else finetune
-        metrics = train(examples, role.model, staging, cfg, seed=derive_seed(self.config.seed, key))
-        shutil.rmtree(staging / "trainer", ignore_errors=True)
-        crash_point("before_rename", key)
-        if target.exists():  # renamed by a run that crashed before listing it in the manifest
-            shutil.rmtree(target)
-        staging.rename(target)  # the checkpoint appears whole or not at all
+        target = self.run.path(target)
+        metrics = train_checkpoint(
+            examples, self.config.roles.questioner.model, target, self.config.train,
+            seed=derive_seed(self.config.seed, key), key=key,
+        )
         self.run.mark_done(key, target, truncated_examples=truncated, **metrics)
 
+    def _training_examples(self, iteration: int, kept: list[Conversation]) -> tuple[list[dict], int]:
+        """Tokenized examples (SFT) or (chosen, rejected) pairs of them (DPO), and how many were cut."""
+        from transformers import AutoTokenizer
+
+        from star_gate.backends.models import resolve_model
+        from star_gate.roles.prompts import get_template
+        from star_gate.stages.preference import build_preference_examples
+        from star_gate.stages.train import build_examples
+
+        cfg = self.config.train
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.config.roles.questioner.model))
+        template = get_template(self.config.questioner_prompt(trained=True))
+        pairs = self.pairs(self.split_for(iteration))
+        if cfg.objective == "sft":
+            return build_examples(kept, pairs, template, tokenizer, cfg.max_length)
+        if not kept:
+            raise RuntimeError(
+                f"no preference pair of iteration {iteration} beats its rejected conversation by more "
+                f"than select.min_margin ({self.config.select.min_margin} nats); lower it"
+            )
+        return build_preference_examples(preference_pairs(kept), pairs, template, tokenizer, cfg.max_length)
+
+    STAGE_METHODS: ClassVar[dict] = {
+        "simulate": simulate_stage, "score": score_stage, "select": select_stage,
+        "regularize": regularize_stage, "train": train_stage,
+    }
+
+    def run_stage(self, iteration: int, stage: str) -> None:
+        self.STAGE_METHODS[stage](self, iteration)
+
+    # -- evaluation -------------------------------------------------------------------------------
     def controls_stage(self) -> None:
-        key = "eval/controls"
-        if not self.run.is_done(key):
+        if not self.run.is_done(self.run.CONTROLS_KEY):
             controls = self._run_one(ControlsJob(self.pairs(self.config.data.test_split)))
-            self.run.write_records(key, "eval/controls.jsonl", controls)
+            self.run.write_records(self.run.CONTROLS_KEY, self.run.CONTROLS_OUTPUT, controls)
 
     def evaluate_stage(self, iteration: int) -> None:
         """Everything the test split says about Q_iteration: gold log-probs under its conversations
@@ -347,70 +287,64 @@ class Pipeline:
                 self._persona_fit(iteration, pairs)
             if iteration > 0:
                 self._final_answers(0, pairs)
-                self._judge(iteration, "judge", self.run.records(f"eval/iter_{iteration}/answers", Conversation.from_json), pairs)
+                answers = self.run.records(self.run.eval_key(iteration, "answers"), Conversation.from_json)
+                self._judge(iteration, "judge", answers, pairs)
                 if evaluate.response_model_ablation:
                     self._base_answers_and_judge(iteration, pairs)
 
     def _score_test_conversations(self, iteration: int, condition: str, pairs: list[Pair], acting=None) -> None:
         evaluate = self.config.evaluate
-        key = f"eval/iter_{iteration}" + ("" if condition == "experimental" else f"/{condition}")
-        stem = f"eval/iter_{iteration}" + ("" if condition == "experimental" else f"_{condition}")
+        simulate_key, conversations_out, key, scored_out = self.run.condition_keys(iteration, condition)
         self._simulate_chunked(
-            f"{key}/simulate", f"{stem}_conversations.jsonl", pairs, iteration, evaluate.conversations_per_pair,
+            simulate_key, conversations_out, pairs, iteration, evaluate.conversations_per_pair,
             self.config.eval_max_turns, seed_key="eval/simulate", roleplayer=evaluate.roleplayer, acting=acting,
         )
         if not self.run.is_done(key):
-            conversations = self.run.records(f"{key}/simulate", Conversation.from_json)
-            self._score_chunked(key, f"{stem}_scored.jsonl", conversations, pairs)
+            conversations = self.run.records(simulate_key, Conversation.from_json)
+            self._score_chunked(key, scored_out, conversations, pairs)
 
     def _judged_conversations(self, iteration: int) -> list[Conversation]:
         """The first evaluate.judged_conversations_per_pair test conversations of each pair."""
         keep = self.config.evaluate.judged_conversations_per_pair
-        return [c for c in self.run.records(f"eval/iter_{iteration}", Conversation.from_json) if c.sample_index < keep]
+        scored = self.run.records(self.run.eval_key(iteration), Conversation.from_json)
+        return [c for c in scored if c.sample_index < keep]
 
     def _final_answers(self, iteration: int, pairs: list[Pair]) -> None:
         """Q_iteration answers at temperature 0 after its own test conversations (sampled at the
         questioner's temperature), as in the paper's win-rate protocol."""
-        key = f"eval/iter_{iteration}/answers"
+        key = self.run.eval_key(iteration, "answers")
         if not self.run.is_done(key):
-            self._answer_chunked(key, f"eval/iter_{iteration}_answers.jsonl", self._judged_conversations(iteration),
+            self._answer_chunked(key, self.run.eval_output(iteration, "answers"), self._judged_conversations(iteration),
                                  pairs, iteration, "policy", self.config.evaluate.answer_max_new_tokens)
 
     def _persona_fit(self, iteration: int, pairs: list[Pair]) -> None:
         """Each final answer's persona fit under Q_BASE (stages/evaluate.py, persona_fits)."""
-        key = f"eval/iter_{iteration}/persona_fit"
+        key = self.run.eval_key(iteration, "persona_fit")
         if not self.run.is_done(key):
-            answers = self.run.records(f"eval/iter_{iteration}/answers", Conversation.from_json)
+            answers = self.run.records(self.run.eval_key(iteration, "answers"), Conversation.from_json)
             fits = self._run_one(FitJob(answers, pairs_of(answers, pairs)))
-            self.run.write_records(key, f"eval/iter_{iteration}_persona_fit.jsonl", fits)
+            self.run.write_records(key, self.run.eval_output(iteration, "persona_fit"), fits)
 
     def _base_answers_and_judge(self, iteration: int, pairs: list[Pair]) -> None:
         """Response-model ablation: Q_BASE answers after Q_iteration's conversations, judged against Q_0."""
-        key = f"eval/iter_{iteration}/base_answers"
+        key = self.run.eval_key(iteration, "base_answers")
         if not self.run.is_done(key):
-            self._answer_chunked(key, f"eval/iter_{iteration}_base_answers.jsonl", self._judged_conversations(iteration),
-                                 pairs, 0, "policy", self.config.evaluate.answer_max_new_tokens)
+            self._answer_chunked(key, self.run.eval_output(iteration, "base_answers"),
+                                 self._judged_conversations(iteration), pairs, 0, "policy",
+                                 self.config.evaluate.answer_max_new_tokens)
         self._judge(iteration, "judge_base", self.run.records(key, Conversation.from_json), pairs,
                     label=f"Q_BASE answering after Q_{iteration}")
 
     def _judge(self, iteration: int, kind: str, contender: list[Conversation], pairs: list[Pair], label: str = "") -> None:
-        key = f"eval/iter_{iteration}/{kind}"
+        key = self.run.eval_key(iteration, kind)
         if self.run.is_done(key):
             return
-        baseline = self.run.records("eval/iter_0/answers", Conversation.from_json)
+        baseline = self.run.records(self.run.eval_key(0, "answers"), Conversation.from_json)
         order, method = self.config.evaluate.judge_order, self.config.evaluate.judge_method
         seed = derive_seed(self.config.seed, key)
         judgements = self._run_one(JudgeJob(contender, baseline, pairs, label or f"Q_{iteration}", order, seed, method))
-        self.run.write_records(key, f"eval/iter_{iteration}_{kind}.jsonl", judgements, order=order, seed=seed,
+        self.run.write_records(key, self.run.eval_output(iteration, kind), judgements, order=order, seed=seed,
                                method=method)
-
-    STAGE_METHODS: ClassVar[dict] = {
-        "simulate": simulate_stage, "score": score_stage, "select": select_stage,
-        "regularize": regularize_stage, "train": train_stage,
-    }
-
-    def run_stage(self, iteration: int, stage: str) -> None:
-        self.STAGE_METHODS[stage](self, iteration)
 
     # -- the whole loop ---------------------------------------------------------------------------
     def run_all(self) -> list[Estimate]:
@@ -433,9 +367,6 @@ class Pipeline:
 
     def results(self) -> RunResults:
         return RunResults(self.run.root)
-
-    def paired_gain(self, later: int, earlier: int = 0) -> Estimate | None:
-        return self.results().paired_gain(later, earlier)
 
     def eval_table(self) -> list[Estimate]:
         """Mean ± SEM of test gold log-probs: controls, then each iteration's conversations."""

@@ -7,7 +7,6 @@ only: it never writes into the run directory.
 from __future__ import annotations
 
 import json
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,6 +15,7 @@ from pathlib import Path
 from star_gate.config import RunConfig, load_config
 from star_gate.data.jsonl import read_jsonl
 from star_gate.data.records import AnswerFit, Conversation, Judgement, ScoredControl
+from star_gate.rundir import Layout
 from star_gate.stages.evaluate import (
     WinRate,
     mean_sem,
@@ -24,9 +24,6 @@ from star_gate.stages.evaluate import (
     persona_gap_share,
     win_rate,
 )
-
-_EVAL_KEY = re.compile(r"eval/iter_(\d+)$")
-_REGULARIZE_KEY = re.compile(r"iter_(\d+)/regularize$")
 
 
 @dataclass(frozen=True)
@@ -66,32 +63,32 @@ class RunResults:
     # -- records ------------------------------------------------------------------------------
     def iterations(self) -> list[int]:
         """Iterations whose test conversations were scored, in order."""
-        return sorted(int(m.group(1)) for key in self.stages if (m := _EVAL_KEY.match(key)))
+        return Layout.evaluated_iterations(self.stages)
 
     def controls(self, condition: str) -> dict[str, float]:
-        rows = self._rows("eval/controls", ScoredControl.from_json)
+        rows = self._rows(Layout.CONTROLS_KEY, ScoredControl.from_json)
         return {c.pair_id: c.logprob for c in rows if c.condition == condition}
 
     def scored(self, iteration: int, condition: str = "experimental") -> list[Conversation]:
-        key = f"eval/iter_{iteration}" + ("" if condition == "experimental" else f"/{condition}")
+        _, _, key, _ = Layout.condition_keys(iteration, condition)
         return self._rows(key, Conversation.from_json)
 
     def answers(self, iteration: int) -> list[Conversation]:
-        return self._rows(f"eval/iter_{iteration}/answers", Conversation.from_json)
+        return self._rows(Layout.eval_key(iteration, "answers"), Conversation.from_json)
 
     def judgements(self, iteration: int, kind: str = "judge") -> list[Judgement]:
-        return self._rows(f"eval/iter_{iteration}/{kind}", Judgement.from_json)
+        return self._rows(Layout.eval_key(iteration, kind), Judgement.from_json)
 
     def answer_fits(self, iteration: int) -> list[AnswerFit]:
-        return self._rows(f"eval/iter_{iteration}/persona_fit", AnswerFit.from_json)
+        return self._rows(Layout.eval_key(iteration, "persona_fit"), AnswerFit.from_json)
 
     def regularized(self, iteration: int) -> list[Conversation]:
         """The kept conversations of training iteration k with the final answers Q_{k-1} wrote."""
-        return self._rows(f"iter_{iteration}/regularize", Conversation.from_json)
+        return self._rows(Layout.stage_key(iteration, "regularize"), Conversation.from_json)
 
     def training_iterations(self) -> list[int]:
         """Iterations whose regularization answers were written, in order."""
-        return sorted(int(m.group(1)) for key in self.stages if (m := _REGULARIZE_KEY.match(key)))
+        return Layout.trained_iterations(self.stages)
 
     # -- summaries ----------------------------------------------------------------------------
     def control_rows(self) -> list[Estimate]:
@@ -144,7 +141,7 @@ class RunResults:
     def non_answers(self, iteration: int, kind: str = "answers") -> Estimate | None:
         """Share of Q_k's judged final answers (kind base_answers: Q_BASE's after Q_k's
         conversations) that are no answer (stages/evaluate.py, is_non_answer)."""
-        rows = self._rows(f"eval/iter_{iteration}/{kind}", Conversation.from_json)
+        rows = self._rows(Layout.eval_key(iteration, kind), Conversation.from_json)
         mean, sem, count = non_answer_share(c.response for c in rows)
         return Estimate(f"Q_{iteration} non-answers", mean, sem, count) if count else None
 

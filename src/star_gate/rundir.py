@@ -35,12 +35,77 @@ TOTALLED_WHEN_REPORTED = (
     "api_calls", "api_retries", "api_cache_hits", "api_prompt_tokens", "api_completion_tokens",
 )
 
+STAGES = ("simulate", "score", "select", "regularize", "train")  # of one expert iteration, in order
+_STAGE_OUTPUTS = {
+    "simulate": "conversations.jsonl", "score": "scored.jsonl", "select": "selected.jsonl",
+    "regularize": "regularized.jsonl", "train": "checkpoint",
+}
+
+
+class Layout:
+    """Where each stage's records go, and the manifest key that says it finished: the one place
+    that knows the run directory's names (RunDir, results, report and cli ask it).
+
+    Training iteration k: key iter_k/STAGE, records iter_k/conversations.jsonl, ..., the
+    checkpoint in iter_k/checkpoint. Evaluation of Q_k: key eval/iter_k (its scored test
+    conversations) and eval/iter_k/PART (its other results), records eval/iter_k_PART.jsonl.
+    A chunked stage also lists each chunk: KEY/chunk_NNNN, records OUTPUT.chunks/NNNN.jsonl.
+    """
+
+    CONTROLS_KEY = "eval/controls"
+    CONTROLS_OUTPUT = "eval/controls.jsonl"
+
+    @staticmethod
+    def stage_key(iteration: int, stage: str) -> str:
+        return f"iter_{iteration}/{stage}"
+
+    @staticmethod
+    def stage_output(iteration: int, stage: str) -> str:
+        return f"iter_{iteration}/{_STAGE_OUTPUTS[stage]}"
+
+    @staticmethod
+    def eval_key(iteration: int, part: str = "") -> str:
+        """part: '' (the scored test conversations), 'random', 'answers', 'persona_fit', 'judge',
+        'base_answers', 'judge_base'."""
+        return f"eval/iter_{iteration}" + (f"/{part}" if part else "")
+
+    @staticmethod
+    def eval_output(iteration: int, part: str) -> str:
+        return f"eval/iter_{iteration}_{part}.jsonl"
+
+    @classmethod
+    def condition_keys(cls, iteration: int, condition: str) -> tuple[str, str, str, str]:
+        """(simulate key, conversations file, score key, scored file) of Q_iteration's test
+        conversations: condition 'experimental' (the pair's own persona) or 'random'."""
+        part = "" if condition == "experimental" else condition
+        key, stem = cls.eval_key(iteration, part), f"eval/iter_{iteration}" + (f"_{part}" if part else "")
+        return f"{key}/simulate", f"{stem}_conversations.jsonl", key, f"{stem}_scored.jsonl"
+
+    @staticmethod
+    def chunk(key: str, output: str, index: int) -> tuple[str, str]:
+        """(key, records file) of chunk `index` of a chunked stage."""
+        return f"{key}/chunk_{index:04d}", f"{output}.chunks/{index:04d}.jsonl"
+
+    @classmethod
+    def evaluated_iterations(cls, keys) -> list[int]:
+        """The k whose test conversations were scored, among these manifest keys."""
+        keys = set(keys)
+        # Every iteration evaluated adds keys of its own, so none is numbered above len(keys).
+        return [k for k in range(len(keys) + 1) if cls.eval_key(k) in keys]
+
+    @classmethod
+    def trained_iterations(cls, keys) -> list[int]:
+        """The k whose regularization answers were written, among these manifest keys."""
+        keys = set(keys)
+        return [k for k in range(1, len(keys) + 1) if cls.stage_key(k, "regularize") in keys]
+
+
 def _left_by_a_crash(folder: str, names: list[str]) -> set[str]:
     """copytree filter: temporary files and unfinished checkpoints are not finished work."""
     return {n for n in names if is_temporary(Path(n)) or n.endswith(".partial")}
 
 
-class RunDir:
+class RunDir(Layout):
     """One run's folder.
 
     Args:

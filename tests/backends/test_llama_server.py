@@ -378,9 +378,9 @@ def test_a_run_with_roleplayer_and_judge_over_http_completes_and_a_rerun_pays_no
 def test_the_pre_run_check_trusts_this_server_to_judge_by_log_probs(
     server, tiny_dir, tmp_path, dataset_factory
 ):
-    from star_gate.pipeline import check_api_roles
+    from star_gate.preflight import check_runnable
 
     data = dataset_factory(tmp_path / "data")
     config = mixed_config(server, tiny_dir, data, tmp_path / "run", judge_method="logprobs")
-    check_api_roles(config)  # the probe passes: echo with the chat template lines up
+    check_runnable(config)  # the probe passes: echo with the chat template lines up
     assert not (tmp_path / "run").exists()

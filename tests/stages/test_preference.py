@@ -11,12 +11,9 @@ from star_gate.config import TrainConfig
 from star_gate.data.records import Conversation
 from star_gate.roles.prompts import QUESTIONER_FEWSHOT, QUESTIONER_PLAIN
 from star_gate.stages import preference_pairs, select_preference_pairs
-from star_gate.stages.preference import (
-    PreferenceCollator,
-    build_preference_examples,
-    masked_dpo_trainer,
-)
-from star_gate.stages.train import finetune
+from star_gate.stages.preference import build_preference_examples
+from star_gate.training.dpo import PreferenceCollator, masked_dpo_trainer
+from star_gate.training.finetune import finetune
 
 END = "<|im_end|>\n"
 

@@ -10,7 +10,8 @@ import torch
 from star_gate.config import LoraConfig, TrainConfig
 from star_gate.data.records import Conversation
 from star_gate.roles.prompts import QUESTIONER_FEWSHOT
-from star_gate.stages.train import build_examples, finetune, tokenize_with_loss_mask, training_chat
+from star_gate.stages.train import build_examples, tokenize_with_loss_mask, training_chat
+from star_gate.training.finetune import finetune
 
 END = "<|im_end|>\n"
 TASK = "Plan a weekend trip for me."

@@ -27,9 +27,9 @@ from typer.testing import CliRunner
 
 from star_gate.cli import app
 from star_gate.config import ConfigError, DistributedConfig, LoraConfig, TrainConfig
-from star_gate.stages import train_launch
-from star_gate.stages.train import finetune
-from star_gate.stages.train_launch import (
+from star_gate.training import launch as train_launch
+from star_gate.training.finetune import finetune
+from star_gate.training.launch import (
     accelerate_args,
     finetune_launched,
     join_command,
@@ -274,9 +274,9 @@ def test_launch_arguments(tmp_path):
     assert accelerate_args(dist, job, 0) == [
         "--config_file", str(CPU_2PROC), "--num_processes", "16", "--num_machines", "2",
         "--main_process_ip", "10.0.0.1", "--main_process_port", "29500",
-        "--machine_rank", "0", "-m", "star_gate.stages.train_worker", str(job),
+        "--machine_rank", "0", "-m", "star_gate.training.worker", str(job),
     ]
-    assert "--machine_rank MACHINE_RANK -m star_gate.stages.train_worker" in join_command(dist, job)
+    assert "--machine_rank MACHINE_RANK -m star_gate.training.worker" in join_command(dist, job)
     unset = DistributedConfig(launcher="accelerate", accelerate_config=str(CPU_2PROC))
     assert accelerate_args(unset, job, 0)[2:4] == ["--machine_rank", "0"]  # the file's values stand
 

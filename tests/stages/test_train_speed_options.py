@@ -10,7 +10,8 @@ from conftest import build_tiny_model
 from star_gate.config import ConfigError, RunConfig, TrainConfig, load_config
 from star_gate.data.records import Conversation
 from star_gate.roles.prompts import QUESTIONER_FEWSHOT, QUESTIONER_PLAIN
-from star_gate.stages.train import finetune, tokenize_with_loss_mask, training_chat
+from star_gate.stages.train import tokenize_with_loss_mask, training_chat
+from star_gate.training.finetune import finetune
 
 TASKS = ["Plan a weekend trip for me.", "Recommend me a book.", "What should I cook tonight?"]
 TURNS = [

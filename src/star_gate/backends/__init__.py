@@ -13,13 +13,29 @@ BACKENDS: dict[str, str] = {
     "vllm": "star_gate.backends.vllm_backend:VLLMBackend",  # optional extra: star-gate[vllm]
 }
 
+# A backend's checks before a run (a package, an API key, a server's log-probs): `preflight(role,
+# label, config, cache_path)` in its module, raising ConfigError. Backends without any are absent.
+PREFLIGHTS: dict[str, str] = {
+    "openai": "star_gate.backends.openai_compat:preflight",
+    "vllm": "star_gate.backends.vllm_backend:preflight",
+}
+
+
+def _resolve(spec: str):
+    module_name, name = spec.split(":")
+    return getattr(importlib.import_module(module_name), name)
+
+
+def preflight_role(role, label: str, config, cache_path=None) -> None:
+    """Run the checks the role's backend registered (PREFLIGHTS), if any."""
+    if role.backend in PREFLIGHTS:
+        _resolve(PREFLIGHTS[role.backend])(role, label, config, cache_path)
+
 
 def backend_class(name: str) -> type:
-    try:
-        module_name, class_name = BACKENDS[name].split(":")
-    except KeyError:
-        raise ValueError(f"unknown backend {name!r}; choose from {sorted(BACKENDS)}") from None
-    return getattr(importlib.import_module(module_name), class_name)
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose from {sorted(BACKENDS)}")
+    return _resolve(BACKENDS[name])
 
 
 def load_backend(role, model: str | None = None, progress: bool = True, cache_path=None) -> Backend:
@@ -42,4 +58,4 @@ def role_sampling(role) -> SamplingParams:
     return SamplingParams(temperature=role.temperature, top_p=role.top_p, max_new_tokens=role.max_new_tokens)
 
 
-__all__ = ["BACKENDS", "Backend", "Chat", "SamplingParams", "backend_class", "load_backend", "role_sampling"]
+__all__ = ["BACKENDS", "PREFLIGHTS", "Backend", "Chat", "SamplingParams", "backend_class", "load_backend", "preflight_role", "role_sampling"]

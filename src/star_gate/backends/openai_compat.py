@@ -531,6 +531,12 @@ class OpenAIBackend:
         return None
 
 
+def preflight(role, label: str, config, cache_path) -> None:
+    """Before a run: the role's API key is in the environment and, for a judge that scores (the
+    log-prob judge methods), its server's log-probs pass the probe (check_role)."""
+    check_role(role, label, label == "roles.judge" and config.evaluate.judge_scores, cache_path)
+
+
 def check_role(role, label: str, must_score: bool, cache_path: str | Path | None = None) -> None:
     """Before a run: the role's API key is in the environment and, when the role must score, its
     server's log-probs pass the probe.

@@ -63,24 +63,18 @@ def import_vllm():
     return vllm
 
 
-def check_vllm_roles(config) -> None:
-    """Before a run (and before its run directory exists): a config in which any role names
-    backend vllm needs the package here. The config itself stays valid without it, so that a run's saved
-    config can still be read, reported on and validated on a machine without a GPU.
+def preflight(role, label: str, config, cache_path) -> None:
+    """Before a run (and before its run directory exists): a role served by vLLM needs the package
+    here. The config itself stays valid without it, so that a run's saved config can still be
+    read, reported on and validated on a machine without a GPU.
 
     Raises:
-        ConfigError: one sentence naming the first such role.
+        ConfigError: one sentence naming the role.
     """
-    roles = {
-        f"roles.{name}": getattr(config.roles, name) for name in type(config.roles).model_fields
-    }
-    roles["evaluate.roleplayer"] = config.evaluate.roleplayer
-    for label, role in roles.items():
-        if role is not None and role.backend == "vllm" and not vllm_installed():
-            raise ConfigError(
-                f"{label} uses backend vllm, but the vllm package is not installed; "
-                f"install it with {INSTALL_HINT}"
-            )
+    if not vllm_installed():
+        raise ConfigError(
+            f"{label} uses backend vllm, but the vllm package is not installed; install it with {INSTALL_HINT}"
+        )
 
 
 # -- reading vLLM's answers -------------------------------------------------------------------

@@ -1,6 +1,6 @@
-"""One training process of a launched fine-tune (train_launch.py starts them with `accelerate launch`).
+"""One training process of a launched fine-tune (launch.py starts them with `accelerate launch`).
 
-    python -m star_gate.stages.train_worker JOB.json
+    python -m star_gate.training.worker JOB.json
 
 Every process reads the same job: the examples file, the TrainConfig and where to save. Each runs
 `finetune`, whose Trainer shards the data and syncs gradients (DDP), or shards the weights too
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from star_gate.config import TrainConfig
-from star_gate.stages.train_launch import die_with_parent
+from star_gate.training.launch import die_with_parent
 
 
 def read_examples(path: Path) -> list[dict]:
@@ -43,7 +43,7 @@ def check_world_size(expected: int, use_cpu: bool, backend: str | None) -> None:
 def run_job(job_path: Path) -> None:
     import torch
 
-    from star_gate.stages.train import finetune
+    from star_gate.training.finetune import finetune
 
     job = json.loads(job_path.read_text(encoding="utf-8"))
     if job["use_cpu"]:
@@ -73,7 +73,7 @@ def run_job(job_path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        raise SystemExit("usage: python -m star_gate.stages.train_worker JOB.json")
+        raise SystemExit("usage: python -m star_gate.training.worker JOB.json")
     die_with_parent()
     run_job(Path(args[0]))
 

@@ -1,7 +1,7 @@
 """Fine-tune in worker processes started by `accelerate launch` (train.distributed.launcher: accelerate).
 
 The pipeline stays one process: at the train stage it writes the examples and a job file into the
-staging folder, runs `accelerate launch ... -m star_gate.stages.train_worker JOB` and waits. The
+staging folder, runs `accelerate launch ... -m star_gate.training.worker JOB` and waits. The
 workers train with DDP, FSDP or DeepSpeed as the accelerate config says; the main worker saves
 the checkpoint into the staging folder and then writes the metrics file this module reads back.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from star_gate.config import ConfigError, DistributedConfig, TrainConfig
 
 TAIL_LINES = 40  # of the workers' output, quoted when they fail
-WORKER_MODULE = "star_gate.stages.train_worker"
+WORKER_MODULE = "star_gate.training.worker"
 
 
 def read_accelerate_config(dist: DistributedConfig):
@@ -175,7 +175,7 @@ def announce_join_command(dist: DistributedConfig, job: Path, machines: int, lau
 
 
 def finetune_launched(examples: list[dict], base_model: str, output_dir: Path, cfg: TrainConfig, seed: int) -> dict:
-    """`finetune` (stages/train.py) in worker processes: same arguments, same checkpoint, same metrics.
+    """`finetune` (finetune.py) in worker processes: same arguments, same checkpoint, same metrics.
 
     Raises:
         RuntimeError: the workers failed (with the end of their output) or saved no checkpoint.
@@ -203,7 +203,7 @@ def finetune_launched(examples: list[dict], base_model: str, output_dir: Path, c
 
 
 def main() -> None:
-    """`python -m star_gate.stages.train_launch ARGS` is `accelerate launch ARGS`, ended (with its
+    """`python -m star_gate.training.launch ARGS` is `accelerate launch ARGS`, ended (with its
     workers) when the pipeline that started it dies."""
     die_with_parent()
     from accelerate.commands.launch import main as accelerate_launch
