@@ -18,7 +18,7 @@ from collections import defaultdict
 from star_gate.config import load_config
 from star_gate.pipeline import Pipeline
 from star_gate.stages import score_controls, score_conversations, simulate
-from star_gate.stages.evaluate import mean_sem
+from star_gate.stats import mean_sem
 
 
 def main() -> None:

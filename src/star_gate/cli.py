@@ -338,7 +338,7 @@ SeedOpt = Annotated[int, typer.Option(help="seed for shuffling into splits and f
 
 def _data_step(step):
     """Run a dataset-building step; bad input is exit status 2 with the message, as everywhere."""
-    from star_gate.data.build import DatasetFolder
+    from star_gate.build import DatasetFolder
 
     try:
         return step(DatasetFolder)
@@ -361,7 +361,7 @@ def data_tasks(
     seed: SeedOpt = 0,
 ) -> None:
     """Import requests, drop empty and near-duplicate ones, keep the first needed, split them."""
-    from star_gate.data.build import build_tasks, extract_requests, parse_split_sizes, read_requests
+    from star_gate.build import build_tasks, extract_requests, parse_split_sizes, read_requests
 
     def step(folder_cls):
         sizes = parse_split_sizes(splits)
@@ -385,7 +385,7 @@ def data_personas(
 ) -> None:
     """The oracle writes new personas, each call shown 2 random seed personas; then they are split."""
     from star_gate.backends import SamplingParams, load_backend
-    from star_gate.data.build import build_personas, parse_split_sizes, plan_personas
+    from star_gate.build import build_personas, parse_split_sizes, plan_personas
     from star_gate.data.loaders import load_personas, resolve_dataset_path
     from star_gate.roles.prompts import get_template
 
@@ -415,7 +415,7 @@ def data_gold(
 ) -> None:
     """The oracle (roles.oracle in the config) writes the gold answer for every pair of the splits."""
     from star_gate.backends import load_backend, role_sampling
-    from star_gate.data.build import build_gold, plan_gold
+    from star_gate.build import build_gold, plan_gold
     from star_gate.roles.prompts import get_template
 
     role = _load(config, overrides).roles.oracle

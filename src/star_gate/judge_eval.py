@@ -18,7 +18,8 @@ from dataclasses import dataclass, replace
 from star_gate.backends.base import Backend
 from star_gate.data.records import Dataset, Judgement, Persona, Task
 from star_gate.roles.players import Judge
-from star_gate.stages.evaluate import WinRate, compare, compare_by_fit, win_rate
+from star_gate.stages.evaluate import compare, compare_by_fit
+from star_gate.stats import WinRate, win_rate
 
 METHODS = ("logprobs", "calibrated", "pointwise", "persona_fit", "generate")
 

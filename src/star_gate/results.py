@@ -16,7 +16,7 @@ from star_gate.config import RunConfig, load_config
 from star_gate.data.jsonl import read_jsonl
 from star_gate.data.records import AnswerFit, Conversation, Judgement, ScoredControl
 from star_gate.rundir import Layout
-from star_gate.stages.evaluate import (
+from star_gate.stats import (
     WinRate,
     mean_sem,
     non_answer_share,

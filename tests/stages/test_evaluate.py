@@ -10,14 +10,8 @@ from star_gate.backends.base import SamplingParams
 from star_gate.data.records import Conversation, Judgement, Pair
 from star_gate.roles.players import Judge
 from star_gate.roles.prompts import get_template
-from star_gate.stages.evaluate import (
-    judge_answers,
-    mean_sem,
-    persona_gap_share,
-    position_bias,
-    random_personas,
-    win_rate,
-)
+from star_gate.stages.evaluate import judge_answers, random_personas
+from star_gate.stats import mean_sem, persona_gap_share, position_bias, win_rate
 
 
 class ScriptedJudge:

@@ -11,17 +11,11 @@ from star_gate.backends.base import SamplingParams
 from star_gate.backends.fake import FakeBackend
 from star_gate.config import ConfigError, load_config
 from star_gate.data.records import AnswerFit, Conversation, Judgement
+from star_gate.roles.answers import is_non_answer
 from star_gate.roles.players import Judge
 from star_gate.roles.prompts import get_template
-from star_gate.stages.evaluate import (
-    answer_fits,
-    is_non_answer,
-    judge_answers,
-    judge_answers_by_fit,
-    non_answer_share,
-    persona_fits,
-    win_rate,
-)
+from star_gate.stages.evaluate import answer_fits, judge_answers, judge_answers_by_fit, persona_fits
+from star_gate.stats import non_answer_share, win_rate
 
 
 class BiasedJudge:

@@ -1,11 +1,11 @@
-"""Evaluation beyond scoring: the random-persona condition, judged final answers, and their statistics.
+"""Evaluation beyond scoring: the random-persona condition, judged final answers, and the persona
+fit of answers (their statistics are in stats.py).
 
 SPEC "Evaluation": log p_base(g | ...) under four conditions on the test pairs, and win rates of
 Q_k's temperature-0 answers against Q_0's, judged by a model that sees the persona, with the order of
 the two answers randomized (or both orders asked, or both asked and calibrated) to control the
 judge's position bias; or judged one answer at a time (pointwise), or without a judge by each
-answer's persona fit under the frozen base model. Also: the persona fit of each final answer, and
-whether a final answer answers at all (`is_non_answer`).
+answer's persona fit under the frozen base model. Also: the persona fit of each final answer.
 """
 
 from __future__ import annotations
@@ -13,26 +13,17 @@ from __future__ import annotations
 import inspect
 import math
 import random
-import statistics
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from star_gate.backends.base import Backend
 from star_gate.data.records import AnswerFit, Conversation, Judgement, Pair, Persona
 from star_gate.roles import views
-from star_gate.roles.answers import is_non_answer
 from star_gate.roles.players import Judge
 
 JudgeOrder = Literal["random", "counterbalanced", "calibrated"]
 _OTHER = {"contender": "baseline", "baseline": "contender"}
-
-
-def mean_sem(values: Sequence[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    sem = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return mean, sem
 
 
 def random_personas(pairs: Sequence[Pair], seed: int) -> dict[str, Persona]:
@@ -216,75 +207,3 @@ def answer_fits(conversations: Sequence[Conversation], pairs: Sequence[Pair], sc
     return [
         AnswerFit(c.task_id, c.persona_id, c.sample_index, c.target_turns, *row) for c, row in zip(conversations, rows)
     ]
-
-
-# -- final answers that are no answers -------------------------------------------------------------
-def non_answer_share(texts: Iterable[str | None]) -> tuple[float, float, int]:
-    """Share of final answers that are non-answers, its SEM, and the number of answers."""
-    flags = [float(is_non_answer(t)) for t in texts]
-    return (*mean_sem(flags), len(flags)) if flags else (float("nan"), float("nan"), 0)
-
-
-@dataclass(frozen=True)
-class WinRate:
-    mean: float  # share of comparisons the contender wins, ties counting one half
-    sem: float
-    count: int  # readable comparisons
-    unreadable: int  # comparisons where a judge reply named neither answer
-    position_bias: float  # share of verdicts that followed the position, not the answer
-
-
-def win_rate(judgements: Sequence[Judgement]) -> WinRate:
-    scores = [j.score for j in judgements if j.score is not None]
-    mean, sem = mean_sem(scores) if scores else (float("nan"), float("nan"))
-    return WinRate(mean, sem, len(scores), len(judgements) - len(scores), position_bias(judgements))
-
-
-def position_bias(judgements: Sequence[Judgement]) -> float:
-    """How often the judge's choice follows the position rather than the answer.
-
-    Counterbalanced and calibrated: the share of comparisons where its raw picks were the same
-    position in both orders (for calibrated, the bias that calibration removes from the decision).
-    Random order: |2 P(picked the first) - 1|, which estimates the same share, because a judge that
-    ignores the content in a share b of cases and otherwise decides on content (blind to a position
-    that is random) picks the first answer with probability b + (1 - b) / 2.
-    Pointwise and persona_fit show no positions: nan (reported as n/a).
-    """
-    both = [j for j in judgements if len(j.verdicts) == 2 and j.score is not None]
-    if both:
-        return sum(j.verdicts[0] != j.verdicts[1] for j in both) / len(both)
-    picks = [first for j in judgements for first in j.first_position_picks]
-    return abs(2 * sum(picks) / len(picks) - 1) if picks else float("nan")
-
-
-def per_pair_means(values: Iterable[tuple[str, float]]) -> dict[str, float]:
-    groups: dict[str, list[float]] = defaultdict(list)
-    for pair_id, value in values:
-        groups[pair_id].append(value)
-    return {pair_id: statistics.fmean(v) for pair_id, v in groups.items()}
-
-
-def persona_gap_share(
-    experimental: dict[str, float],
-    negative: dict[str, float],
-    positive: dict[str, float],
-    seed: int = 0,
-    resamples: int = 1000,
-) -> tuple[float, float]:
-    """(experimental - negative) / (positive - negative) over pair means, and its bootstrap SEM.
-
-    The ratio of mean differences, not the mean of per-pair ratios: a pair whose persona barely
-    helps (positive ~ negative) would otherwise dominate. The SEM resamples pairs with the seed.
-    """
-    keys = sorted(experimental.keys() & negative.keys() & positive.keys())
-    if not keys:
-        return float("nan"), float("nan")
-
-    def share(sample: Sequence[str]) -> float:
-        gap = sum(positive[k] - negative[k] for k in sample)
-        return sum(experimental[k] - negative[k] for k in sample) / gap if gap > 0 else float("nan")
-
-    rng = random.Random(seed)
-    boots = [share(rng.choices(keys, k=len(keys))) for _ in range(resamples)]
-    boots = [b for b in boots if math.isfinite(b)]
-    return share(keys), statistics.stdev(boots) if len(boots) > 1 else float("nan")

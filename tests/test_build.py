@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from star_gate.backends.base import SamplingParams
 from star_gate.cli import app
-from star_gate.data.build import (
+from star_gate.build import (
     DatasetFolder,
     assign_splits,
     build_gold,
