@@ -333,6 +333,9 @@ class RecordingBackend:
         self.calls.append(("logprobs", [list(c) for c in chats], list(completions)))
         return self.inner.logprobs(chats, completions)
 
+    def counters(self):
+        return self.inner.counters()
+
 
 @pytest.fixture
 def recording():

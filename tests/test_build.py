@@ -8,7 +8,6 @@ import pytest
 from typer.testing import CliRunner
 
 from star_gate.backends.base import SamplingParams
-from star_gate.cli import app
 from star_gate.build import (
     DatasetFolder,
     assign_splits,
@@ -22,6 +21,7 @@ from star_gate.build import (
     plan_gold,
     read_requests,
 )
+from star_gate.cli import app
 from star_gate.data.jsonl import DataError
 from star_gate.data.loaders import load_dataset
 from star_gate.data.records import Persona

@@ -62,7 +62,6 @@ class Pipeline:
         self.players = Players(config, cache, progress)
         self.runner = make_runner(config, self.players, cache)  # Ray starts with the first job
         self._job_work: dict[str, int] = {}  # counted by jobs and not yet stored in the manifest
-        self.run.work_counts = self._new_work
 
     def close(self) -> None:
         """Stop the Ray workers (and the Ray instance, if this pipeline started it)."""
@@ -75,14 +74,18 @@ class Pipeline:
         self.close()
 
     def _new_work(self) -> dict[str, int]:
-        """Work counted since the last call (RunDir.mark_done stores it with each finished stage):
-        prompts cut to fit max_context, and API calls, cache hits and tokens, whether the jobs
-        ran here or on Ray workers."""
+        """Work counted since the last call, stored with each finished stage (_write): prompts
+        cut to fit max_context, and API calls, cache hits and tokens, whether the jobs ran here or
+        on Ray workers."""
         new = self.players.new_work()
         for name, value in self._job_work.items():
             new[name] = new.get(name, 0) + value
         self._job_work = {}
         return new
+
+    def _write(self, key: str, output: str, records: list, **info) -> None:
+        """Save a finished stage's records, with the work counted since the last one finished."""
+        self.run.write_records(key, output, records, **self._new_work(), **info)
 
     # -- models and data ------------------------------------------------------------------------
     def release_policy(self, iteration: int) -> None:
@@ -128,9 +131,9 @@ class Pipeline:
         chunks = [self.run.chunk(key, out, index) for index in range(len(jobs))]
         pending = {index: job for index, job in enumerate(jobs) if not self.run.is_done(chunks[index][0])}
         for index, records in self._run_jobs(pending):
-            self.run.write_records(*chunks[index], records)
+            self._write(*chunks[index], records)
         merged = [record for chunk_key, _ in chunks for record in self.run.records(chunk_key, Conversation.from_json)]
-        self.run.write_records(key, out, merged, **info)
+        self._write(key, out, merged, **info)
 
     def _chunk_of(self, conversations: list[Conversation]) -> int:
         """Conversations per chunk: those of simulate.chunk_pairs pairs."""
@@ -209,7 +212,7 @@ class Pipeline:
             kept = select_preference_pairs(scored, select.top_k, select.min_margin)
         else:
             kept = select_top_k(scored, select.top_k)
-        self.run.write_records(key, out, kept, objective=objective)
+        self._write(key, out, kept, objective=objective)
 
     def regularize_stage(self, iteration: int) -> None:
         key, out, kept = self._open_stage(iteration, "regularize", needs="select")
@@ -233,7 +236,7 @@ class Pipeline:
             examples, self.config.roles.questioner.model, target, self.config.train,
             seed=derive_seed(self.config.seed, key), key=key,
         )
-        self.run.mark_done(key, target, truncated_examples=truncated, **metrics)
+        self.run.mark_done(key, target, **self._new_work(), truncated_examples=truncated, **metrics)
 
     def _training_examples(self, iteration: int, kept: list[Conversation]) -> tuple[list[dict], int]:
         """Tokenized examples (SFT) or (chosen, rejected) pairs of them (DPO), and how many were cut."""
@@ -269,7 +272,7 @@ class Pipeline:
     def controls_stage(self) -> None:
         if not self.run.is_done(self.run.CONTROLS_KEY):
             controls = self._run_one(ControlsJob(self.pairs(self.config.data.test_split)))
-            self.run.write_records(self.run.CONTROLS_KEY, self.run.CONTROLS_OUTPUT, controls)
+            self._write(self.run.CONTROLS_KEY, self.run.CONTROLS_OUTPUT, controls)
 
     def evaluate_stage(self, iteration: int) -> None:
         """Everything the test split says about Q_iteration: gold log-probs under its conversations
@@ -323,7 +326,7 @@ class Pipeline:
         if not self.run.is_done(key):
             answers = self.run.records(self.run.eval_key(iteration, "answers"), Conversation.from_json)
             fits = self._run_one(FitJob(answers, pairs_of(answers, pairs)))
-            self.run.write_records(key, self.run.eval_output(iteration, "persona_fit"), fits)
+            self._write(key, self.run.eval_output(iteration, "persona_fit"), fits)
 
     def _base_answers_and_judge(self, iteration: int, pairs: list[Pair]) -> None:
         """Response-model ablation: Q_BASE answers after Q_iteration's conversations, judged against Q_0."""
@@ -343,7 +346,7 @@ class Pipeline:
         order, method = self.config.evaluate.judge_order, self.config.evaluate.judge_method
         seed = derive_seed(self.config.seed, key)
         judgements = self._run_one(JudgeJob(contender, baseline, pairs, label or f"Q_{iteration}", order, seed, method))
-        self.run.write_records(key, self.run.eval_output(iteration, kind), judgements, order=order, seed=seed,
+        self._write(key, self.run.eval_output(iteration, kind), judgements, order=order, seed=seed,
                                method=method)
 
     # -- the whole loop ---------------------------------------------------------------------------

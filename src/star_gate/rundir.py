@@ -121,7 +121,6 @@ class RunDir(Layout):
         self.root = Path(config.run_dir)
         self.config = config
         self.manifest_path = self.root / "manifest.json"
-        self.work_counts: Callable[[], dict[str, int]] | None = None  # see mark_done
         if branch_from is not None:
             self._branch(Path(branch_from))
         self._check_config(restart)
@@ -211,15 +210,10 @@ class RunDir(Layout):
         return output.exists()
 
     def mark_done(self, key: str, output: Path, **info) -> None:
-        """List a stage as finished, with its counts.
-
-        `work_counts`, when set (the pipeline sets it), returns the work counted since its last
-        call, such as prompts truncated to fit a model's context; those counts are stored with the
-        stage and summed over the run in the manifest's "totals".
-        """
+        """List a stage as finished, with its counts (such as prompts truncated to fit a model's
+        context, which the pipeline passes); the TOTALLED ones are summed over the run in the
+        manifest's "totals"."""
         crash_point("before_mark", key)
-        if self.work_counts is not None:
-            info = {**self.work_counts(), **info}
         counts = ", ".join(f"{k}={v}" for k, v in info.items() if isinstance(v, (int, float, str)))
         print(f"[{time.strftime('%H:%M:%S')}] done {key} {counts}", file=sys.stderr, flush=True)
         size = {"bytes": output.stat().st_size} if output.is_file() else {}

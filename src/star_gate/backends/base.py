@@ -6,6 +6,8 @@ vLLM or OpenAI-compatible backend can replace the transformers one without any s
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -46,3 +48,32 @@ class Backend(Protocol):
     def logprobs(self, chats: Sequence[Chat], completions: Sequence[str]) -> list[float]:
         """Return log p(completion | chat) for each pair: the sum over the completion's tokens only."""
         ...
+
+    def counters(self) -> dict[str, int]:
+        """The work counted since the previous call: prompts cut to fit the context
+        ("truncated_prompts"), and an API backend's calls, retries, cache hits and tokens. The
+        pipeline stores them with each finished stage."""
+        ...
+
+
+class WorkCounter:
+    """A backend's counts of its work: running totals, and what counters() has not yet reported.
+    Safe to add to from several threads (an API backend's requests)."""
+
+    def __init__(self, *names: str):
+        self.names = names  # always reported, zero or not
+        self.totals: Counter[str] = Counter()
+        self._unreported: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def add(self, **amounts: int) -> None:
+        with self._lock:
+            self.totals.update(amounts)
+            self._unreported.update(amounts)
+
+    def take(self) -> dict[str, int]:
+        """What was counted since the last take, every name included."""
+        with self._lock:
+            counts = {name: self._unreported[name] for name in self.names} | dict(self._unreported)
+            self._unreported.clear()
+        return counts

@@ -21,6 +21,9 @@ class FakeBackend:
         self.name = model
         self.calls = {"generate": 0, "logprobs": 0}
 
+    def counters(self) -> dict[str, int]:
+        return {}  # it never cuts a prompt and calls no API
+
     def generate(self, chats: Sequence[Chat], params: SamplingParams) -> list[list[str]]:
         self.calls["generate"] += 1
         out = []

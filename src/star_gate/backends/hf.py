@@ -18,17 +18,16 @@ backends/tokens.py, shared with the vLLM backend so that both cut the same promp
 from __future__ import annotations
 
 import copy as copy_module
-import math
 from collections import Counter
 from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from star_gate.backends.base import Chat, SamplingParams
+from star_gate.backends.base import Chat, SamplingParams, WorkCounter
 from star_gate.backends.models import resolve_model
 from star_gate.backends.shared_prefix import SharedPrefixRunner, common_prefix_length
-from star_gate.backends.tokens import fit_prompt, stop_token_ids, text_ids
+from star_gate.backends.tokens import LocalTokenizerBackend, stop_token_ids, text_ids
 
 SCORE_LOGIT_TOKENS = 2048  # completion positions whose logits one scoring batch holds (~0.4 GB)
 
@@ -45,7 +44,7 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     return getattr(torch, dtype)
 
 
-class TransformersBackend:
+class TransformersBackend(LocalTokenizerBackend):
     """Serve a causal LM with transformers.
 
     Example:
@@ -72,7 +71,7 @@ class TransformersBackend:
         self.batch_size = batch_size
         self.max_context = max_context
         self.progress = progress
-        self.truncated_prompts = 0  # prompts cut from the left to fit max_context (counted, not hidden)
+        self.work = WorkCounter("truncated_prompts")  # prompts cut from the left to fit max_context
         self.generated_tokens = 0  # new tokens produced, up to and including each row's stop token
         if model_object is None:
             path = resolve_model(model)
@@ -101,13 +100,6 @@ class TransformersBackend:
         )
 
     # -- shared -----------------------------------------------------------------------------
-    def encode_prompt(self, chat: Chat, room: int = 0) -> list[int]:
-        """Token ids of a chat ready for the assistant's reply, left-truncated to leave `room`
-        (at least one token is kept, even when `room` alone fills the context)."""
-        ids, cut = fit_prompt(self.tokenizer, chat, self.max_context, room)
-        self.truncated_prompts += cut
-        return ids
-
     def _batches(self, sizes: list[int], desc: str) -> list[list[int]]:
         """Consecutive index groups whose sizes add up to at most batch_size (one item at least)."""
         groups: list[list[int]] = []
@@ -170,9 +162,6 @@ class TransformersBackend:
             groups[-1].append(index)
             longest = longest_with
         return list(tqdm(groups, desc="score", leave=False, disable=not self.progress or len(groups) < 2))
-
-    def logprobs(self, chats: Sequence[Chat], completions: Sequence[str]) -> list[float]:
-        return [math.fsum(values) for values in self.token_logprobs(chats, completions)]
 
     def token_logprobs(self, chats: Sequence[Chat], completions: Sequence[str]) -> list[list[float]]:
         """Per completion token, log p(token | chat, earlier tokens): the terms `logprobs` sums."""

@@ -6,7 +6,7 @@ Requests run on a thread pool, at most `max_concurrency` in flight. A request th
 408/409, 5xx, a timeout or a refused connection (a server restarting) is retried with exponential
 backoff and jitter. Every answer goes into a persistent cache keyed by model, messages and
 sampling settings (`<run_dir>/api_cache.sqlite`), so a rerun or a resumed run never pays for the
-same call twice. Calls, retries, cache hits and tokens are counted (`api_counts`) and the pipeline
+same call twice. Calls, retries, cache hits and tokens are counted (`counters`, `api_counts`) and the pipeline
 stores them with each finished stage in the run's manifest.
 
 Log-probs of a given completion need a plain completion endpoint: the chat is rendered to a prompt
@@ -28,7 +28,6 @@ import logging
 import os
 import random
 import statistics
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -40,7 +39,7 @@ from typing import Any, TypeVar
 import openai
 from tqdm.auto import tqdm
 
-from star_gate.backends.base import Chat, SamplingParams
+from star_gate.backends.base import Chat, SamplingParams, WorkCounter
 from star_gate.backends.cache import ResponseCache, cache_key
 from star_gate.backends.tokens import render_chat
 from star_gate.secrets import scrub_secrets
@@ -238,8 +237,7 @@ class OpenAIBackend:
             max_retries=0,
             http_client=http_client,
         )
-        self._counts: Counter[str] = Counter()
-        self._lock = threading.Lock()
+        self.work = WorkCounter("truncated_prompts", *API_COUNTERS)
         self._tokenizer = None
         self._trusted_method: str | None = None  # the log-prob method that passed the probe
 
@@ -264,12 +262,10 @@ class OpenAIBackend:
     # -- bookkeeping ----------------------------------------------------------------------------
     def api_counts(self) -> dict[str, int]:
         """Running totals: requests sent (retries included), retries, cache hits, tokens."""
-        with self._lock:
-            return {name: self._counts[name] for name in API_COUNTERS}
+        return {name: self.work.totals[name] for name in API_COUNTERS}
 
-    def _count(self, **amounts: int) -> None:
-        with self._lock:
-            self._counts.update(amounts)
+    def counters(self) -> dict[str, int]:
+        return self.work.take()
 
     def close(self) -> None:
         self.cache.close()
@@ -280,7 +276,7 @@ class OpenAIBackend:
         """One API call with retries; its tokens are counted."""
 
         def attempt() -> T:
-            self._count(api_calls=1)
+            self.work.add(api_calls=1)
             return request()
 
         try:
@@ -291,14 +287,14 @@ class OpenAIBackend:
             ) from error
         usage = getattr(response, "usage", None)
         if usage is not None:
-            self._count(
+            self.work.add(
                 api_prompt_tokens=usage.prompt_tokens or 0,
                 api_completion_tokens=usage.completion_tokens or 0,
             )
         return response
 
     def _note_retry(self, error: BaseException) -> None:
-        self._count(api_retries=1)
+        self.work.add(api_retries=1)
         log.warning(
             "model %r at %s: retrying after %s", self.name, self.where, scrub_secrets(str(error))
         )
@@ -315,7 +311,7 @@ class OpenAIBackend:
                 missing.append((key, compute))
             else:
                 answers[key] = hit
-        self._count(api_cache_hits=len(unique) - len(missing))
+        self.work.add(api_cache_hits=len(unique) - len(missing))
         for key, value in zip(
             [k for k, _ in missing], self._parallel([c for _, c in missing], desc)
         ):

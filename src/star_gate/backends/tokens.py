@@ -7,7 +7,8 @@ needs torch or vLLM: only a Hugging Face tokenizer.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 
 from star_gate.backends.base import Chat
 
@@ -97,3 +98,30 @@ def stop_token_ids(*eos: int | Iterable[int] | None) -> list[int]:
             continue
         found.update([item] if isinstance(item, int) else item)
     return sorted(found)
+
+
+class LocalTokenizerBackend:
+    """What the backends holding a tokenizer (transformers, vLLM) share: prompts fitted to
+    max_context and counted, and log-probs as sums of their per-token terms.
+
+    A subclass sets self.tokenizer, self.max_context and self.work (a base.WorkCounter named
+    "truncated_prompts"), and defines token_logprobs.
+    """
+
+    def encode_prompt(self, chat: Chat, room: int = 0) -> list[int]:
+        """Token ids of a chat ready for the assistant's reply, left-truncated to leave `room`
+        (at least one token is kept, even when `room` alone fills the context)."""
+        ids, cut = fit_prompt(self.tokenizer, chat, self.max_context, room)
+        self.work.add(truncated_prompts=cut)
+        return ids
+
+    @property
+    def truncated_prompts(self) -> int:
+        """Prompts cut to fit max_context so far (counted, never hidden)."""
+        return self.work.totals["truncated_prompts"]
+
+    def counters(self) -> dict[str, int]:
+        return self.work.take()
+
+    def logprobs(self, chats: Sequence[Chat], completions: Sequence[str]) -> list[float]:
+        return [math.fsum(values) for values in self.token_logprobs(chats, completions)]

@@ -29,13 +29,12 @@ dtype 'auto' means bfloat16, as in the transformers backend on a GPU.
 from __future__ import annotations
 
 import importlib.util
-import math
 import sys
 from collections.abc import Sequence
 
-from star_gate.backends.base import Chat, SamplingParams
+from star_gate.backends.base import Chat, SamplingParams, WorkCounter
 from star_gate.backends.models import resolve_model
-from star_gate.backends.tokens import fit_prompt, stop_token_ids, text_ids
+from star_gate.backends.tokens import LocalTokenizerBackend, stop_token_ids, text_ids
 from star_gate.config import ConfigError
 from star_gate.seeds import derive_seed
 
@@ -112,7 +111,7 @@ def generation_eos(path: str):
 # -- the backend ------------------------------------------------------------------------------
 
 
-class VLLMBackend:
+class VLLMBackend(LocalTokenizerBackend):
     """Serve a causal LM with vLLM on one or more GPUs (tensor parallel).
 
     Example:
@@ -136,7 +135,7 @@ class VLLMBackend:
         self.progress = progress
         # Prompts cut from the left to fit max_context (counted, not hidden), and new tokens
         # produced up to and including each reply's stop token: as in the transformers backend.
-        self.truncated_prompts = 0
+        self.work = WorkCounter("truncated_prompts")  # prompts cut from the left to fit max_context
         self.generated_tokens = 0
         path = resolve_model(model)
         self.llm = vllm.LLM(
@@ -165,12 +164,6 @@ class VLLMBackend:
             gpu_memory_utilization=role.gpu_memory_utilization,
             progress=progress,
         )
-
-    def encode_prompt(self, chat: Chat, room: int = 0) -> list[int]:
-        """Token ids of a chat ready for the assistant's reply, left-truncated to leave `room`."""
-        ids, cut = fit_prompt(self.tokenizer, chat, self.max_context, room)
-        self.truncated_prompts += cut
-        return ids
 
     def _run(self, prompts: list[list[int]], sampling):
         """One batched call; vLLM returns the outputs in the prompts' order."""
@@ -211,9 +204,6 @@ class VLLMBackend:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     # -- scoring ----------------------------------------------------------------------------
-    def logprobs(self, chats: Sequence[Chat], completions: Sequence[str]) -> list[float]:
-        return [math.fsum(values) for values in self.token_logprobs(chats, completions)]
-
     def token_logprobs(
         self, chats: Sequence[Chat], completions: Sequence[str]
     ) -> list[list[float]]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import sys
-import weakref
 from pathlib import Path
 
 from star_gate.backends import Backend, load_backend, role_sampling
@@ -21,14 +20,6 @@ from star_gate.roles.players import (
     Roleplayer,
 )
 from star_gate.roles.prompts import get_template
-
-
-def backend_work(backend: Backend) -> dict[str, int]:
-    """Running totals a backend keeps: prompts it truncated, and an API backend's calls and tokens."""
-    counts = {"truncated_prompts": getattr(backend, "truncated_prompts", 0)}
-    if hasattr(backend, "api_counts"):
-        counts.update(backend.api_counts())
-    return counts
 
 
 class Players:
@@ -44,7 +35,7 @@ class Players:
         self.progress = progress
         self.backends: dict[tuple, Backend] = {}
         self.retriever = None  # the grounded roleplayer's sentence encoder, loaded on first use
-        self._counted: dict[tuple, tuple[weakref.ref, dict[str, int]]] = {}  # work already counted
+        self._released_work: dict[str, int] = {}  # counted by backends since released, not yet reported
 
     def backend(self, role: RoleConfig, model: str | None = None) -> Backend:
         """One backend per (kind, model, device or server); roles naming the same model share it."""
@@ -57,12 +48,17 @@ class Players:
 
     def release(self, model: str) -> None:
         """Free the memory of a model (a fine-tuned policy) that no later step needs."""
-        self.backends = {k: v for k, v in self.backends.items() if k[1] != model}
+        self._keep_only(lambda key: key[1] != model)
+
+    def _keep_only(self, keep) -> None:
+        """Drop the backends whose key fails `keep`, keeping the work they counted for new_work."""
+        for key in [key for key in self.backends if not keep(key)]:
+            _add(self._released_work, self.backends.pop(key).counters())
 
     def release_local_models(self) -> None:
         """Drop every model held in this process (API clients stay), so that training launched in
         other processes finds the GPUs' memory free; each loads again on its next use."""
-        self.backends = {k: v for k, v in self.backends.items() if k[0] == "openai"}
+        self._keep_only(lambda key: key[0] == "openai")
         gc.collect()  # a model's memory is freed only once nothing refers to it
         torch = sys.modules.get("torch")  # never imported just for this
         if torch is not None and torch.cuda.is_available():
@@ -107,14 +103,14 @@ class Players:
         )
 
     def new_work(self) -> dict[str, int]:
-        """Work the backends counted since the last call: prompts cut to fit max_context, and API
-        calls, cache hits and tokens."""
-        new = {"truncated_prompts": 0}
-        for key, backend in self.backends.items():
-            counts = backend_work(backend)
-            # A weak reference, so that counting never keeps a released model in memory.
-            seen_ref, seen = self._counted.get(key, (lambda: None, {}))
-            for name, value in counts.items():
-                new[name] = new.get(name, 0) + value - (seen.get(name, 0) if seen_ref() is backend else 0)
-            self._counted[key] = (weakref.ref(backend), counts)
+        """Work the backends counted since the last call (Backend.counters): prompts cut to fit
+        max_context, and API calls, cache hits and tokens."""
+        new, self._released_work = {"truncated_prompts": 0, **self._released_work}, {}
+        for backend in self.backends.values():
+            _add(new, backend.counters())
         return new
+
+
+def _add(totals: dict[str, int], counts: dict[str, int]) -> None:
+    for name, value in counts.items():
+        totals[name] = totals.get(name, 0) + value
