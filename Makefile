@@ -24,6 +24,7 @@ install: $(BIN)/.installed
 #   server-tests  a real OpenAI-compatible server (tests/backends/test_llama_server.py);
 #                 llama-cpp-python builds llama.cpp from source (about 10 minutes on 2 cores)
 #   ray           a local Ray instance (tests/test_ray_sharding.py)
+#   tensorboard   train.report_to's logs, read back (tests/test_training_logs.py)
 #   deepspeed     ZeRO-2/3 training on 2 CPU processes (tests/stages/test_train_distributed.py);
 #                 it ships as source that imports torch while building, so it is built against
 #                 the torch above (--no-build-isolation) instead of pulling a CUDA one
@@ -32,7 +33,7 @@ install: $(BIN)/.installed
 # "invalid opcode" in libggml-cpu at the first request.
 $(BIN)/.test-extras-installed: $(BIN)/.installed
 	@echo "building llama-cpp-python[server] from source (about 10 minutes on 2 cores)"
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip install --quiet --no-cache-dir -e ".[dev,server-tests,ray]"
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip install --quiet --no-cache-dir -e ".[dev,server-tests,ray,tensorboard]"
 	$(BIN)/python -m pip install --quiet setuptools wheel
 	$(BIN)/python -m pip install --quiet --no-build-isolation "deepspeed>=0.15"
 	touch $@

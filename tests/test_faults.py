@@ -284,7 +284,7 @@ def test_crashed_training_attempt_leaves_nothing_in_the_checkpoint(
 ):
     written = []
 
-    def fake_finetune(examples, base_model, output_dir, cfg, seed):
+    def fake_finetune(examples, base_model, output_dir, cfg, seed, **_):
         written.append(sorted(p.name for p in output_dir.iterdir()) if output_dir.exists() else [])
         output_dir.mkdir(parents=True)
         (output_dir / "model.safetensors").write_text("weights")
@@ -324,7 +324,7 @@ def cli(monkeypatch):
 def fake_run(fake_config_file, tmp_path, dataset_dir, tiny_dir, monkeypatch):
     """A config file for whole fake runs (training replaced by a stand-in that writes a file)."""
 
-    def fake_finetune(examples, base_model, output_dir, cfg, seed):
+    def fake_finetune(examples, base_model, output_dir, cfg, seed, **_):
         output_dir.mkdir(parents=True)
         (output_dir / "weights.txt").write_text(f"{len(examples)} examples, seed {seed}")
         return {"train_loss": 1.0, "steps": 1, "examples": len(examples)}

@@ -112,7 +112,7 @@ def test_each_stage_uses_the_right_model(tmp_path, dataset_dir, tiny_dir, monkey
     p = Pipeline(config, progress=False)
     trained = []
 
-    def fake_finetune(examples, base_model, output_dir, cfg, seed):
+    def fake_finetune(examples, base_model, output_dir, cfg, seed, **_):
         trained.append((base_model, len(examples), cfg.learning_rate))
         output_dir.mkdir(parents=True)
         return {"train_loss": 1.0, "steps": 1, "examples": len(examples)}

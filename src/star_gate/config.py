@@ -294,6 +294,11 @@ class TrainConfig(Section):
         "roles.questioner.prompt. A short prompt (questioner_plain) makes training and the trained "
         "questioners' turns faster",
     )
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = Field(
+        "none",
+        description="where to log the trainer's curves and, once per iteration, the pipeline's numbers "
+        "(selection gain, train loss, test gains); under the run directory's logs/",
+    )
     lora: LoraConfig = Field(
         LoraConfig(), description="LoRA adapters, merged into the saved checkpoint; off: full fine-tuning"
     )

@@ -62,10 +62,14 @@ class Pipeline:
         self.players = Players(config, cache, progress)
         self.runner = make_runner(config, self.players, cache)  # Ray starts with the first job
         self._job_work: dict[str, int] = {}  # counted by jobs and not yet stored in the manifest
+        self._log = None  # the pipeline's numbers in train.report_to's tracker, opened on first use
 
     def close(self) -> None:
-        """Stop the Ray workers (and the Ray instance, if this pipeline started it)."""
+        """Stop the Ray workers (and the Ray instance, if this pipeline started it), and close the
+        run's logs."""
         self.runner.close()
+        if self._log is not None:
+            self._log.close()
 
     def __enter__(self):
         return self
@@ -232,9 +236,10 @@ class Pipeline:
         # optimizer state beside nothing else (the policy and scorer load again when next used).
         self.players.release_local_models()
         target = self.run.path(target)
+        logs = self.run.path(self.run.LOGS, "train", f"iter_{iteration}") if self.config.train.report_to != "none" else None
         metrics = train_checkpoint(
             examples, self.config.roles.questioner.model, target, self.config.train,
-            seed=derive_seed(self.config.seed, key), key=key,
+            seed=derive_seed(self.config.seed, key), key=key, log_dir=logs,
         )
         self.run.mark_done(key, target, **self._new_work(), truncated_examples=truncated, **metrics)
 
@@ -353,12 +358,25 @@ class Pipeline:
     def run_all(self) -> list[Estimate]:
         self.controls_stage()
         self.evaluate_stage(0)
+        self._log_iteration(0)
         for iteration in range(1, self.config.iterations + 1):
             for stage in STAGES:
                 self.run_stage(iteration, stage)
             self.evaluate_stage(iteration)
+            self._log_iteration(iteration)
             self.release_policy(iteration - 1)
         return self.eval_table()
+
+    def _log_iteration(self, iteration: int) -> None:
+        """The iteration's numbers (RunResults.iteration_metrics) in train.report_to's tracker."""
+        report_to = self.config.train.report_to
+        if report_to == "none":
+            return
+        if self._log is None:
+            from star_gate.training.tracking import PipelineLog
+
+            self._log = PipelineLog(report_to, self.run.path(self.run.LOGS, "pipeline"), self.run.root.name)
+        self._log.log(self.results().iteration_metrics(iteration), iteration)
 
     def evaluate_checkpoints(self) -> list[Estimate]:
         """`star-gate eval`: the evaluation alone, for Q_0 and each given checkpoint."""

@@ -15,6 +15,7 @@ from star_gate.data.loaders import load_dataset
 from star_gate.data.records import Dataset
 from star_gate.parallel import check_parallel
 from star_gate.training.launch import check_launcher
+from star_gate.training.tracking import check_tracker
 
 
 def used_roles(config: RunConfig) -> dict[str, RoleConfig]:
@@ -76,4 +77,5 @@ def check_runnable(config: RunConfig, probe_roles: bool = True) -> Dataset:
             preflight_role(role, label, config, cache)
     check_parallel(config)  # the ray package, and the GPUs a local Ray instance is asked for
     check_launcher(config.train)  # the accelerate config of a launched training, and its packages
+    check_tracker(config.train.report_to)  # the package of the logs' tracker
     return dataset

@@ -151,3 +151,29 @@ class RunResults:
         responses = [c.response for c in self.regularized(iteration) if c.response is not None]
         mean, sem, count = non_answer_share(responses)
         return Estimate(f"iter_{iteration} regularization non-answers", mean, sem, count) if count else None
+
+    def iteration_metrics(self, iteration: int) -> dict[str, float]:
+        """The numbers a run logs once per iteration (train.report_to): how much selection raised
+        the training conversations' gold log-prob, the training loss, and the test split's gains.
+        Only those that exist; the evaluation's are Q_iteration's."""
+        metrics: dict[str, float] = {}
+        scored = self._rows(Layout.stage_key(iteration, "score"), Conversation.from_json)
+        kept = self._rows(Layout.stage_key(iteration, "select"), Conversation.from_json)
+        if scored and kept:
+            all_mean, kept_mean = (mean_sem([c.logprob for c in rows])[0] for rows in (scored, kept))
+            metrics["select/kept_logprob_gain"] = kept_mean - all_mean
+        train = self.stages.get(Layout.stage_key(iteration, "train"), {})
+        if "train_loss" in train:
+            metrics["train/loss"] = train["train_loss"]
+        estimates = {
+            "eval/logprob": self.logprob(iteration),
+            "eval/gain_vs_q0": self.paired_gain(iteration) if iteration > 0 else None,
+            "eval/persona_fit": self.persona_fit(iteration),
+            "eval/non_answers": self.non_answers(iteration),
+        }
+        metrics |= {name: estimate.mean for name, estimate in estimates.items() if estimate is not None}
+        if self.scored(iteration):
+            metrics["eval/gap_share"] = self.gap_share(iteration)[0]
+        if (rate := self.win_rate(iteration)) is not None:
+            metrics["eval/win_rate_vs_q0"] = rate.mean
+        return metrics

@@ -53,6 +53,7 @@ class Layout:
     """
 
     CONTROLS_KEY = "eval/controls"
+    LOGS = "logs"  # train.report_to's logs: logs/train/iter_k (the trainer's), logs/pipeline
     CONTROLS_OUTPUT = "eval/controls.jsonl"
 
     @staticmethod

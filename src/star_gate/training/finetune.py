@@ -17,6 +17,7 @@ def finetune(
     cfg: TrainConfig,
     seed: int,
     ddp_backend: str | None = None,
+    log_dir: Path | None = None,
 ) -> dict:
     """Fine-tune base_model (always from its initial weights) with TRL: SFTTrainer on examples from
     stages/train.build_examples, or (cfg.objective dpo) DPOTrainer on examples from
@@ -28,7 +29,15 @@ def finetune(
 
     Runs in this process, or in each process of a launched training (worker.py), where
     ddp_backend names the torch.distributed backend when accelerate's choice is not wanted.
+    With cfg.report_to, the trainer logs its curves under log_dir (training/tracking.py).
     """
+    from star_gate.training.tracking import trainer_logging
+
+    with trainer_logging(cfg.report_to, log_dir) as report_to:
+        return _finetune(examples, base_model, output_dir, cfg, seed, ddp_backend, report_to)
+
+
+def _finetune(examples, base_model, output_dir, cfg, seed, ddp_backend, report_to) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -59,7 +68,7 @@ def finetune(
         "logging_steps": 1,
         "save_strategy": "no",
         "eval_strategy": "epoch" if eval_dataset is not None else "no",
-        "report_to": [],
+        "report_to": report_to,
         "seed": seed,
         "max_length": None,  # already truncated by the example builders, keeping the loss-bearing end
         "disable_tqdm": True,

@@ -144,7 +144,7 @@ def model_for_workers(base_model: str) -> str:
 
 
 def write_job(launch_dir: Path, examples: list[dict], base_model: str, output_dir: Path,
-              cfg: TrainConfig, seed: int, cluster) -> Path:
+              cfg: TrainConfig, seed: int, cluster, log_dir: Path | None = None) -> Path:
     examples_path = launch_dir / "examples.jsonl"
     with examples_path.open("w", encoding="utf-8") as out:
         out.writelines(json.dumps(example) + "\n" for example in examples)
@@ -154,6 +154,7 @@ def write_job(launch_dir: Path, examples: list[dict], base_model: str, output_di
         "output_dir": str(output_dir.resolve()),
         "train": cfg.model_dump(mode="json"),
         "seed": seed,
+        "log_dir": str(log_dir.resolve()) if log_dir is not None else None,
         "metrics": str((launch_dir / "metrics.json").resolve()),
         "num_processes": cfg.distributed.num_processes or cluster.num_processes or 1,
         "use_cpu": bool(cluster.use_cpu),
@@ -174,7 +175,9 @@ def announce_join_command(dist: DistributedConfig, job: Path, machines: int, lau
     )
 
 
-def finetune_launched(examples: list[dict], base_model: str, output_dir: Path, cfg: TrainConfig, seed: int) -> dict:
+def finetune_launched(
+    examples: list[dict], base_model: str, output_dir: Path, cfg: TrainConfig, seed: int, log_dir: Path | None = None
+) -> dict:
     """`finetune` (finetune.py) in worker processes: same arguments, same checkpoint, same metrics.
 
     Raises:
@@ -184,7 +187,7 @@ def finetune_launched(examples: list[dict], base_model: str, output_dir: Path, c
     cluster = read_accelerate_config(dist)
     launch_dir = output_dir / "launch"
     launch_dir.mkdir(parents=True)
-    job = write_job(launch_dir, examples, base_model, output_dir, cfg, seed, cluster)
+    job = write_job(launch_dir, examples, base_model, output_dir, cfg, seed, cluster, log_dir)
     if machines(dist, cluster) > 1:
         announce_join_command(dist, job, machines(dist, cluster), launch_dir)
     log_path = launch_dir / "workers.log"

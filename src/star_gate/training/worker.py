@@ -56,7 +56,8 @@ def run_job(job_path: Path) -> None:
     examples = read_examples(Path(job["examples"]))
     cfg = TrainConfig.model_validate(job["train"])
     output_dir = Path(job["output_dir"])
-    metrics = finetune(examples, job["base_model"], output_dir, cfg, seed=job["seed"], ddp_backend=backend)
+    log_dir = Path(job["log_dir"]) if job.get("log_dir") else None
+    metrics = finetune(examples, job["base_model"], output_dir, cfg, seed=job["seed"], ddp_backend=backend, log_dir=log_dir)
     from accelerate.state import AcceleratorState
 
     state = AcceleratorState()  # as the Trainer set it up: says whether FSDP or DeepSpeed ran
