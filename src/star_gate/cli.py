@@ -258,7 +258,7 @@ def bench(
 @app.command()
 def chat(
     checkpoint: Annotated[str, typer.Argument(help="a checkpoint folder, a hub id or 'bundled'")],
-    prompt: Annotated[str, typer.Option(help="questioner prompt template")] = "questioner_fewshot",
+    prompt: Annotated[str, typer.Option(help="questioner prompt template; default: the questioner's")] = "",
     turns: Annotated[int, typer.Option(help="questions before the final answer")] = 3,
 ) -> None:
     """Talk to a questioner as the user: give it a request, answer its questions, get its answer."""
@@ -266,10 +266,10 @@ def chat(
     from star_gate.backends.hf import TransformersBackend
     from star_gate.data.records import Conversation
     from star_gate.roles.players import Questioner
-    from star_gate.roles.prompts import get_template
+    from star_gate.roles.prompts import template_for
 
     questioner = Questioner(
-        TransformersBackend(checkpoint, progress=False), get_template(prompt), SamplingParams(max_new_tokens=64)
+        TransformersBackend(checkpoint, progress=False), template_for("questioner", prompt), SamplingParams(max_new_tokens=64)
     )
     task = typer.prompt("Your request")
     conversation = Conversation(task_id="chat", persona_id="you", sample_index=0, target_turns=turns)
@@ -416,7 +416,7 @@ def data_gold(
     """The oracle (roles.oracle in the config) writes the gold answer for every pair of the splits."""
     from star_gate.backends import load_backend, role_sampling
     from star_gate.build import build_gold, plan_gold
-    from star_gate.roles.prompts import get_template
+    from star_gate.roles.prompts import template_for
 
     role = _load(config, overrides).roles.oracle
 
@@ -426,6 +426,6 @@ def data_gold(
             console.print("gold: every pair already has an answer (0 model calls)")
             return
         oracle = load_backend(role, progress=sys.stderr.isatty())
-        build_gold(target, oracle, get_template(role.prompt or "oracle"), role_sampling(role), split, say=console.print)
+        build_gold(target, oracle, template_for("oracle", role.prompt), role_sampling(role), split, say=console.print)
 
     _data_step(step)

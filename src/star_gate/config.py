@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from star_gate.roles.prompts import TEMPLATES
+from star_gate.roles.prompts import DEFAULT_PROMPTS, TEMPLATES
 from star_gate.secrets import is_secret_name
 
 
@@ -111,7 +111,7 @@ class RoleplayerConfig(RoleConfig):
 
 
 class RolesConfig(Section):
-    questioner: RoleConfig = RoleConfig(prompt="questioner_fewshot", temperature=0.9, top_p=0.9)
+    questioner: RoleConfig = RoleConfig(prompt=DEFAULT_PROMPTS["questioner"], temperature=0.9, top_p=0.9)
     roleplayer: RoleplayerConfig = RoleplayerConfig(temperature=0.7, top_p=0.9)
     oracle: RoleConfig = RoleConfig(prompt="oracle", temperature=0.0, max_new_tokens=200)
     judge: RoleConfig = RoleConfig(prompt="judge", temperature=0.0, max_new_tokens=4)
@@ -342,7 +342,7 @@ class EvaluateConfig(Section):
         "persona (the frozen base model's, as in scoring) wins",
     )
     pointwise_prompt: str = Field(
-        "judge_pointwise", description="prompt template of the judge with judge_method pointwise"
+        DEFAULT_PROMPTS["judge_pointwise"], description="prompt template of the judge with judge_method pointwise"
     )
     persona_fit: bool = Field(
         True,
@@ -468,7 +468,7 @@ class RunConfig(Section):
 
     def questioner_prompt(self, trained: bool) -> str:
         """The prompt template of Q_0 (trained False) or of a fine-tuned Q_k (train.prompt)."""
-        base = self.roles.questioner.prompt or "questioner_fewshot"
+        base = self.roles.questioner.prompt or DEFAULT_PROMPTS["questioner"]
         return (self.train.prompt or base) if trained else base
 
     @property

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import ClassVar
 
 from star_gate.config import RoleplayerConfig, RunConfig
 from star_gate.data.records import Conversation, Pair, Persona
@@ -265,13 +264,11 @@ class Pipeline:
             )
         return build_preference_examples(preference_pairs(kept), pairs, template, tokenizer, cfg.max_length)
 
-    STAGE_METHODS: ClassVar[dict] = {
-        "simulate": simulate_stage, "score": score_stage, "select": select_stage,
-        "regularize": regularize_stage, "train": train_stage,
-    }
-
     def run_stage(self, iteration: int, stage: str) -> None:
-        self.STAGE_METHODS[stage](self, iteration)
+        """Run one of STAGES of this iteration (its method is named STAGE_stage)."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; choose from {list(STAGES)}")
+        getattr(self, f"{stage}_stage")(iteration)
 
     # -- evaluation -------------------------------------------------------------------------------
     def controls_stage(self) -> None:

@@ -19,7 +19,7 @@ from star_gate.roles.players import (
     Questioner,
     Roleplayer,
 )
-from star_gate.roles.prompts import get_template
+from star_gate.roles.prompts import get_template, template_for
 
 
 class Players:
@@ -83,19 +83,19 @@ class Players:
         params = role_sampling(role)
         backend = self.backend(role) if role.mode != "facts" else None
         if role.mode == "persona":
-            return PersonaRoleplayer(backend, get_template(role.prompt or "roleplayer_persona"), params)
+            return PersonaRoleplayer(backend, template_for("roleplayer_persona", role.prompt), params)
         if self.retriever is None:
             from star_gate.roles.grounding import FactRetriever
 
             self.retriever = FactRetriever(role.embedder)
-        template = get_template(role.prompt or "roleplayer_grounded")
+        template = template_for("roleplayer_grounded", role.prompt)
         return GroundedRoleplayer(
             backend, template, params, self.retriever, role.facts_per_answer, verbatim=role.mode == "facts"
         )
 
     def judge(self) -> Judge:
         role = self.config.roles.judge
-        template = get_template(role.prompt or "judge")
+        template = template_for("judge", role.prompt)
         evaluate = self.config.evaluate
         return Judge(
             self.backend(role), template, role_sampling(role), evaluate.judge_method,

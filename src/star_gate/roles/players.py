@@ -16,7 +16,7 @@ from star_gate.data.records import Conversation, Persona
 from star_gate.roles import views
 from star_gate.roles.answers import is_non_answer
 from star_gate.roles.grounding import FactRetriever, split_facts
-from star_gate.roles.prompts import PromptTemplate, get_template
+from star_gate.roles.prompts import PromptTemplate, template_for
 
 ANSWER_TEMPERATURE = 0.7  # for the extra samples of a final answer that was no answer
 
@@ -162,7 +162,7 @@ class Judge:
 
     def fit_scores(self, personas: Sequence[Persona], tasks: Sequence[str], answers: Sequence[str]) -> list[float]:
         """log p('Yes') - log p('No') after the pointwise prompt: how well one answer fits the persona."""
-        template = self.pointwise_template or get_template("judge_pointwise")
+        template = self.pointwise_template or template_for("judge_pointwise")
         chats = [views.judge_pointwise_chat(template, p, t, a) for p, t, a in zip(personas, tasks, answers)]
         return _contrast(self.backend, chats, "Yes", "No")
 

@@ -200,6 +200,22 @@ TEMPLATES: dict[str, PromptTemplate] = {
 }
 
 
+# The template each use takes when its role's config names none (prompt: "").
+DEFAULT_PROMPTS: dict[str, str] = {
+    "questioner": "questioner_fewshot",
+    "roleplayer_persona": "roleplayer_persona",
+    "roleplayer_grounded": "roleplayer_grounded",
+    "judge": "judge",
+    "judge_pointwise": "judge_pointwise",
+    "oracle": "oracle",
+}
+
+
+def template_for(use: str, configured: str = "") -> PromptTemplate:
+    """The template a config names for this use (a DEFAULT_PROMPTS key), or the use's default."""
+    return get_template(configured or DEFAULT_PROMPTS[use])
+
+
 def get_template(name: str) -> PromptTemplate:
     try:
         return TEMPLATES[name]
