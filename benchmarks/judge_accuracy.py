@@ -32,7 +32,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="bundled", help="dataset folder or 'bundled'")
     parser.add_argument("--splits", default="A,B", help="training splits to draw comparisons from")
-    parser.add_argument("--judge", default="bundled", help="judge model (local folder, hub id or 'bundled')")
+    parser.add_argument(
+        "--judge", default="bundled", help="judge model (local folder, hub id or 'bundled')"
+    )
     parser.add_argument("--judge-backend", default="transformers", choices=("transformers", "vllm"))
     parser.add_argument("--scorer", default="bundled", help="frozen base model for persona_fit")
     parser.add_argument("--device", default="auto")
@@ -54,37 +56,59 @@ def main() -> None:
 
     def backend(model: str, kind: str):
         if (model, kind) not in backends:
-            backends[model, kind] = load_backend(RoleConfig(model=model, backend=kind, device=args.device), progress=False)
+            backends[model, kind] = load_backend(
+                RoleConfig(model=model, backend=kind, device=args.device), progress=False
+            )
         return backends[model, kind]
 
     judge = None
     if any(m != "persona_fit" for m in methods):
         judge = Judge(
-            backend(args.judge, args.judge_backend), get_template(args.judge_prompt),
-            SamplingParams(temperature=0.0, max_new_tokens=4), "logprobs",
+            backend(args.judge, args.judge_backend),
+            get_template(args.judge_prompt),
+            SamplingParams(temperature=0.0, max_new_tokens=4),
+            "logprobs",
             pointwise_template=get_template(args.pointwise_prompt),
         )
     scorer = backend(args.scorer, "transformers") if "persona_fit" in methods else None
 
-    print(f"{len(comparisons)} labelled comparisons from splits {args.splits} of {args.data} (seed {args.seed}); "
-          f"judge {args.judge}, scorer {args.scorer}")
-    print(f"{'method':<12} {'accuracy':>16} {'n':>5} {'unreadable':>11} {'position bias':>14} {'secs':>6}")
+    print(
+        f"{len(comparisons)} labelled comparisons from splits {args.splits} of {args.data} (seed {args.seed}); "
+        f"judge {args.judge}, scorer {args.scorer}"
+    )
+    print(
+        f"{'method':<12} {'accuracy':>16} {'n':>5} {'unreadable':>11} {'position bias':>14} {'secs':>6}"
+    )
     results = []
     for method in methods:
         started = time.time()
         rate = judge_accuracy(comparisons, method, judge=judge, scorer=scorer, seed=args.seed)
         secs = time.time() - started
         bias = f"{rate.position_bias:.2f}" if math.isfinite(rate.position_bias) else "n/a"
-        print(f"{method:<12} {rate.mean:>8.3f} ± {rate.sem:<5.3f} {rate.count:>5} {rate.unreadable:>11} {bias:>14} {secs:>6.0f}")
-        results.append({
-            "method": method, "accuracy": rate.mean, "sem": rate.sem if math.isfinite(rate.sem) else None, "count": rate.count,
-            "unreadable": rate.unreadable,
-            "position_bias": rate.position_bias if math.isfinite(rate.position_bias) else None,
-            "seconds": round(secs, 1),
-        })
+        print(
+            f"{method:<12} {rate.mean:>8.3f} ± {rate.sem:<5.3f} {rate.count:>5} {rate.unreadable:>11} {bias:>14} {secs:>6.0f}"
+        )
+        results.append(
+            {
+                "method": method,
+                "accuracy": rate.mean,
+                "sem": rate.sem if math.isfinite(rate.sem) else None,
+                "count": rate.count,
+                "unreadable": rate.unreadable,
+                "position_bias": rate.position_bias if math.isfinite(rate.position_bias) else None,
+                "seconds": round(secs, 1),
+            }
+        )
     if args.json:
-        summary = {"data": args.data, "splits": args.splits, "judge": args.judge, "scorer": args.scorer,
-                   "count": len(comparisons), "seed": args.seed, "results": results}
+        summary = {
+            "data": args.data,
+            "splits": args.splits,
+            "judge": args.judge,
+            "scorer": args.scorer,
+            "count": len(comparisons),
+            "seed": args.seed,
+            "results": results,
+        }
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(summary, handle, indent=2)
         print(f"wrote {args.json}")

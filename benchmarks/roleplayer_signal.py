@@ -33,12 +33,18 @@ def main() -> None:
     controls = score_controls(pairs, pipeline.players.scorer())
     negative = {c.pair_id: c.logprob for c in controls if c.condition == "negative"}
     print(f"{len(pairs)} test pairs, {args.n} one-turn conversations each")
-    print(f"{'roleplayer':<10} {'gain vs negative':>20} {'best-of-n gain':>18} {'spread in pair':>15} {'secs':>6}")
+    print(
+        f"{'roleplayer':<10} {'gain vs negative':>20} {'best-of-n gain':>18} {'spread in pair':>15} {'secs':>6}"
+    )
     for mode in args.modes.split(","):
         # Same pipeline (models and retriever stay loaded); only the roleplayer mode changes.
-        pipeline.config = load_config(None, ["run_dir=/tmp/star-gate-roleplayer-signal", f"roles.roleplayer.mode={mode}"])
+        pipeline.config = load_config(
+            None, ["run_dir=/tmp/star-gate-roleplayer-signal", f"roles.roleplayer.mode={mode}"]
+        )
         started = time.time()
-        conversations = simulate(pairs, pipeline.players.questioner(), pipeline.players.roleplayer(), args.n, 1, seed=0)
+        conversations = simulate(
+            pairs, pipeline.players.questioner(), pipeline.players.roleplayer(), args.n, 1, seed=0
+        )
         scored = score_conversations(conversations, pairs, pipeline.players.scorer())
         by_pair = defaultdict(list)
         for c in scored:
@@ -48,7 +54,9 @@ def main() -> None:
         spread = statistics.fmean(statistics.pstdev(v) for v in by_pair.values())
         g, gs = mean_sem(gains)
         b, bs = mean_sem(best)
-        print(f"{mode:<10} {g:>+11.1f} ± {gs:<6.1f} {b:>+10.1f} ± {bs:<5.1f} {spread:>15.1f} {time.time() - started:>6.0f}")
+        print(
+            f"{mode:<10} {g:>+11.1f} ± {gs:<6.1f} {b:>+10.1f} ± {bs:<5.1f} {spread:>15.1f} {time.time() - started:>6.0f}"
+        )
 
 
 if __name__ == "__main__":

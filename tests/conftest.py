@@ -229,12 +229,16 @@ def write_dataset(folder: Path) -> Path:
     return folder
 
 
-def write_fake_config(folder: Path, dataset_dir: Path, extra: str = "", questioner_model: Path | None = None) -> Path:
+def write_fake_config(
+    folder: Path, dataset_dir: Path, extra: str = "", questioner_model: Path | None = None
+) -> Path:
     """A config file whose every role is served by the fake backend (no model loads).
 
     questioner_model names the model that training starts from (the fake backend ignores it)."""
     path = folder / "config.yaml"
-    questioner = f"{{backend: fake, model: {questioner_model}}}" if questioner_model else "{backend: fake}"
+    questioner = (
+        f"{{backend: fake, model: {questioner_model}}}" if questioner_model else "{backend: fake}"
+    )
     path.write_text(
         f"run_dir: {folder / 'run'}\n"
         f"data: {{path: {dataset_dir}}}\n"

@@ -36,11 +36,17 @@ def printed(function, *args) -> str:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("method, order", [("persona_fit", "random"), ("pointwise", "random"),
-                                           ("logprobs", "calibrated")])
-def test_pipeline_records_new_methods_and_persona_fit(method, order, fake_config_file, tmp_path, dataset_dir):
-    extra = (f"evaluate: {{conversations_per_pair: 2, judge_method: {method}, judge_order: {order}, "
-             "random_persona: false}\n")
+@pytest.mark.parametrize(
+    "method, order",
+    [("persona_fit", "random"), ("pointwise", "random"), ("logprobs", "calibrated")],
+)
+def test_pipeline_records_new_methods_and_persona_fit(
+    method, order, fake_config_file, tmp_path, dataset_dir
+):
+    extra = (
+        f"evaluate: {{conversations_per_pair: 2, judge_method: {method}, judge_order: {order}, "
+        "random_persona: false}\n"
+    )
     config = load_config(fake_config_file(tmp_path, dataset_dir, extra))
     with Pipeline(config, progress=False, checkpoints={1: "q1"}) as pipeline:
         pipeline.evaluate_checkpoints()
@@ -54,7 +60,9 @@ def test_pipeline_records_new_methods_and_persona_fit(method, order, fake_config
     assert rate.count == 4 and (math.isnan(rate.position_bias) == (order != "calibrated"))
     for k in (0, 1):  # every iteration's answers get their persona fit
         fits = results.answer_fits(k)
-        assert [f.pair_id for f in fits] == [c.pair_id for c in results.answers(k)] and len(fits) == 4
+        assert [f.pair_id for f in fits] == [c.pair_id for c in results.answers(k)] and len(
+            fits
+        ) == 4
         assert all(f.unit == "words" and f.length > 0 for f in fits)
     gain = results.persona_fit_gain(1)
     assert gain.count == 4 and math.isfinite(gain.mean)
@@ -85,18 +93,42 @@ def test_shares_and_paired_fit_from_records(fake_config_file, tmp_path, dataset_
         return Conversation(pair[0], pair[1], s, 1, logprob=logprob, response=response)
 
     pairs = [("t5", "p5"), ("t6", "p6")]
-    texts = {0: ["What do you like to read?", "Read a novel about the sea tonight."],
-             1: ["Read a novel about the sea tonight.", "Try a long walk along the river."]}
+    texts = {
+        0: ["What do you like to read?", "Read a novel about the sea tonight."],
+        1: ["Read a novel about the sea tonight.", "Try a long walk along the river."],
+    }
     for k in (0, 1):
-        run.write_records(f"eval/iter_{k}", f"eval/iter_{k}_scored.jsonl",
-                          [conversation(p, 0, None) for p in pairs])
-        run.write_records(f"eval/iter_{k}/answers", f"eval/iter_{k}_answers.jsonl",
-                          [conversation(p, s, texts[k][s]) for p in pairs for s in (0, 1)])
-        fits = [AnswerFit(p[0], p[1], s, 1, 0.0, 0.0, 1, "tokens", fit=0.1 * k + 0.01 * s + (0.2 if p == pairs[1] else 0))
-                for p in pairs for s in (0, 1)]
+        run.write_records(
+            f"eval/iter_{k}",
+            f"eval/iter_{k}_scored.jsonl",
+            [conversation(p, 0, None) for p in pairs],
+        )
+        run.write_records(
+            f"eval/iter_{k}/answers",
+            f"eval/iter_{k}_answers.jsonl",
+            [conversation(p, s, texts[k][s]) for p in pairs for s in (0, 1)],
+        )
+        fits = [
+            AnswerFit(
+                p[0],
+                p[1],
+                s,
+                1,
+                0.0,
+                0.0,
+                1,
+                "tokens",
+                fit=0.1 * k + 0.01 * s + (0.2 if p == pairs[1] else 0),
+            )
+            for p in pairs
+            for s in (0, 1)
+        ]
         run.write_records(f"eval/iter_{k}/persona_fit", f"eval/iter_{k}_persona_fit.jsonl", fits)
-    run.write_records("iter_1/regularize", "iter_1/regularized.jsonl",
-                      [conversation(pairs[0], 0, "Sure?"), conversation(pairs[1], 0, "Read it now, please.")])
+    run.write_records(
+        "iter_1/regularize",
+        "iter_1/regularized.jsonl",
+        [conversation(pairs[0], 0, "Sure?"), conversation(pairs[1], 0, "Read it now, please.")],
+    )
     results = RunResults(run.root)
     assert results.non_answers(0).mean == 0.5 and results.non_answers(0).count == 4
     assert results.non_answers(1).mean == 0.0
@@ -105,16 +137,26 @@ def test_shares_and_paired_fit_from_records(fake_config_file, tmp_path, dataset_
     assert gain.mean == pytest.approx(0.1) and gain.sem == pytest.approx(0.0) and gain.count == 2
     assert results.persona_fit(0).mean == pytest.approx(0.105)  # pair means 0.005 and 0.205
     table = printed(cli.print_answer_table, results)
-    assert "50% ± " in table and "regularization answers that are no answer: iter_1 (by Q_0) 50%" in table
+    assert (
+        "50% ± " in table
+        and "regularization answers that are no answer: iter_1 (by Q_0) 50%" in table
+    )
 
 
-def test_answer_prompt_is_used_for_final_answers_only(fake_config_file, tmp_path, dataset_dir, recording, dataset):
+def test_answer_prompt_is_used_for_final_answers_only(
+    fake_config_file, tmp_path, dataset_dir, recording, dataset
+):
     pair = dataset.pairs("A")[0]
-    conversation = Conversation(pair.task.task_id, pair.persona.persona_id, 0, 1).with_turn(
-        "questioner", "What do you like?").with_turn("roleplayer", "I like the sea.")
+    conversation = (
+        Conversation(pair.task.task_id, pair.persona.persona_id, 0, 1)
+        .with_turn("questioner", "What do you like?")
+        .with_turn("roleplayer", "I like the sea.")
+    )
     systems = {}
     for answer_prompt in ("", "questioner_answer"):
-        config = load_config(fake_config_file(tmp_path, dataset_dir), [f"regularize.answer_prompt='{answer_prompt}'"])
+        config = load_config(
+            fake_config_file(tmp_path, dataset_dir), [f"regularize.answer_prompt='{answer_prompt}'"]
+        )
         questioner = Players(config).questioner()
         questioner.backend = recording(questioner.backend)
         questioner.respond([pair.task.text], [conversation], max_new_tokens=20)
@@ -156,7 +198,9 @@ def _with_persona_content(dataset):
     """Gold answers that differ by what fits the person (not only by the name they open with)."""
     for (task_id, persona_id), gold in dataset.gold.items():
         love = _love(dataset.personas[persona_id].description)
-        dataset.gold[task_id, persona_id] = dataclasses.replace(gold, text=f"{gold.text} Enjoy {love}.")
+        dataset.gold[task_id, persona_id] = dataclasses.replace(
+            gold, text=f"{gold.text} Enjoy {love}."
+        )
     return dataset
 
 
@@ -165,27 +209,37 @@ def test_labelled_judge_set_takes_the_names_out(dataset):
     assert comparisons == []  # the fixture's golds differ only by the name: nothing left to judge
     comparisons = labelled_comparisons(_with_persona_content(dataset), count=72, seed=0)
     names = [p.name.split()[0] for p in dataset.personas.values()]
-    assert comparisons and not any(n in c.fitting or n in c.other for c in comparisons for n in names)
+    assert comparisons and not any(
+        n in c.fitting or n in c.other for c in comparisons for n in names
+    )
 
 
 def test_labelled_judge_set_and_accuracy(dataset):
     comparisons = labelled_comparisons(_with_persona_content(dataset), count=72, seed=0)
     assert len(comparisons) == 8  # 2 tasks x 2 personas x 1 other persona, in A and in B
-    assert all(c.persona.persona_id != c.other_persona_id and c.fitting != c.other for c in comparisons)
+    assert all(
+        c.persona.persona_id != c.other_persona_id and c.fitting != c.other for c in comparisons
+    )
     assert {c.task.task_id for c in comparisons} <= {"t1", "t2", "t3", "t4"}  # never the test split
-    assert labelled_comparisons(dataset, count=3, seed=1) == labelled_comparisons(dataset, count=3, seed=1)
+    assert labelled_comparisons(dataset, count=3, seed=1) == labelled_comparisons(
+        dataset, count=3, seed=1
+    )
     with pytest.raises(ValueError, match="never the test split"):
         labelled_comparisons(dataset, ("A", "test"))
     judge = Judge(LoveJudge(), get_template("judge"), SamplingParams(temperature=0.0), "logprobs")
     one_order = judge_accuracy(comparisons, "logprobs", judge=judge, seed=0)
     assert one_order.position_bias == 1.0 and one_order.count == 8
-    assert one_order.mean == sum(o == "contender" for o in _firsts(comparisons, judge)) / 8  # follows position
+    assert (
+        one_order.mean == sum(o == "contender" for o in _firsts(comparisons, judge)) / 8
+    )  # follows position
     calibrated = judge_accuracy(comparisons, "calibrated", judge=judge)
     assert calibrated.mean == 1.0 and calibrated.position_bias == 1.0
     pointwise = judge_accuracy(comparisons, "pointwise", judge=judge)
     assert pointwise.mean == 1.0 and math.isnan(pointwise.position_bias)
     fit = judge_accuracy(comparisons, "persona_fit", scorer=FakeBackend())
-    assert fit.mean == 1.0 and math.isnan(fit.position_bias)  # the fitting gold shares the persona's words
+    assert fit.mean == 1.0 and math.isnan(
+        fit.position_bias
+    )  # the fitting gold shares the persona's words
     with pytest.raises(ValueError, match="unknown method"):
         judge_accuracy(comparisons, "vibes", judge=judge)
 

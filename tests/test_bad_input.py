@@ -55,14 +55,6 @@ def assert_refused(result, run_dir: Path, *expected: str) -> None:
 # -- bad data ------------------------------------------------------------------------------------
 
 
-
-
-
-
-
-
-
-
 def replace_with_folder(name: str):
     def mutate(folder: Path) -> None:
         (folder / name).unlink()
@@ -165,7 +157,9 @@ BAD_DATA = {
 
 
 @pytest.mark.parametrize("case", list(BAD_DATA))
-def test_bad_data_exits_2_naming_file_line_and_field(fake_config_file, case, run_cli, tmp_path, dataset_dir):
+def test_bad_data_exits_2_naming_file_line_and_field(
+    fake_config_file, case, run_cli, tmp_path, dataset_dir
+):
     mutate, expected = BAD_DATA[case]
     mutate(dataset_dir)
     before = files_under(dataset_dir)
@@ -259,7 +253,9 @@ BAD_CONFIG = {
 
 
 @pytest.mark.parametrize("case", list(BAD_CONFIG))
-def test_impossible_settings_exit_2_with_one_sentence(fake_config_file, case, run_cli, tmp_path, dataset_dir):
+def test_impossible_settings_exit_2_with_one_sentence(
+    fake_config_file, case, run_cli, tmp_path, dataset_dir
+):
     extra, overrides, expected = BAD_CONFIG[case]
     result = run_cli("run", fake_config_file(tmp_path, dataset_dir, extra), *overrides)
     assert_refused(result, tmp_path / "run", *expected)

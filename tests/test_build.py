@@ -42,7 +42,20 @@ SEEDS = [
     Persona("s2", "Kofi Mensah", "My name is Kofi Mensah and I am 52 years old. I farm cocoa."),
     Persona("s3", "Mei Lin", "My name is Mei Lin and I am 19 years old. I study dance."),
 ]
-PEOPLE = ["Rosa", "Tariq", "Ines", "Bram", "Yuki", "Olu", "Sven", "Priya", "Lena", "Omar", "Nia", "Hugo"]
+PEOPLE = [
+    "Rosa",
+    "Tariq",
+    "Ines",
+    "Bram",
+    "Yuki",
+    "Olu",
+    "Sven",
+    "Priya",
+    "Lena",
+    "Omar",
+    "Nia",
+    "Hugo",
+]
 
 
 class ScriptedOracle:
@@ -67,7 +80,9 @@ class ScriptedOracle:
                 self.empty_gold -= 1
                 out.append(["   "])
             else:
-                out.append([f"For you: an answer to '{request}' shaped by {chat[0]['content'][-30:]}"])
+                out.append(
+                    [f"For you: an answer to '{request}' shaped by {chat[0]['content'][-30:]}"]
+                )
         return out
 
     def _person(self, request: str) -> str:
@@ -75,7 +90,9 @@ class ScriptedOracle:
             self.copy_first -= 1
             return request.split("Example 1:\n")[1].split("\n")[0] + " " + " ".join(["more"] * 30)
         name = next(self.people)
-        habits = " ".join(f"{name.lower()}{i}" for i in range(30))  # distinct words: no near-duplicates
+        habits = " ".join(
+            f"{name.lower()}{i}" for i in range(30)
+        )  # distinct words: no near-duplicates
         return f"My name is {name} Quill and I am {20 + len(name)} years old. My habits: {habits}."
 
 
@@ -87,7 +104,9 @@ def write_requests(path, rows, key="prompt"):
 @pytest.fixture
 def folder(tmp_path):
     built = DatasetFolder(tmp_path / "built")
-    build_tasks(built, REQUESTS, {"A": 2, "B": 2, "test": 1}, seed=0, source="inline", say=lambda _: None)
+    build_tasks(
+        built, REQUESTS, {"A": 2, "B": 2, "test": 1}, seed=0, source="inline", say=lambda _: None
+    )
     return built
 
 
@@ -97,7 +116,11 @@ def params():
 
 def test_dedupe_drops_empty_and_near_duplicates_and_stops_when_enough():
     kept, dropped = dedupe(REQUESTS, wanted=3)
-    assert kept == ["Recommend me a book.", "What should I cook tonight?", "Plan a weekend trip for me."]
+    assert kept == [
+        "Recommend me a book.",
+        "What should I cook tonight?",
+        "Plan a weekend trip for me.",
+    ]
     assert dropped == 2
 
 
@@ -149,7 +172,9 @@ def test_tasks_are_split_disjointly_and_a_rerun_is_a_no_op(folder):
     assert sorted(i for spec in splits.values() for i in spec["tasks"]) == sorted(tasks)
     assert folder.build["tasks"]["dropped"] == 2
     before = folder.file("tasks.jsonl").read_text(encoding="utf-8")
-    build_tasks(folder, REQUESTS, {"A": 2, "B": 2, "test": 1}, seed=0, source="inline", say=lambda _: None)
+    build_tasks(
+        folder, REQUESTS, {"A": 2, "B": 2, "test": 1}, seed=0, source="inline", say=lambda _: None
+    )
     assert folder.file("tasks.jsonl").read_text(encoding="utf-8") == before
     with pytest.raises(DataError, match="other settings"):
         build_tasks(folder, REQUESTS, {"A": 2, "B": 2, "test": 1}, seed=1, source="inline")
@@ -157,17 +182,32 @@ def test_tasks_are_split_disjointly_and_a_rerun_is_a_no_op(folder):
 
 def test_too_few_distinct_requests(tmp_path):
     with pytest.raises(DataError, match="only 6 distinct requests, but the splits need 9"):
-        build_tasks(DatasetFolder(tmp_path), REQUESTS, {"A": 3, "B": 3, "test": 3}, seed=0, source="r")
+        build_tasks(
+            DatasetFolder(tmp_path), REQUESTS, {"A": 3, "B": 3, "test": 3}, seed=0, source="r"
+        )
 
 
 def test_each_persona_call_shows_two_seed_personas_and_copies_are_rejected(folder):
     oracle = ScriptedOracle(copy_first=2)
-    result = build_personas(folder, oracle, get_template("persona_writer"), SEEDS,
-                            {"A": 2, "B": 2, "test": 1}, params(), say=lambda _: None)
+    result = build_personas(
+        folder,
+        oracle,
+        get_template("persona_writer"),
+        SEEDS,
+        {"A": 2, "B": 2, "test": 1},
+        params(),
+        say=lambda _: None,
+    )
     personas = folder.personas()
     assert result.added == 5 and len(personas) == 5
     assert oracle.prompts == 7  # two retold examples were rejected and retried
-    assert [p.name for p in personas.values()] == ["Rosa Quill", "Tariq Quill", "Ines Quill", "Bram Quill", "Yuki Quill"]
+    assert [p.name for p in personas.values()] == [
+        "Rosa Quill",
+        "Tariq Quill",
+        "Ines Quill",
+        "Bram Quill",
+        "Yuki Quill",
+    ]
     splits = folder.splits()
     assert sorted(i for spec in splits.values() for i in spec["personas"]) == sorted(personas)
     assert folder.build["personas"]["attempts"] == 7
@@ -175,8 +215,15 @@ def test_each_persona_call_shows_two_seed_personas_and_copies_are_rejected(folde
 
 def test_persona_prompt_holds_two_different_seeds(folder, recording):
     oracle = recording(ScriptedOracle())
-    build_personas(folder, oracle, get_template("persona_writer"), SEEDS, {"A": 2, "B": 2, "test": 1},
-                   params(), say=lambda _: None)
+    build_personas(
+        folder,
+        oracle,
+        get_template("persona_writer"),
+        SEEDS,
+        {"A": 2, "B": 2, "test": 1},
+        params(),
+        say=lambda _: None,
+    )
     for _, chats, _ in oracle.calls:
         for chat in chats:
             shown = [s.name for s in SEEDS if s.description in chat[-1]["content"]]
@@ -184,10 +231,19 @@ def test_persona_prompt_holds_two_different_seeds(folder, recording):
 
 
 def test_gold_for_every_pair_then_the_folder_loads(folder):
-    build_personas(folder, ScriptedOracle(), get_template("persona_writer"), SEEDS,
-                   {"A": 2, "B": 2, "test": 1}, params(), say=lambda _: None)
+    build_personas(
+        folder,
+        ScriptedOracle(),
+        get_template("persona_writer"),
+        SEEDS,
+        {"A": 2, "B": 2, "test": 1},
+        params(),
+        say=lambda _: None,
+    )
     oracle = ScriptedOracle()
-    result = build_gold(folder, oracle, get_template("oracle"), params(), chunk=3, say=lambda _: None)
+    result = build_gold(
+        folder, oracle, get_template("oracle"), params(), chunk=3, say=lambda _: None
+    )
     assert result.calls == oracle.prompts == 2 * 2 + 2 * 2 + 1 * 1
     dataset = load_dataset(folder.root)
     assert len(dataset.gold) == 9 and all(g.oracle == "scripted" for g in dataset.gold.values())
@@ -196,13 +252,22 @@ def test_gold_for_every_pair_then_the_folder_loads(folder):
     pair = dataset.pairs("test")[0]
     assert pair.task.text in pair.gold.text
     again = ScriptedOracle()
-    assert build_gold(folder, again, get_template("oracle"), params(), say=lambda _: None).calls == 0
+    assert (
+        build_gold(folder, again, get_template("oracle"), params(), say=lambda _: None).calls == 0
+    )
     assert again.prompts == 0
 
 
 def test_gold_resumes_after_a_crash_without_repeating_calls(folder):
-    build_personas(folder, ScriptedOracle(), get_template("persona_writer"), SEEDS,
-                   {"A": 2, "B": 2, "test": 1}, params(), say=lambda _: None)
+    build_personas(
+        folder,
+        ScriptedOracle(),
+        get_template("persona_writer"),
+        SEEDS,
+        {"A": 2, "B": 2, "test": 1},
+        params(),
+        say=lambda _: None,
+    )
 
     class Crashing(ScriptedOracle):
         def generate(self, chats, params):
@@ -211,7 +276,9 @@ def test_gold_resumes_after_a_crash_without_repeating_calls(folder):
             return super().generate(chats, params)
 
     with pytest.raises(KeyboardInterrupt):
-        build_gold(folder, Crashing(), get_template("oracle"), params(), chunk=2, say=lambda _: None)
+        build_gold(
+            folder, Crashing(), get_template("oracle"), params(), chunk=2, say=lambda _: None
+        )
     assert len(folder.gold()) == 4  # two whole chunks were saved
     rest = ScriptedOracle()
     build_gold(folder, rest, get_template("oracle"), params(), chunk=2, say=lambda _: None)
@@ -219,9 +286,18 @@ def test_gold_resumes_after_a_crash_without_repeating_calls(folder):
 
 
 def test_empty_gold_answers_stay_pending(folder):
-    build_personas(folder, ScriptedOracle(), get_template("persona_writer"), SEEDS,
-                   {"A": 2, "B": 2, "test": 1}, params(), say=lambda _: None)
-    result = build_gold(folder, ScriptedOracle(empty_gold=2), get_template("oracle"), params(), say=lambda _: None)
+    build_personas(
+        folder,
+        ScriptedOracle(),
+        get_template("persona_writer"),
+        SEEDS,
+        {"A": 2, "B": 2, "test": 1},
+        params(),
+        say=lambda _: None,
+    )
+    result = build_gold(
+        folder, ScriptedOracle(empty_gold=2), get_template("oracle"), params(), say=lambda _: None
+    )
     assert result.added == 7 and len(plan_gold(folder)) == 2
 
 
@@ -236,7 +312,9 @@ def test_steps_out_of_order_are_refused_before_any_model_loads(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["data", "gold", str(tmp_path / "nothing")])
     assert result.exit_code == 2
-    result = runner.invoke(app, ["data", "personas", str(tmp_path / "nothing"), "roles.oracle.model=/no/such/model"])
+    result = runner.invoke(
+        app, ["data", "personas", str(tmp_path / "nothing"), "roles.oracle.model=/no/such/model"]
+    )
     assert result.exit_code == 2 and "run `star-gate data tasks` first" in result.output
 
 
@@ -244,12 +322,36 @@ def test_cli_tasks_prints_the_call_count_and_refuses_bad_sizes(tmp_path):
     source = write_requests(tmp_path / "r.jsonl", REQUESTS)
     runner = CliRunner()
     out = tmp_path / "out"
-    result = runner.invoke(app, ["data", "tasks", str(out), "--source", str(source), "--column", "prompt",
-                                 "--splits", "A=2,B=2,test=1"])
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "tasks",
+            str(out),
+            "--source",
+            str(source),
+            "--column",
+            "prompt",
+            "--splits",
+            "A=2,B=2,test=1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "0 model calls" in result.output
-    bad = runner.invoke(app, ["data", "tasks", str(tmp_path / "o2"), "--source", str(source), "--column",
-                              "prompt", "--splits", "A=two"])
+    bad = runner.invoke(
+        app,
+        [
+            "data",
+            "tasks",
+            str(tmp_path / "o2"),
+            "--source",
+            str(source),
+            "--column",
+            "prompt",
+            "--splits",
+            "A=two",
+        ],
+    )
     assert bad.exit_code == 2 and "NAME=COUNT" in bad.output
     assert not (tmp_path / "o2").exists()
 
@@ -261,15 +363,34 @@ def test_extract_keeps_the_request_inside_each_row(tmp_path):
     pattern = r"Human:\s*(.*?)\s*Assistant:"
     assert extract_requests(rows[:2], pattern) == ["Recommend me a book.", ""]
     folder = DatasetFolder(tmp_path / "d")
-    build_tasks(folder, rows, {"A": 2, "B": 2, "test": 1}, seed=0, source="inline", say=lambda _: None,
-                extract=pattern)
+    build_tasks(
+        folder,
+        rows,
+        {"A": 2, "B": 2, "test": 1},
+        seed=0,
+        source="inline",
+        say=lambda _: None,
+        extract=pattern,
+    )
     assert sorted(t.text for t in folder.tasks().values()) == sorted(dedupe(REQUESTS, 5)[0])
     assert folder.build["tasks"]["extract"] == pattern
     assert folder.build["tasks"]["dropped"] == 2  # the near-duplicate and the row without a match
 
 
 def test_cli_refuses_a_bad_extract_pattern_before_reading(tmp_path):
-    result = CliRunner().invoke(app, ["data", "tasks", str(tmp_path / "d"), "--source", "owner/never-read",
-                                      "--extract", "Human:(", "--splits", "A=1"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "tasks",
+            str(tmp_path / "d"),
+            "--source",
+            "owner/never-read",
+            "--extract",
+            "Human:(",
+            "--splits",
+            "A=1",
+        ],
+    )
     assert result.exit_code == 2 and "not a valid regular expression" in result.output
     assert not (tmp_path / "d").exists()

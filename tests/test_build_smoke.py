@@ -24,7 +24,12 @@ REQUESTS = [
 
 def star_gate(*args: str) -> subprocess.CompletedProcess:
     done = subprocess.run(
-        [*star_gate_command(), *args], check=False, capture_output=True, text=True, timeout=900, env=ENV
+        [*star_gate_command(), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=ENV,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return done
@@ -33,14 +38,28 @@ def star_gate(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_dataset_built_from_scratch_runs_one_iteration(tmp_path):
     source = tmp_path / "requests.jsonl"
-    source.write_text("".join(json.dumps({"request": r}) + "\n" for r in REQUESTS), encoding="utf-8")
+    source.write_text(
+        "".join(json.dumps({"request": r}) + "\n" for r in REQUESTS), encoding="utf-8"
+    )
     folder = tmp_path / "dataset"
     sizes = "A=2,B=1,test=1"
     persona_sizes = "A=2,B=1,test=2"  # two test personas: the random-persona condition needs them
 
-    tasks = star_gate("data", "tasks", str(folder), "--source", str(source), "--column", "request", "--splits", sizes)
+    tasks = star_gate(
+        "data",
+        "tasks",
+        str(folder),
+        "--source",
+        str(source),
+        "--column",
+        "request",
+        "--splits",
+        sizes,
+    )
     assert "0 model calls" in tasks.stdout and "dropped 1" in tasks.stdout
-    personas = star_gate("data", "personas", str(folder), "--splits", persona_sizes, "--max-new-tokens", "128")
+    personas = star_gate(
+        "data", "personas", str(folder), "--splits", persona_sizes, "--max-new-tokens", "128"
+    )
     assert "5 model calls planned" in personas.stdout
     gold = star_gate("data", "gold", str(folder), "roles.oracle.max_new_tokens=96")
     assert "7 model calls" in gold.stdout  # 2x2 + 1x1 + 1x2 pairs

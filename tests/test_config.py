@@ -172,10 +172,16 @@ def test_shipped_configs_keep_unset_role_defaults(path):
 
 
 def test_a_config_can_start_from_a_base(tmp_path):
-    (tmp_path / "base.yaml").write_text("seed: 3\nsimulate: {max_turns: 2, conversations_per_pair: 5}\n")
+    (tmp_path / "base.yaml").write_text(
+        "seed: 3\nsimulate: {max_turns: 2, conversations_per_pair: 5}\n"
+    )
     (tmp_path / "child.yaml").write_text("base: base.yaml\nsimulate: {max_turns: 4}\n")
     config = load_config(tmp_path / "child.yaml", ["seed=4"])
-    assert (config.seed, config.simulate.max_turns, config.simulate.conversations_per_pair) == (4, 4, 5)
+    assert (config.seed, config.simulate.max_turns, config.simulate.conversations_per_pair) == (
+        4,
+        4,
+        5,
+    )
     (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
     with pytest.raises(ConfigError, match="loops back"):
         load_config(tmp_path / "loop.yaml")
@@ -241,12 +247,32 @@ def test_paper_config_holds_the_papers_settings():
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / "paper.yaml")
     train, distributed = config.train, config.train.distributed
     assert config.iterations == 3 and config.simulate.conversations_per_pair == 10
-    assert config.simulate.max_turns == 3 and config.select.top_k == 1 and config.regularize.mode == "policy"
-    assert (train.learning_rate, train.epochs, train.scheduler, train.warmup_ratio) == (2e-5, 1, "cosine", 0.1)
-    assert (train.max_length, train.validation_fraction, train.bf16, train.lora.enabled) == (1024, 0.05, True, False)
+    assert (
+        config.simulate.max_turns == 3
+        and config.select.top_k == 1
+        and config.regularize.mode == "policy"
+    )
+    assert (train.learning_rate, train.epochs, train.scheduler, train.warmup_ratio) == (
+        2e-5,
+        1,
+        "cosine",
+        0.1,
+    )
+    assert (train.max_length, train.validation_fraction, train.bf16, train.lora.enabled) == (
+        1024,
+        0.05,
+        True,
+        False,
+    )
     assert train.batch_size * train.gradient_accumulation * distributed.num_processes == 256
     assert (config.roles.questioner.temperature, config.roles.questioner.top_p) == (0.9, 0.9)
-    assert "Mistral-7B" in config.roles.questioner.model and "Mixtral-8x7B" in config.roles.roleplayer.model
+    assert (
+        "Mistral-7B" in config.roles.questioner.model
+        and "Mixtral-8x7B" in config.roles.roleplayer.model
+    )
     assert config.roles.oracle.model == config.roles.judge.model == "gpt-4-0613"
-    assert config.evaluate.judged_conversations_per_pair == 1 and config.evaluate.judge_order == "random"
+    assert (
+        config.evaluate.judged_conversations_per_pair == 1
+        and config.evaluate.judge_order == "random"
+    )
     assert config.evaluate.conversations_per_pair == 10 and config.evaluate.random_persona

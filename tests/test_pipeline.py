@@ -90,7 +90,12 @@ def test_one_iteration_on_the_fake_backend(fake_pipeline):
         ("t6", "p6"),
     }
     rows = p.eval_table()
-    assert [r.label for r in rows] == ["negative control", "positive control", "Q_0 conversations", "Q_0 random persona"]
+    assert [r.label for r in rows] == [
+        "negative control",
+        "positive control",
+        "Q_0 conversations",
+        "Q_0 random persona",
+    ]
     assert [r.count for r in rows] == [4, 4, 8, 8]
     assert all(math.isfinite(r.mean) and math.isfinite(r.sem) for r in rows)
 
@@ -130,7 +135,9 @@ def test_each_stage_uses_the_right_model(tmp_path, dataset_dir, tiny_dir, monkey
         p.run_stage(iteration, "simulate")
         assert calls(policy)["generate"] > before[0]["generate"]
         p.run_stage(iteration, "score")
-        assert calls(base)["logprobs"] == before[1]["logprobs"] + 2  # one batched call per chunk of 3 pairs
+        assert (
+            calls(base)["logprobs"] == before[1]["logprobs"] + 2
+        )  # one batched call per chunk of 3 pairs
         p.run_stage(iteration, "select")
         middle = calls(policy)["generate"]
         p.run_stage(iteration, "regularize")
@@ -217,7 +224,11 @@ def test_unknown_split_is_refused_before_any_model(tmp_path, dataset_dir):
 def test_limits_keep_the_first_tasks_and_personas(tmp_path, dataset_dir):
     p = Pipeline(
         fake_config(
-            tmp_path / "run", dataset_dir, "data.max_tasks=1", "data.max_personas=1", "evaluate.random_persona=false"
+            tmp_path / "run",
+            dataset_dir,
+            "data.max_tasks=1",
+            "data.max_personas=1",
+            "evaluate.random_persona=false",
         ),
         progress=False,
     )

@@ -28,13 +28,23 @@ def tiny_config(run_dir: Path, tiny_dir: Path, data_dir: Path, engine: str) -> R
     """One iteration with the tiny model as questioner, scorer and judge; one pair per chunk, so
     that both workers get chunks of every stage, and a short context, so that they count
     truncated prompts."""
-    model = {"model": str(tiny_dir), "device": "cpu", "max_new_tokens": 6, "batch_size": 8, "max_context": 160}
+    model = {
+        "model": str(tiny_dir),
+        "device": "cpu",
+        "max_new_tokens": 6,
+        "batch_size": 8,
+        "max_context": 160,
+    }
     return RunConfig.model_validate(
         {
             "run_dir": str(run_dir),
             "iterations": 1,
             "data": {"path": str(data_dir)},
-            "roles": {"questioner": model, "roleplayer": {"backend": "fake", "mode": "persona"}, "judge": model},
+            "roles": {
+                "questioner": model,
+                "roleplayer": {"backend": "fake", "mode": "persona"},
+                "judge": model,
+            },
             "simulate": {"conversations_per_pair": 2, "max_turns": 2, "chunk_pairs": 1},
             "regularize": {"max_new_tokens": 6},
             "train": {"batch_size": 2, "learning_rate": 1.0e-3, "validation_fraction": 0.0},
@@ -53,7 +63,10 @@ def manifest_counts(run_dir: Path) -> tuple[dict, dict]:
     run's totals."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
     times = ("finished", "train_seconds")
-    stages = {key: {k: v for k, v in entry.items() if k not in times} for key, entry in manifest["stages"].items()}
+    stages = {
+        key: {k: v for k, v in entry.items() if k not in times}
+        for key, entry in manifest["stages"].items()
+    }
     return stages, manifest["totals"]
 
 
@@ -72,7 +85,9 @@ def ray_jobs(monkeypatch):
 
 
 # First in this module, while no Ray instance runs here: the pipeline must start its own.
-def test_a_stage_command_starts_and_stops_its_own_local_ray(tmp_path, dataset_dir, fake_config_file):
+def test_a_stage_command_starts_and_stops_its_own_local_ray(
+    tmp_path, dataset_dir, fake_config_file
+):
     ray = pytest.importorskip("ray")
     if ray.is_initialized():
         pytest.skip("a Ray instance already runs in this process")
@@ -96,7 +111,9 @@ def local_ray():
     ray.shutdown()
 
 
-def test_ray_run_gives_the_records_of_a_one_process_run(local_ray, tmp_path, tiny_dir, dataset_factory, ray_jobs):
+def test_ray_run_gives_the_records_of_a_one_process_run(
+    local_ray, tmp_path, tiny_dir, dataset_factory, ray_jobs
+):
     data = dataset_factory(tmp_path / "data")
     runs = {engine: tmp_path / engine for engine in ("none", "ray")}
     for engine, run_dir in runs.items():
@@ -105,12 +122,17 @@ def test_ray_run_gives_the_records_of_a_one_process_run(local_ray, tmp_path, tin
     assert ray_jobs and max(len(jobs) for jobs in ray_jobs) == 4  # four chunks at once on 2 workers
 
     one, many = records_files(runs["none"]), records_files(runs["ray"])
-    assert "iter_1/conversations.jsonl.chunks/0003.jsonl" in one and "eval/iter_1_judge.jsonl" in one
+    assert (
+        "iter_1/conversations.jsonl.chunks/0003.jsonl" in one and "eval/iter_1_judge.jsonl" in one
+    )
     assert one.keys() == many.keys()
     assert [name for name in one if one[name] != many[name]] == []  # byte for byte
     stages, totals = manifest_counts(runs["ray"])
     assert (stages, totals) == manifest_counts(runs["none"])
-    assert stages["iter_1/simulate/chunk_0003"]["truncated_prompts"] > 0 and totals["truncated_prompts"] > 0
+    assert (
+        stages["iter_1/simulate/chunk_0003"]["truncated_prompts"] > 0
+        and totals["truncated_prompts"] > 0
+    )
     assert local_ray.is_initialized()  # the instance it joined is left running
 
 
@@ -135,13 +157,19 @@ def test_a_crashed_run_resumes_on_ray_computing_only_the_missing_chunks(
         resumed.simulate_stage(1)  # finished: no job at all
     assert ray_jobs == [[2, 3]]
     merged = resumed.run.records("iter_1/simulate", Conversation.from_json)
-    assert merged == Pipeline(reference, progress=False).run.records("iter_1/simulate", Conversation.from_json)
+    assert merged == Pipeline(reference, progress=False).run.records(
+        "iter_1/simulate", Conversation.from_json
+    )
 
 
-def test_engine_ray_without_the_ray_package_is_a_config_error(tmp_path, dataset_dir, fake_config_file, monkeypatch):
+def test_engine_ray_without_the_ray_package_is_a_config_error(
+    tmp_path, dataset_dir, fake_config_file, monkeypatch
+):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real_find_spec(name, *a)
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "ray" else real_find_spec(name, *a),
     )
     result = invoke("run", fake_config_file(tmp_path, dataset_dir), "parallel.engine=ray")
     assert result.exit_code == 2

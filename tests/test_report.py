@@ -26,7 +26,9 @@ def test_every_condition_and_judgement_is_recorded(results):
         true, other = results.scored(k), results.scored(k, "random")
         assert len(true) == len(other) == 4  # 4 test pairs x 1 conversation
         # same pairs, same conversation lengths (shared random stream), different acting persona
-        assert [(c.pair_id, c.target_turns) for c in true] == [(c.pair_id, c.target_turns) for c in other]
+        assert [(c.pair_id, c.target_turns) for c in true] == [
+            (c.pair_id, c.target_turns) for c in other
+        ]
         assert all(c.roleplayer_persona_id == c.persona_id for c in true)
         assert all(c.roleplayer_persona_id != c.persona_id for c in other)
         assert all(c.response is not None for c in results.answers(k))
@@ -76,8 +78,17 @@ def test_eval_alone_on_another_runs_checkpoints(tiny_run, tmp_path):
     eval_config = config.model_copy(update={"run_dir": str(tmp_path / "eval-run")})
     config_file.write_text(config_to_yaml(eval_config), encoding="utf-8")
     runner = CliRunner()
-    result = runner.invoke(app, ["eval", str(config_file), "--from", config.run_dir,
-                                 "evaluate.response_model_ablation=true", "evaluate.judge_order=counterbalanced"])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            str(config_file),
+            "--from",
+            config.run_dir,
+            "evaluate.response_model_ablation=true",
+            "evaluate.judge_order=counterbalanced",
+        ],
+    )
     assert result.exit_code == 0, result.output
     evaluated = RunResults(tmp_path / "eval-run")
     assert evaluated.iterations() == [0, 1, 2]
@@ -89,14 +100,31 @@ def test_eval_alone_on_another_runs_checkpoints(tiny_run, tmp_path):
     original = Pipeline(config, progress=False).run.records("eval/iter_2", Conversation.from_json)
     assert [c.turns for c in evaluated.scored(2)] == [c.turns for c in original]
     assert (tmp_path / "eval-run" / "report.md").exists()
-    again = runner.invoke(app, ["eval", str(config_file), "--from", config.run_dir,
-                                "evaluate.response_model_ablation=true", "evaluate.judge_order=counterbalanced"])
+    again = runner.invoke(
+        app,
+        [
+            "eval",
+            str(config_file),
+            "--from",
+            config.run_dir,
+            "evaluate.response_model_ablation=true",
+            "evaluate.judge_order=counterbalanced",
+        ],
+    )
     assert again.exit_code == 0 and "done" not in again.output
 
 
 def test_eval_needs_checkpoints(tmp_path):
-    result = CliRunner().invoke(app, ["eval", "configs/tiny.yaml", f"run_dir={tmp_path / 'r'}",
-                                      "--checkpoint", str(tmp_path / "missing")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "configs/tiny.yaml",
+            f"run_dir={tmp_path / 'r'}",
+            "--checkpoint",
+            str(tmp_path / "missing"),
+        ],
+    )
     assert result.exit_code == 2 and "not found" in " ".join(result.output.split())
     result = CliRunner().invoke(app, ["eval", "configs/tiny.yaml", f"run_dir={tmp_path / 'r'}"])
     assert result.exit_code == 2 and "no checkpoints" in " ".join(result.output.split())

@@ -70,7 +70,9 @@ def test_a_config_saved_before_a_new_field_existed_still_resumes(config, tmp_pat
     RunDir(config)
     saved = tmp_path / "run" / "config.yaml"
     # as an older star-gate wrote it: without a field added since, whose default changes nothing
-    older = "\n".join(line for line in saved.read_text().splitlines() if "random_persona" not in line)
+    older = "\n".join(
+        line for line in saved.read_text().splitlines() if "random_persona" not in line
+    )
     saved.write_text(older + "\n")
     RunDir(config)  # accepted: equal as configs
     assert "random_persona" in saved.read_text()  # and saved again in the current form

@@ -21,7 +21,11 @@ ENV = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "COLUMNS": "200"}
 def star_gate_command() -> list[str]:
     """The installed `star-gate` script beside this Python, or the same entry point through -c."""
     script = Path(sys.executable).with_name("star-gate")
-    return [str(script)] if script.exists() else [sys.executable, "-c", "from star_gate.cli import main; main()"]
+    return (
+        [str(script)]
+        if script.exists()
+        else [sys.executable, "-c", "from star_gate.cli import main; main()"]
+    )
 
 
 @pytest.mark.slow
@@ -44,7 +48,9 @@ def test_tiny_config_end_to_end(tmp_path):
     pairs = len(pipeline.pairs(config.data.test_split))
     rows = pipeline.eval_table()
     assert [r.label for r in rows][2:] == [
-        f"Q_{i} {condition}" for i in range(config.iterations + 1) for condition in ("conversations", "random persona")
+        f"Q_{i} {condition}"
+        for i in range(config.iterations + 1)
+        for condition in ("conversations", "random persona")
     ]
     assert rows[0].count == rows[1].count == pairs
     assert all(r.count == pairs * config.evaluate.conversations_per_pair for r in rows[2:])

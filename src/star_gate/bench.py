@@ -64,26 +64,38 @@ class PresentPath:
         torch.manual_seed(params.seed)
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            for index, texts in zip(batch, self._generate_batch([prompts[i] for i in batch], params)):
+            for index, texts in zip(
+                batch, self._generate_batch([prompts[i] for i in batch], params)
+            ):
                 results[index] = texts
         return results
 
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[list[str]]:
         ids, mask = self._left_pad(prompts)
         greedy = params.temperature == 0
-        sampling = {"do_sample": False} if greedy else {
-            "do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+        sampling = (
+            {"do_sample": False}
+            if greedy
+            else {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+        )
         out = self.backend.model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=params.max_new_tokens,
-            num_return_sequences=1 if greedy else params.n, eos_token_id=self.backend.stop_ids,
-            pad_token_id=self.backend.tokenizer.pad_token_id, **sampling,
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=params.max_new_tokens,
+            num_return_sequences=1 if greedy else params.n,
+            eos_token_id=self.backend.stop_ids,
+            pad_token_id=self.backend.tokenizer.pad_token_id,
+            **sampling,
         )
         new = out[:, ids.shape[1] :]
         rows = [_until_stop(row, self.backend.stop_ids) for row in new.tolist()]
         self.generated_tokens += sum(len(r) for r in rows)
         texts = [self.backend.tokenizer.decode(r, skip_special_tokens=True).strip() for r in rows]
         per = 1 if greedy else params.n
-        return [texts[i * per : (i + 1) * per] * (params.n if greedy else 1) for i in range(len(prompts))]
+        return [
+            texts[i * per : (i + 1) * per] * (params.n if greedy else 1)
+            for i in range(len(prompts))
+        ]
 
     @torch.inference_mode()
     def logprobs(self, chats: Sequence[Chat], completions: Sequence[str]) -> list[float]:
@@ -98,10 +110,19 @@ class PresentPath:
             ids, mask = self._left_pad([prompts[i] + targets[i] for i in batch])
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             longest = max(len(targets[i]) for i in batch)
-            logits = self.backend.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=longest + 1
-            ).logits[:, :-1].float()
-            token_logp = torch.log_softmax(logits, -1).gather(-1, ids[:, -longest:, None]).squeeze(-1)
+            logits = (
+                self.backend.model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    logits_to_keep=longest + 1,
+                )
+                .logits[:, :-1]
+                .float()
+            )
+            token_logp = (
+                torch.log_softmax(logits, -1).gather(-1, ids[:, -longest:, None]).squeeze(-1)
+            )
             for row, index in enumerate(batch):
                 results[index] = float(token_logp[row, longest - len(targets[index]) :].sum())
         return results
@@ -132,7 +153,9 @@ def _timed(fn):
 
 
 @torch.inference_mode()
-def decode_ceiling(backend: TransformersBackend, tokens: int, batch_size: int, new_tokens: int) -> Timing:
+def decode_ceiling(
+    backend: TransformersBackend, tokens: int, batch_size: int, new_tokens: int
+) -> Timing:
     """Raw batched `generate` of about `tokens` new tokens from a one-token prompt: prefill is free."""
     model = backend.sampler.model  # the model (and dtype) the new path samples with
     rounds = max(1, round(tokens / (batch_size * new_tokens)))
@@ -141,9 +164,14 @@ def decode_ceiling(backend: TransformersBackend, tokens: int, batch_size: int, n
 
     def run():
         for _ in range(rounds):
-            model.generate(input_ids=start, attention_mask=torch.ones_like(start), do_sample=True,
-                           max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                           pad_token_id=backend.tokenizer.pad_token_id)
+            model.generate(
+                input_ids=start,
+                attention_mask=torch.ones_like(start),
+                do_sample=True,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                pad_token_id=backend.tokenizer.pad_token_id,
+            )
 
     _, seconds = _timed(run)
     return Timing(rounds * batch_size * new_tokens, seconds)
@@ -165,15 +193,19 @@ def run_bench(quick: bool = False, present_batch_size: int = 32, say=print) -> d
     from star_gate.stages import regularize, score_conversations, select_top_k, simulate
 
     cfg = bench_config(quick)
-    dataset = limit_splits(load_dataset(cfg.data.path), cfg.data.max_tasks, cfg.data.max_personas, cfg.data)
+    dataset = limit_splits(
+        load_dataset(cfg.data.path), cfg.data.max_tasks, cfg.data.max_personas, cfg.data
+    )
     pairs = dataset.pairs(cfg.data.train_splits[0])
     players = Players(cfg)
     questioner, roleplayer = players.questioner(None), players.roleplayer()
     backend: TransformersBackend = questioner.backend
     present = PresentPath(backend, present_batch_size)
     n, turns = cfg.simulate.conversations_per_pair, cfg.simulate.max_turns
-    say(f"bundled model, {len(pairs)} pairs x {n} conversations x up to {turns} turns; "
-        f"batch {backend.batch_size} (new path), {present_batch_size} (present path)")
+    say(
+        f"bundled model, {len(pairs)} pairs x {n} conversations x up to {turns} turns; "
+        f"batch {backend.batch_size} (new path), {present_batch_size} (present path)"
+    )
 
     def simulate_with(serving):
         questioner.backend = serving
@@ -188,26 +220,34 @@ def run_bench(quick: bool = False, present_batch_size: int = 32, say=print) -> d
     questioner.backend = backend
     batch = min(backend.batch_size, len(pairs) * n)  # the most rows the new path decodes at once
     ceiling = decode_ceiling(backend, new_sim.amount, batch, questioner.params.max_new_tokens)
-    say(f"simulate: new {new_sim.rate:.1f} tok/s | present {old_sim.rate:.1f} tok/s | "
-        f"decode ceiling {ceiling.rate:.1f} tok/s (batch {batch}, {backend.sampler.model.dtype})")
+    say(
+        f"simulate: new {new_sim.rate:.1f} tok/s | present {old_sim.rate:.1f} tok/s | "
+        f"decode ceiling {ceiling.rate:.1f} tok/s (batch {batch}, {backend.sampler.model.dtype})"
+    )
 
     from star_gate.backends.tokens import text_ids
 
     by_id = {p.pair_id: p for p in pairs}
-    gold_tokens = sum(len(text_ids(backend.tokenizer, by_id[c.pair_id].gold.text)) for c in conversations)
+    gold_tokens = sum(
+        len(text_ids(backend.tokenizer, by_id[c.pair_id].gold.text)) for c in conversations
+    )
     scored, seconds = _timed(lambda: score_conversations(conversations, pairs, backend))
     new_score = Timing(gold_tokens, seconds)
     old_scored, seconds = _timed(lambda: score_conversations(conversations, pairs, present))
     old_score = Timing(gold_tokens, seconds)
     drift = max(abs(a.logprob - b.logprob) for a, b in zip(scored, old_scored))
-    say(f"score: new {new_score.rate:.0f} gold tok/s | present {old_score.rate:.0f} gold tok/s | "
-        f"largest difference between the paths {drift:.2e} nats")
+    say(
+        f"score: new {new_score.rate:.0f} gold tok/s | present {old_score.rate:.0f} gold tok/s | "
+        f"largest difference between the paths {drift:.2e} nats"
+    )
 
     kept = select_top_k(scored, cfg.select.top_k)
     answered = regularize(kept, pairs, questioner, "policy", cfg.regularize.max_new_tokens)
     new_train, old_train = _bench_train(cfg, answered, pairs, backend.tokenizer)
-    say(f"train: new {new_train.seconds / new_train.amount:.2f} s/example | "
-        f"present {old_train.seconds / old_train.amount:.2f} s/example ({int(new_train.amount)} examples)")
+    say(
+        f"train: new {new_train.seconds / new_train.amount:.2f} s/example | "
+        f"present {old_train.seconds / old_train.amount:.2f} s/example ({int(new_train.amount)} examples)"
+    )
 
     results = {
         "simulate_new_tok_s": new_sim.rate,
@@ -221,7 +261,8 @@ def run_bench(quick: bool = False, present_batch_size: int = 32, say=print) -> d
         "simulate_speedup": new_sim.rate / old_sim.rate,
         "simulate_vs_ceiling": new_sim.rate / ceiling.rate,
         "score_speedup": new_score.rate / old_score.rate,
-        "train_speedup": (old_train.seconds / old_train.amount) / (new_train.seconds / new_train.amount),
+        "train_speedup": (old_train.seconds / old_train.amount)
+        / (new_train.seconds / new_train.amount),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     for name, target in TARGETS.items():
@@ -239,15 +280,25 @@ def _bench_train(cfg: RunConfig, answered, pairs, tokenizer) -> tuple[Timing, Ti
     from star_gate.stages.train import build_examples
     from star_gate.training.finetune import finetune
 
-    present_cfg = cfg.train.model_copy(update={"gradient_checkpointing": True, "padding_free": False, "bf16": False})
+    present_cfg = cfg.train.model_copy(
+        update={"gradient_checkpointing": True, "padding_free": False, "bf16": False}
+    )
     timings = []
-    for train_cfg, prompt in ((cfg.train, cfg.questioner_prompt(trained=True)),
-                              (present_cfg, cfg.questioner_prompt(trained=False))):
-        examples, _ = build_examples(answered, pairs, get_template(prompt), tokenizer, train_cfg.max_length)
-        one_epoch: TrainConfig = train_cfg.model_copy(update={"epochs": 1.0, "validation_fraction": 0.0})
+    for train_cfg, prompt in (
+        (cfg.train, cfg.questioner_prompt(trained=True)),
+        (present_cfg, cfg.questioner_prompt(trained=False)),
+    ):
+        examples, _ = build_examples(
+            answered, pairs, get_template(prompt), tokenizer, train_cfg.max_length
+        )
+        one_epoch: TrainConfig = train_cfg.model_copy(
+            update={"epochs": 1.0, "validation_fraction": 0.0}
+        )
         with tempfile.TemporaryDirectory() as out:
             metrics = finetune(examples, cfg.roles.questioner.model, Path(out), one_epoch, seed=0)
-        timings.append(Timing(len(examples), metrics["train_seconds"]))  # training only: no load or save
+        timings.append(
+            Timing(len(examples), metrics["train_seconds"])
+        )  # training only: no load or save
     return timings[0], timings[1]
 
 

@@ -29,9 +29,13 @@ from star_gate.data.records import Gold, Persona, Task
 from star_gate.roles.prompts import PromptTemplate
 from star_gate.roles.views import oracle_chat, persona_writer_chat
 
-NEAR_DUPLICATE = 0.5  # word-trigram Jaccard at or above which two texts count as one (as `data check`)
+NEAR_DUPLICATE = (
+    0.5  # word-trigram Jaccard at or above which two texts count as one (as `data check`)
+)
 _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
-_NAME = re.compile(r"(?:[Mm]y name is|I am|I'm|Meet|[Nn]ame:|named)\s+([A-Z][\w'-]+(?:\s+[A-Z][\w'-]+)?)")
+_NAME = re.compile(
+    r"(?:[Mm]y name is|I am|I'm|Meet|[Nn]ame:|named)\s+([A-Z][\w'-]+(?:\s+[A-Z][\w'-]+)?)"
+)
 
 Say = Callable[[str], None]
 
@@ -54,7 +58,9 @@ def _read_request_file(path: Path, column: str) -> list[str]:
         with path.open(encoding="utf-8", newline="") as handle:
             reader = csv.DictReader(handle)
             if column not in (reader.fieldnames or []):
-                raise DataError(path, 1, f"field '{column}': no such column; columns are {reader.fieldnames}")
+                raise DataError(
+                    path, 1, f"field '{column}': no such column; columns are {reader.fieldnames}"
+                )
             return [row[column] or "" for row in reader]
     if path.suffix == ".jsonl":
         texts = []
@@ -73,9 +79,13 @@ def _read_hub_column(name: str, column: str, split: str) -> list[str]:
     try:
         table = datasets.load_dataset(name, split=split)
     except Exception as err:  # noqa: BLE001 (no network, unknown id, bad split: the user must fix it)
-        raise DataError(name, None, f"could not load dataset split {split!r}: {type(err).__name__}: {err}") from None
+        raise DataError(
+            name, None, f"could not load dataset split {split!r}: {type(err).__name__}: {err}"
+        ) from None
     if column not in table.column_names:
-        raise DataError(name, None, f"field '{column}': no such column; columns are {table.column_names}")
+        raise DataError(
+            name, None, f"field '{column}': no such column; columns are {table.column_names}"
+        )
     return [value if isinstance(value, str) else "" for value in table[column]]
 
 
@@ -89,12 +99,19 @@ def extract_requests(texts: Sequence[str], pattern: str) -> list[str]:
     try:
         regex = re.compile(pattern, re.DOTALL)
     except re.error as err:
-        raise ValueError(f"--extract {pattern!r} is not a valid regular expression ({err})") from None
+        raise ValueError(
+            f"--extract {pattern!r} is not a valid regular expression ({err})"
+        ) from None
     found = (regex.search(text) for text in texts)
-    return [(match.group(1) if regex.groups else match.group(0)) or "" if match else "" for match in found]
+    return [
+        (match.group(1) if regex.groups else match.group(0)) or "" if match else ""
+        for match in found
+    ]
 
 
-def dedupe(texts: Sequence[str], wanted: int, threshold: float = NEAR_DUPLICATE) -> tuple[list[str], int]:
+def dedupe(
+    texts: Sequence[str], wanted: int, threshold: float = NEAR_DUPLICATE
+) -> tuple[list[str], int]:
     """The first `wanted` texts that are neither empty nor near-duplicates of an earlier kept one,
     with whitespace normalised; also how many were dropped on the way."""
     kept: list[str] = []
@@ -119,7 +136,9 @@ def parse_split_sizes(spec: str) -> dict[str, int]:
     for part in spec.split(","):
         name, _, count = part.partition("=")
         if not name.strip() or not count.strip().isdigit() or int(count) < 1:
-            raise ValueError(f"bad split size {part!r}: write NAME=COUNT with COUNT >= 1, e.g. A=20,B=20,test=10")
+            raise ValueError(
+                f"bad split size {part!r}: write NAME=COUNT with COUNT >= 1, e.g. A=20,B=20,test=10"
+            )
         sizes[name.strip()] = int(count)
     return sizes
 
@@ -147,7 +166,11 @@ class DatasetFolder:
     def __init__(self, root: Path | str):
         self.root = Path(root)
         self.build_path = self.root / "build.json"
-        self.build = json.loads(self.build_path.read_text(encoding="utf-8")) if self.build_path.exists() else {}
+        self.build = (
+            json.loads(self.build_path.read_text(encoding="utf-8"))
+            if self.build_path.exists()
+            else {}
+        )
 
     def file(self, name: str) -> Path:
         return self.root / name
@@ -156,7 +179,11 @@ class DatasetFolder:
         return load_tasks(self.file("tasks.jsonl")) if self.file("tasks.jsonl").exists() else {}
 
     def personas(self) -> dict[str, Persona]:
-        return load_personas(self.file("personas.jsonl")) if self.file("personas.jsonl").exists() else {}
+        return (
+            load_personas(self.file("personas.jsonl"))
+            if self.file("personas.jsonl").exists()
+            else {}
+        )
 
     def gold(self) -> dict[tuple[str, str], Gold]:
         path = self.file("gold.jsonl")
@@ -169,7 +196,9 @@ class DatasetFolder:
     def require_splits(self) -> dict[str, dict[str, list[str]]]:
         splits = self.splits()
         if not splits:
-            raise DataError(self.file("splits.json"), None, "file not found; run `star-gate data tasks` first")
+            raise DataError(
+                self.file("splits.json"), None, "file not found; run `star-gate data tasks` first"
+            )
         return splits
 
     def write_splits(self, splits: dict) -> None:
@@ -177,7 +206,11 @@ class DatasetFolder:
 
     def record(self, step: str, **info) -> None:
         """Note in build.json what a step did (merged into what earlier runs of it noted)."""
-        self.build[step] = {**self.build.get(step, {}), **info, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self.build[step] = {
+            **self.build.get(step, {}),
+            **info,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         atomic_write_text(self.build_path, json.dumps(self.build, indent=2) + "\n")
 
 
@@ -189,7 +222,12 @@ class StepResult:
 
 # -- tasks ------------------------------------------------------------------------------------------
 def build_tasks(
-    folder: DatasetFolder, texts: Sequence[str], sizes: dict[str, int], seed: int, source: str, say: Say = print,
+    folder: DatasetFolder,
+    texts: Sequence[str],
+    sizes: dict[str, int],
+    seed: int,
+    source: str,
+    say: Say = print,
     extract: str = "",
 ) -> StepResult:
     """Keep the first sum(sizes) distinct requests as tasks and split them. Makes no model calls.
@@ -206,15 +244,24 @@ def build_tasks(
         if {k: done.get(k) for k in settings} == settings:
             say(f"tasks: already built in {folder.root} (0 model calls)")
             return StepResult(0, 0)
-        raise DataError(folder.file("tasks.jsonl"), None, "already built with other settings; use a new folder")
+        raise DataError(
+            folder.file("tasks.jsonl"), None, "already built with other settings; use a new folder"
+        )
     wanted = sum(sizes.values())
     kept, dropped = dedupe(texts, wanted)
     if len(kept) < wanted:
-        raise DataError(source, None, f"only {len(kept)} distinct requests, but the splits need {wanted}")
-    say(f"tasks: 0 model calls; kept the first {wanted} distinct requests, dropped {dropped} empty or near-duplicate")
+        raise DataError(
+            source, None, f"only {len(kept)} distinct requests, but the splits need {wanted}"
+        )
+    say(
+        f"tasks: 0 model calls; kept the first {wanted} distinct requests, dropped {dropped} empty or near-duplicate"
+    )
     ids = [f"task_{i:04d}" for i in range(1, wanted + 1)]
     write_jsonl(folder.file("tasks.jsonl"), ({"task_id": i, "text": t} for i, t in zip(ids, kept)))
-    splits = {name: {"tasks": task_ids, "personas": []} for name, task_ids in assign_splits(ids, sizes, seed).items()}
+    splits = {
+        name: {"tasks": task_ids, "personas": []}
+        for name, task_ids in assign_splits(ids, sizes, seed).items()
+    }
     folder.write_splits(splits)
     folder.record("tasks", **settings, count=wanted, dropped=dropped)
     return StepResult(wanted, 0)
@@ -227,10 +274,16 @@ def plan_personas(folder: DatasetFolder, seeds: Sequence[Persona], sizes: dict[s
         raise ValueError("persona generation needs at least 2 seed personas")
     splits = folder.require_splits()
     if set(sizes) - set(splits):
-        raise ValueError(f"persona splits {sorted(set(sizes) - set(splits))} have no tasks; the task splits are {sorted(splits)}")
+        raise ValueError(
+            f"persona splits {sorted(set(sizes) - set(splits))} have no tasks; the task splits are {sorted(splits)}"
+        )
     wanted, written = sum(sizes.values()), len(folder.personas())
     if written > wanted:
-        raise DataError(folder.file("personas.jsonl"), None, f"holds {written} personas, more than the {wanted} asked for")
+        raise DataError(
+            folder.file("personas.jsonl"),
+            None,
+            f"holds {written} personas, more than the {wanted} asked for",
+        )
     return wanted - written
 
 
@@ -256,17 +309,26 @@ def build_personas(
     personas = list(folder.personas().values())
     attempts = folder.build.get("personas", {}).get("attempts", 0)
     budget = attempts + 3 * to_write  # each run may retry; a rerun gets a fresh allowance
-    say(f"personas: {to_write} model calls planned, at most {budget - attempts} with retries "
-        f"({len(personas)} of {wanted} personas already written)")
+    say(
+        f"personas: {to_write} model calls planned, at most {budget - attempts} with retries "
+        f"({len(personas)} of {wanted} personas already written)"
+    )
     accepted_grams = [shingles(p.description) for p in (*seeds, *personas)]
     calls = 0
     while len(personas) < wanted:
         if attempts >= budget:
-            raise RuntimeError(f"gave up after {attempts} calls: only {len(personas)} of {wanted} personas were usable")
+            raise RuntimeError(
+                f"gave up after {attempts} calls: only {len(personas)} of {wanted} personas were usable"
+            )
         batch = min(chunk, wanted - len(personas), budget - attempts)
-        shown = [random.Random(f"{seed}|{index}").sample(list(seeds), 2) for index in range(attempts, attempts + batch)]
+        shown = [
+            random.Random(f"{seed}|{index}").sample(list(seeds), 2)
+            for index in range(attempts, attempts + batch)
+        ]
         chats = [persona_writer_chat(template, *pair) for pair in shown]
-        drafts = oracle.generate(chats, dataclasses.replace(params, seed=seed * 1_000_003 + attempts))
+        drafts = oracle.generate(
+            chats, dataclasses.replace(params, seed=seed * 1_000_003 + attempts)
+        )
         attempts += batch
         calls += batch
         for (draft,), examples in zip(drafts, shown):
@@ -276,13 +338,17 @@ def build_personas(
                 personas.append(Persona(ident, persona_name(text, ident), text))
                 accepted_grams.append(shingles(text))
         _write_personas(folder, personas)
-        folder.record("personas", attempts=attempts, count=len(personas), oracle=oracle.name, seed=seed)
+        folder.record(
+            "personas", attempts=attempts, count=len(personas), oracle=oracle.name, seed=seed
+        )
     splits = folder.splits()
     if not any(spec["personas"] for spec in splits.values()):
         for name, ids in assign_splits([p.persona_id for p in personas], sizes, seed).items():
             splits[name]["personas"] = ids
         folder.write_splits(splits)
-    say(f"personas: {len(personas)} in {folder.root} ({calls} model calls made now, {attempts} in all)")
+    say(
+        f"personas: {len(personas)} in {folder.root} ({calls} model calls made now, {attempts} in all)"
+    )
     return StepResult(to_write, calls)
 
 
@@ -295,19 +361,26 @@ def _usable_persona(text: str, examples: Sequence[Persona], accepted_grams: list
 
 
 def _write_personas(folder: DatasetFolder, personas: Sequence[Persona]) -> None:
-    rows = ({"persona_id": p.persona_id, "name": p.name, "description": p.description} for p in personas)
+    rows = (
+        {"persona_id": p.persona_id, "name": p.name, "description": p.description} for p in personas
+    )
     write_jsonl(folder.file("personas.jsonl"), rows)
 
 
 # -- gold -------------------------------------------------------------------------------------------
-def plan_gold(folder: DatasetFolder, split_names: Sequence[str] | None = None) -> list[tuple[str, str]]:
+def plan_gold(
+    folder: DatasetFolder, split_names: Sequence[str] | None = None
+) -> list[tuple[str, str]]:
     """The (task, persona) pairs of the splits that have no gold answer yet."""
     splits = folder.require_splits()
     names = list(split_names or splits)
     for name in names:
         if name not in splits or not splits[name]["personas"]:
-            raise DataError(folder.file("splits.json"), None,
-                            f"split {name!r} has no personas yet; run `star-gate data personas` first")
+            raise DataError(
+                folder.file("splits.json"),
+                None,
+                f"split {name!r} has no personas yet; run `star-gate data personas` first",
+            )
     gold = folder.gold()
     return [
         (task_id, persona_id)
@@ -336,10 +409,17 @@ def build_gold(
         chats = [oracle_chat(template, personas[p], tasks[t].text) for t, p in keys]
         answers = oracle.generate(chats, params)
         for (task_id, persona_id), (answer,) in zip(keys, answers):
-            if answer.strip():  # an empty answer stays pending: a rerun (or another oracle) retries it
+            if (
+                answer.strip()
+            ):  # an empty answer stays pending: a rerun (or another oracle) retries it
                 gold[task_id, persona_id] = Gold(task_id, persona_id, answer.strip(), oracle.name)
         _write_gold(folder, gold.values())
-        folder.record("gold", count=len(gold), oracle=oracle.name, template=f"{template.name} v{template.version}")
+        folder.record(
+            "gold",
+            count=len(gold),
+            oracle=oracle.name,
+            template=f"{template.name} v{template.version}",
+        )
         say(f"gold: {len(gold)} answers written")
     empty = sum(key not in gold for key in pending)
     if empty:
@@ -348,5 +428,8 @@ def build_gold(
 
 
 def _write_gold(folder: DatasetFolder, gold: Sequence[Gold]) -> None:
-    rows = ({"task_id": g.task_id, "persona_id": g.persona_id, "text": g.text, "oracle": g.oracle} for g in gold)
+    rows = (
+        {"task_id": g.task_id, "persona_id": g.persona_id, "text": g.text, "oracle": g.oracle}
+        for g in gold
+    )
     write_jsonl(folder.file("gold.jsonl"), rows)

@@ -16,7 +16,11 @@ from star_gate.config import ConfigError, RunConfig, load_config
 from star_gate.data.jsonl import DataError
 from star_gate.rundir import STAGES, Layout
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="STaR-GATE: teach models to ask clarifying questions.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="STaR-GATE: teach models to ask clarifying questions.",
+)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -27,8 +31,11 @@ def _fail(message: object, status: int = 2, label: str = "error") -> NoReturn:
     err_console.print(f"[red]{label}:[/red] {escape(str(message))}")
     raise typer.Exit(status) from None
 
+
 ConfigArg = Annotated[str, typer.Argument(help="YAML config file")]
-OverridesArg = Annotated[list[str] | None, typer.Argument(help="overrides like simulate.max_turns=2")]
+OverridesArg = Annotated[
+    list[str] | None, typer.Argument(help="overrides like simulate.max_turns=2")
+]
 RestartOpt = Annotated[bool, typer.Option("--restart", help="start the run directory over")]
 BranchOpt = Annotated[
     str | None,
@@ -50,18 +57,26 @@ def _load(config: str, overrides: list[str] | None) -> RunConfig:
         _fail(err)
 
 
-def _pipeline(cfg: RunConfig, restart: bool = False, branch_from: str | None = None, checkpoints=None):
+def _pipeline(
+    cfg: RunConfig, restart: bool = False, branch_from: str | None = None, checkpoints=None
+):
     from star_gate.pipeline import Pipeline
 
     try:
         return Pipeline(
-            cfg, restart=restart, progress=sys.stderr.isatty(), branch_from=branch_from, checkpoints=checkpoints
+            cfg,
+            restart=restart,
+            progress=sys.stderr.isatty(),
+            branch_from=branch_from,
+            checkpoints=checkpoints,
         )
     except (ConfigError, DataError, ValueError) as err:
         _fail(err)
 
 
-def print_eval_table(rows, title: str = "test gold log-prob, log p_base(g | ...), mean ± SEM") -> None:
+def print_eval_table(
+    rows, title: str = "test gold log-prob, log p_base(g | ...), mean ± SEM"
+) -> None:
     table = Table(title=title)
     for column in ("condition", "mean", "± SEM", "n", "vs negative (SEMs)"):
         table.add_column(column, justify="left" if column == "condition" else "right")
@@ -85,7 +100,9 @@ def _cell(estimate, digits: int = 2, signed: bool = False, percent: bool = False
 
 
 def _bias(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.2f}"  # nan: pointwise and persona_fit have no position
+    return (
+        "n/a" if math.isnan(value) else f"{value:.2f}"
+    )  # nan: pointwise and persona_fit have no position
 
 
 def print_answer_table(results) -> None:
@@ -93,27 +110,51 @@ def print_answer_table(results) -> None:
     gain over Q_0's), and the win rate against Q_0; then the regularization answers' non-answers."""
     iterations = [k for k in results.iterations() if results.non_answers(k) is not None]
     if iterations:
-        table = Table(title="final answers on the test split (fit: persona fit, nats/token; fit − Q_0 paired)")
+        table = Table(
+            title="final answers on the test split (fit: persona fit, nats/token; fit − Q_0 paired)"
+        )
         # Short headers: the table must stay readable at 80 columns (a log file, CI).
-        for column in ("model", "no answer", "n", "fit/token", "fit − Q_0", "win vs Q_0", "pos. bias"):
+        for column in (
+            "model",
+            "no answer",
+            "n",
+            "fit/token",
+            "fit − Q_0",
+            "win vs Q_0",
+            "pos. bias",
+        ):
             table.add_column(column, justify="left" if column == "model" else "right")
         for k in iterations:
             share, rate = results.non_answers(k), results.win_rate(k) if k > 0 else None
             table.add_row(
-                f"Q_{k}", _cell(share, percent=True), str(share.count), _cell(results.persona_fit(k), 3),
+                f"Q_{k}",
+                _cell(share, percent=True),
+                str(share.count),
+                _cell(results.persona_fit(k), 3),
                 _cell(results.persona_fit_gain(k), 3, signed=True) if k > 0 else "–",
-                _cell(rate, 3) if rate else "–", _bias(rate.position_bias) if rate else "–",
+                _cell(rate, 3) if rate else "–",
+                _bias(rate.position_bias) if rate else "–",
             )
         console.print(table)
-    regularized = [(k, share) for k in results.training_iterations() if (share := results.regularized_non_answers(k))]
+    regularized = [
+        (k, share)
+        for k in results.training_iterations()
+        if (share := results.regularized_non_answers(k))
+    ]
     if regularized:
-        cells = ", ".join(f"iter_{k} (by Q_{k - 1}) {_cell(share, percent=True)} of {share.count}" for k, share in regularized)
+        cells = ", ".join(
+            f"iter_{k} (by Q_{k - 1}) {_cell(share, percent=True)} of {share.count}"
+            for k, share in regularized
+        )
         console.print(f"regularization answers that are no answer: {cells}")
 
 
 @app.command()
 def run(
-    config: ConfigArg, overrides: OverridesArg = None, restart: RestartOpt = False, branch: BranchOpt = None
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    restart: RestartOpt = False,
+    branch: BranchOpt = None,
 ) -> None:
     """Run the whole loop: N iterations and the test-split evaluation. Resumes when rerun."""
     cfg = _load(config, overrides)
@@ -122,7 +163,9 @@ def run(
         if restart:
             _fail("--restart and --branch exclude each other")
         source, cfg = cfg.run_dir, cfg.model_copy(update={"run_dir": branch})
-    with _pipeline(cfg, restart, branch_from=source) as pipeline:  # stops any Ray workers at the end
+    with _pipeline(
+        cfg, restart, branch_from=source
+    ) as pipeline:  # stops any Ray workers at the end
         _summarise(pipeline, pipeline.run_all())
 
 
@@ -149,8 +192,11 @@ def _summarise(pipeline, rows) -> None:
     rate = results.win_rate(last) if last > 0 else None
     if rate is not None:
         evaluate = pipeline.config.evaluate
-        judge = ("persona fit under the frozen base model" if evaluate.judge_method == "persona_fit"
-                 else f"judge {pipeline.config.roles.judge.model}, {evaluate.judge_method}")
+        judge = (
+            "persona fit under the frozen base model"
+            if evaluate.judge_method == "persona_fit"
+            else f"judge {pipeline.config.roles.judge.model}, {evaluate.judge_method}"
+        )
         console.print(
             f"win rate of Q_{last} against Q_0: {rate.mean:.3f} ± {rate.sem:.3f} over {rate.count} judged answers "
             f"({judge}, position bias {_bias(rate.position_bias)})"
@@ -162,8 +208,14 @@ def _summarise(pipeline, rows) -> None:
 def evaluate(
     config: ConfigArg,
     overrides: OverridesArg = None,
-    from_run: Annotated[str | None, typer.Option("--from", help="a run directory whose iter_k checkpoints to evaluate")] = None,
-    checkpoint: Annotated[list[str] | None, typer.Option(help="a checkpoint to evaluate as Q_1, Q_2, ... (repeatable)")] = None,
+    from_run: Annotated[
+        str | None,
+        typer.Option("--from", help="a run directory whose iter_k checkpoints to evaluate"),
+    ] = None,
+    checkpoint: Annotated[
+        list[str] | None,
+        typer.Option(help="a checkpoint to evaluate as Q_1, Q_2, ... (repeatable)"),
+    ] = None,
 ) -> None:
     """Run the evaluation alone (all conditions, win rates) on Q_0 and the given checkpoints, into the
     config's run_dir. Resumes when rerun, like `run`."""
@@ -188,9 +240,13 @@ def evaluate(
 
 @app.command()
 def report(
-    runs: Annotated[list[str], typer.Argument(help="run directories; the first holds the report unless --out")],
+    runs: Annotated[
+        list[str], typer.Argument(help="run directories; the first holds the report unless --out")
+    ],
     out: Annotated[str | None, typer.Option(help="folder for report.md and the plots")] = None,
-    examples: Annotated[int, typer.Option(help="test pairs shown conversation by conversation")] = 3,
+    examples: Annotated[
+        int, typer.Option(help="test pairs shown conversation by conversation")
+    ] = 3,
 ) -> None:
     """Write report.md and PNG plots (log-probs, win rates) for one run or several side by side."""
     from star_gate.report import write_report
@@ -212,7 +268,9 @@ def validate(config: ConfigArg, overrides: OverridesArg = None) -> None:
         dataset = check_runnable(cfg, probe_roles=False)
     except (DataError, ConfigError, ValueError) as err:
         _fail(err)
-    console.print(f"ok: {len(dataset.tasks)} tasks, {len(dataset.personas)} personas, {len(dataset.gold)} gold")
+    console.print(
+        f"ok: {len(dataset.tasks)} tasks, {len(dataset.personas)} personas, {len(dataset.gold)} gold"
+    )
 
 
 def _stage_command(stage: str):
@@ -244,8 +302,12 @@ app.add_typer(bench_app, name="bench")
 @bench_app.callback(invoke_without_command=True)
 def bench(
     ctx: typer.Context,
-    quick: Annotated[bool, typer.Option("--quick", help="fewer pairs: about a third of the time")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="one JSON object of the results on the last line")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="fewer pairs: about a third of the time")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="one JSON object of the results on the last line")
+    ] = False,
 ) -> None:
     """Simulation, scoring and training speed, new path against the present one and a decode
     ceiling, side by side in one run on the bundled model with the demo's settings."""
@@ -258,7 +320,9 @@ def bench(
 @app.command()
 def chat(
     checkpoint: Annotated[str, typer.Argument(help="a checkpoint folder, a hub id or 'bundled'")],
-    prompt: Annotated[str, typer.Option(help="questioner prompt template; default: the questioner's")] = "",
+    prompt: Annotated[
+        str, typer.Option(help="questioner prompt template; default: the questioner's")
+    ] = "",
     turns: Annotated[int, typer.Option(help="questions before the final answer")] = 3,
 ) -> None:
     """Talk to a questioner as the user: give it a request, answer its questions, get its answer."""
@@ -269,15 +333,21 @@ def chat(
     from star_gate.roles.prompts import template_for
 
     questioner = Questioner(
-        TransformersBackend(checkpoint, progress=False), template_for("questioner", prompt), SamplingParams(max_new_tokens=64)
+        TransformersBackend(checkpoint, progress=False),
+        template_for("questioner", prompt),
+        SamplingParams(max_new_tokens=64),
     )
     task = typer.prompt("Your request")
-    conversation = Conversation(task_id="chat", persona_id="you", sample_index=0, target_turns=turns)
+    conversation = Conversation(
+        task_id="chat", persona_id="you", sample_index=0, target_turns=turns
+    )
     for turn in range(turns):
         question = questioner.ask([task], [conversation], seed=turn)[0]
         console.print(f"[bold cyan]assistant:[/bold cyan] {question}")
         answer = typer.prompt("you")
-        conversation = conversation.with_turn("questioner", question).with_turn("roleplayer", answer)
+        conversation = conversation.with_turn("questioner", question).with_turn(
+            "roleplayer", answer
+        )
     final = questioner.respond([task], [conversation], max_new_tokens=200)[0]
     console.print(f"[bold cyan]assistant:[/bold cyan] {final}")
 
@@ -320,19 +390,25 @@ def data_check(
 
         every_pair = [pair for split in dataset.splits for pair in dataset.pairs(split)]
         chosen = every_pair[:: max(1, len(every_pair) // pairs)][:pairs] if pairs else every_pair
-        console.print(f"scoring {len(chosen)} pairs x 2 controls with {model} ({2 * len(chosen)} model calls)")
+        console.print(
+            f"scoring {len(chosen)} pairs x 2 controls with {model} ({2 * len(chosen)} model calls)"
+        )
         controls = score_controls(chosen, TransformersBackend(model, progress=sys.stderr.isatty()))
         half = len(chosen)
         wins = sum(pos.logprob > neg.logprob for neg, pos in zip(controls[:half], controls[half:]))
         share = wins / half
-        console.print(f"positive control beats negative on {wins}/{half} pairs = {share:.1%} (required {min_share:.0%})")
+        console.print(
+            f"positive control beats negative on {wins}/{half} pairs = {share:.1%} (required {min_share:.0%})"
+        )
         failed |= share < min_share
     console.print("[red]FAILED[/red]" if failed else "[green]passed[/green]")
     raise typer.Exit(1 if failed else 0)
 
 
 FolderArg = Annotated[str, typer.Argument(help="the dataset folder being built")]
-ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="config naming the oracle model")]
+ConfigOpt = Annotated[
+    str | None, typer.Option("--config", "-c", help="config naming the oracle model")
+]
 SeedOpt = Annotated[int, typer.Option(help="seed for shuffling into splits and for sampling")]
 
 
@@ -351,13 +427,20 @@ def _data_step(step):
 @data_app.command("tasks")
 def data_tasks(
     folder: FolderArg,
-    source: Annotated[str, typer.Option(help="a .jsonl/.csv/.txt file, a dataset folder, or a hub dataset id")],
-    column: Annotated[str, typer.Option(help="the field or column holding the request text")] = "text",
+    source: Annotated[
+        str, typer.Option(help="a .jsonl/.csv/.txt file, a dataset folder, or a hub dataset id")
+    ],
+    column: Annotated[
+        str, typer.Option(help="the field or column holding the request text")
+    ] = "text",
     hub_split: Annotated[str, typer.Option(help="which split of a hub dataset to read")] = "train",
     splits: Annotated[str, typer.Option(help="tasks per split")] = "A=20,B=20,test=10",
-    extract: Annotated[str, typer.Option(
-        help="regular expression whose first group is the request, e.g. 'Human:\\s*(.*?)\\s*Assistant:'"
-    )] = "",
+    extract: Annotated[
+        str,
+        typer.Option(
+            help="regular expression whose first group is the request, e.g. 'Human:\\s*(.*?)\\s*Assistant:'"
+        ),
+    ] = "",
     seed: SeedOpt = 0,
 ) -> None:
     """Import requests, drop empty and near-duplicate ones, keep the first needed, split them."""
@@ -367,7 +450,9 @@ def data_tasks(
         sizes = parse_split_sizes(splits)
         extract_requests([], extract)  # a bad pattern is refused before a hub dataset downloads
         texts = read_requests(source, column, hub_split)
-        build_tasks(folder_cls(folder), texts, sizes, seed, source, say=console.print, extract=extract)
+        build_tasks(
+            folder_cls(folder), texts, sizes, seed, source, say=console.print, extract=extract
+        )
 
     _data_step(step)
 
@@ -377,9 +462,15 @@ def data_personas(
     folder: FolderArg,
     config: ConfigOpt = None,
     overrides: OverridesArg = None,
-    seeds: Annotated[str, typer.Option(help="seed personas: a personas.jsonl, or 'bundled'")] = "bundled",
-    splits: Annotated[str, typer.Option(help="personas per split (the task splits' names)")] = "A=8,B=8,test=4",
-    temperature: Annotated[float, typer.Option(help="sampling temperature (varied people need > 0)")] = 0.9,
+    seeds: Annotated[
+        str, typer.Option(help="seed personas: a personas.jsonl, or 'bundled'")
+    ] = "bundled",
+    splits: Annotated[
+        str, typer.Option(help="personas per split (the task splits' names)")
+    ] = "A=8,B=8,test=4",
+    temperature: Annotated[
+        float, typer.Option(help="sampling temperature (varied people need > 0)")
+    ] = 0.9,
     max_new_tokens: Annotated[int, typer.Option(help="length limit of one persona")] = 256,
     seed: SeedOpt = 0,
 ) -> None:
@@ -396,8 +487,19 @@ def data_personas(
         seed_personas = list(load_personas(_personas_file(resolve_dataset_path(seeds))).values())
         to_write = plan_personas(target, seed_personas, sizes)
         oracle = load_backend(role, progress=sys.stderr.isatty()) if to_write else None
-        params = SamplingParams(temperature=temperature, top_p=role.top_p, max_new_tokens=max_new_tokens)
-        build_personas(target, oracle, get_template("persona_writer"), seed_personas, sizes, params, seed, say=console.print)
+        params = SamplingParams(
+            temperature=temperature, top_p=role.top_p, max_new_tokens=max_new_tokens
+        )
+        build_personas(
+            target,
+            oracle,
+            get_template("persona_writer"),
+            seed_personas,
+            sizes,
+            params,
+            seed,
+            say=console.print,
+        )
 
     _data_step(step)
 
@@ -411,7 +513,9 @@ def data_gold(
     folder: FolderArg,
     config: ConfigOpt = None,
     overrides: OverridesArg = None,
-    split: Annotated[list[str] | None, typer.Option(help="only these splits (default: all)")] = None,
+    split: Annotated[
+        list[str] | None, typer.Option(help="only these splits (default: all)")
+    ] = None,
 ) -> None:
     """The oracle (roles.oracle in the config) writes the gold answer for every pair of the splits."""
     from star_gate.backends import load_backend, role_sampling
@@ -426,6 +530,13 @@ def data_gold(
             console.print("gold: every pair already has an answer (0 model calls)")
             return
         oracle = load_backend(role, progress=sys.stderr.isatty())
-        build_gold(target, oracle, template_for("oracle", role.prompt), role_sampling(role), split, say=console.print)
+        build_gold(
+            target,
+            oracle,
+            template_for("oracle", role.prompt),
+            role_sampling(role),
+            split,
+            say=console.print,
+        )
 
     _data_step(step)

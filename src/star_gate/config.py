@@ -23,28 +23,38 @@ class Section(BaseModel):
 
 
 class RoleConfig(Section):
-    model: str = Field("bundled", description="'bundled' (SmolLM2-135M-Instruct), a local folder or a hub id")
+    model: str = Field(
+        "bundled", description="'bundled' (SmolLM2-135M-Instruct), a local folder or a hub id"
+    )
     backend: Literal["transformers", "fake", "openai", "vllm"] = Field(
         "transformers",
         description="which backend serves this role; openai: any OpenAI-compatible server; "
         "vllm: a local model on GPUs through vLLM (pip install 'star-gate[vllm]')",
     )
-    prompt: str = Field("", description="prompt template name (roles/prompts.py); empty for the role's default")
+    prompt: str = Field(
+        "", description="prompt template name (roles/prompts.py); empty for the role's default"
+    )
     temperature: float = Field(0.9, ge=0, description="sampling temperature; 0 is greedy")
     top_p: float = Field(0.9, gt=0, le=1, description="nucleus sampling mass")
     max_new_tokens: int = Field(48, ge=1, description="longest reply in tokens")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
-    dtype: str = Field("auto", description="'auto' (bf16 on GPU, fp32 on CPU), 'float32', 'bfloat16'")
+    dtype: str = Field(
+        "auto", description="'auto' (bf16 on GPU, fp32 on CPU), 'float32', 'bfloat16'"
+    )
     sample_dtype: Literal["", "float32", "bfloat16", "float16"] = Field(
         "",
         description="backend transformers only: dtype of a copy of the model that generates text "
         "(scoring keeps dtype); 'bfloat16' decodes faster on a GPU or a CPU with AMX; empty: dtype",
     )
     batch_size: int = Field(16, ge=1, description="sequences per forward pass")
-    max_context: int = Field(2048, ge=64, description="prompts longer than this are cut from the left (counted)")
+    max_context: int = Field(
+        2048, ge=64, description="prompts longer than this are cut from the left (counted)"
+    )
     # backend: vllm only
     tensor_parallel_size: int = Field(
-        1, ge=1, description="backend vllm only: GPUs that split the model's weights (tensor parallel)"
+        1,
+        ge=1,
+        description="backend vllm only: GPUs that split the model's weights (tensor parallel)",
     )
     gpu_memory_utilization: float = Field(
         0.85,
@@ -55,15 +65,21 @@ class RoleConfig(Section):
     )
     # backend: openai only (model is then the name the server knows the model by)
     base_url: str = Field(
-        "", description="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1; empty: api.openai.com"
+        "",
+        description="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1; empty: api.openai.com",
     )
     api_key_env: str = Field(
-        "OPENAI_API_KEY", description="environment variable holding the API key (never the key itself)"
+        "OPENAI_API_KEY",
+        description="environment variable holding the API key (never the key itself)",
     )
     max_concurrency: int = Field(4, ge=1, description="requests in flight at once")
-    request_timeout: float = Field(60.0, gt=0, description="seconds before a request times out (retried)")
+    request_timeout: float = Field(
+        60.0, gt=0, description="seconds before a request times out (retried)"
+    )
     max_retries: int = Field(
-        6, ge=0, description="retries after 429, 5xx, timeouts, refused connections (exponential backoff)"
+        6,
+        ge=0,
+        description="retries after 429, 5xx, timeouts, refused connections (exponential backoff)",
     )
     logprobs: Literal["auto", "echo", "prompt_logprobs", "none"] = Field(
         "auto",
@@ -71,7 +87,8 @@ class RoleConfig(Section):
         "vLLM), prompt_logprobs (vLLM), auto (the first that passes a check), none (cannot score)",
     )
     chat_template: str = Field(
-        "", description="model whose tokenizer renders chats into prompts when scoring; default: model"
+        "",
+        description="model whose tokenizer renders chats into prompts when scoring; default: model",
     )
 
     @model_validator(mode="after")
@@ -86,7 +103,9 @@ class RoleConfig(Section):
     @model_validator(mode="after")
     def _known_prompt(self):
         if self.prompt and self.prompt not in TEMPLATES:
-            raise ValueError(f"prompt {self.prompt!r} is not a template; choose from {sorted(TEMPLATES)}")
+            raise ValueError(
+                f"prompt {self.prompt!r} is not a template; choose from {sorted(TEMPLATES)}"
+            )
         return self
 
     @model_validator(mode="after")
@@ -106,12 +125,18 @@ class RoleplayerConfig(RoleConfig):
         description="persona: the model sees the whole persona (paper); grounded: the model answers "
         "from the m persona facts nearest to the question; facts: those m facts are the answer",
     )
-    facts_per_answer: int = Field(2, ge=1, description="m: facts retrieved per question when grounded")
-    embedder: str = Field("bundled", description="sentence encoder for fact retrieval ('bundled' = all-MiniLM-L6-v2)")
+    facts_per_answer: int = Field(
+        2, ge=1, description="m: facts retrieved per question when grounded"
+    )
+    embedder: str = Field(
+        "bundled", description="sentence encoder for fact retrieval ('bundled' = all-MiniLM-L6-v2)"
+    )
 
 
 class RolesConfig(Section):
-    questioner: RoleConfig = RoleConfig(prompt=DEFAULT_PROMPTS["questioner"], temperature=0.9, top_p=0.9)
+    questioner: RoleConfig = RoleConfig(
+        prompt=DEFAULT_PROMPTS["questioner"], temperature=0.9, top_p=0.9
+    )
     roleplayer: RoleplayerConfig = RoleplayerConfig(temperature=0.7, top_p=0.9)
     oracle: RoleConfig = RoleConfig(prompt="oracle", temperature=0.0, max_new_tokens=200)
     judge: RoleConfig = RoleConfig(prompt="judge", temperature=0.0, max_new_tokens=4)
@@ -131,29 +156,48 @@ class RolesConfig(Section):
 
 
 class DataConfig(Section):
-    path: str = Field("bundled", description="dataset folder (tasks/personas/gold/splits) or 'bundled'")
-    train_splits: tuple[str, str] = Field(("A", "B"), description="splits alternated over iterations")
+    path: str = Field(
+        "bundled", description="dataset folder (tasks/personas/gold/splits) or 'bundled'"
+    )
+    train_splits: tuple[str, str] = Field(
+        ("A", "B"), description="splits alternated over iterations"
+    )
     test_split: str = Field("test", description="held-out split for evaluation")
-    max_tasks: int | None = Field(None, ge=1, description="use only the first N tasks of each split")
-    max_personas: int | None = Field(None, ge=1, description="use only the first N personas of each split")
+    max_tasks: int | None = Field(
+        None, ge=1, description="use only the first N tasks of each split"
+    )
+    max_personas: int | None = Field(
+        None, ge=1, description="use only the first N personas of each split"
+    )
     train_max_tasks: int | None = Field(
-        None, ge=1, description="use only the first N tasks of each training split; default: max_tasks"
+        None,
+        ge=1,
+        description="use only the first N tasks of each training split; default: max_tasks",
     )
     train_max_personas: int | None = Field(
-        None, ge=1, description="use only the first N personas of each training split; default: max_personas"
+        None,
+        ge=1,
+        description="use only the first N personas of each training split; default: max_personas",
     )
 
     def limits(self, split: str) -> tuple[int | None, int | None]:
         """(tasks, personas) kept of a split: the train_ limits for training splits when set."""
         if split in self.train_splits and split != self.test_split:
-            return (self.train_max_tasks or self.max_tasks, self.train_max_personas or self.max_personas)
+            return (
+                self.train_max_tasks or self.max_tasks,
+                self.train_max_personas or self.max_personas,
+            )
         return self.max_tasks, self.max_personas
 
 
 class SimulateConfig(Section):
-    conversations_per_pair: int = Field(10, ge=1, description="n: conversations sampled per (task, persona)")
+    conversations_per_pair: int = Field(
+        10, ge=1, description="n: conversations sampled per (task, persona)"
+    )
     max_turns: int = Field(3, ge=1, description="K: each conversation's length is uniform in 1..K")
-    chunk_pairs: int = Field(16, ge=1, description="pairs per saved chunk (a crash loses at most one)")
+    chunk_pairs: int = Field(
+        16, ge=1, description="pairs per saved chunk (a crash loses at most one)"
+    )
 
 
 class SelectConfig(Section):
@@ -205,10 +249,13 @@ class RegularizeConfig(Section):
 class LoraConfig(Section):
     enabled: bool = Field(False, description="train LoRA adapters (PEFT) instead of all weights")
     r: int = Field(16, ge=1, description="rank of each adapter")
-    alpha: float = Field(32.0, gt=0, description="adapter scale numerator: updates are scaled by alpha / r")
+    alpha: float = Field(
+        32.0, gt=0, description="adapter scale numerator: updates are scaled by alpha / r"
+    )
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapters' input")
     target_modules: str | list[str] = Field(
-        "all-linear", description="'all-linear' (every linear layer but the output head) or module names"
+        "all-linear",
+        description="'all-linear' (every linear layer but the output head) or module names",
     )
 
 
@@ -219,14 +266,20 @@ class DistributedConfig(Section):
         "processes (many GPUs, FSDP, DeepSpeed, many machines) while the pipeline waits",
     )
     accelerate_config: str = Field(
-        "", description="accelerate config file (see configs/accelerate/); needed with launcher: accelerate"
+        "",
+        description="accelerate config file (see configs/accelerate/); needed with launcher: accelerate",
     )
     # Each of these overrides the accelerate config file's own value when set.
-    num_processes: int | None = Field(None, ge=1, description="training processes over all machines")
+    num_processes: int | None = Field(
+        None, ge=1, description="training processes over all machines"
+    )
     num_machines: int | None = Field(None, ge=1, description="machines taking part")
     main_process_ip: str = Field("", description="address of machine 0, where this pipeline runs")
     main_process_port: int | None = Field(
-        None, ge=0, le=65535, description="port for the process group on machine 0; 0: any free port (one machine)"
+        None,
+        ge=0,
+        le=65535,
+        description="port for the process group on machine 0; 0: any free port (one machine)",
     )
 
     @model_validator(mode="after")
@@ -234,15 +287,21 @@ class DistributedConfig(Section):
         # Whether the file exists is checked when a pipeline starts (training/launch.py), so
         # that a run directory's saved config can still be read on a machine without it.
         if self.launcher == "accelerate" and not self.accelerate_config:
-            raise ValueError("launcher 'accelerate' needs accelerate_config, e.g. configs/accelerate/ddp.yaml")
+            raise ValueError(
+                "launcher 'accelerate' needs accelerate_config, e.g. configs/accelerate/ddp.yaml"
+            )
         if self.launcher == "none" and self.accelerate_config:
-            raise ValueError("accelerate_config is set but launcher is 'none'; set launcher: accelerate to use it")
+            raise ValueError(
+                "accelerate_config is set but launcher is 'none'; set launcher: accelerate to use it"
+            )
         return self
 
 
 class DpoConfig(Section):
     beta: float = Field(
-        0.1, gt=0, description="strength of the pull toward the reference model (DPO's beta; TRL's default 0.1)"
+        0.1,
+        gt=0,
+        description="strength of the pull toward the reference model (DPO's beta; TRL's default 0.1)",
     )
     sft_weight: float = Field(
         0.0,
@@ -269,9 +328,13 @@ class TrainConfig(Section):
     batch_size: int = Field(8, ge=1, description="examples per device step")
     gradient_accumulation: int = Field(1, ge=1, description="steps per optimizer update")
     scheduler: str = Field("cosine", description="learning-rate schedule (paper: cosine)")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps warming up (paper: 0.1)")
+    warmup_ratio: float = Field(
+        0.1, ge=0, lt=1, description="share of steps warming up (paper: 0.1)"
+    )
     max_length: int = Field(1024, ge=32, description="longest training sequence (paper: 1024)")
-    validation_fraction: float = Field(0.05, ge=0, lt=1, description="held out for eval loss (paper: 0.05)")
+    validation_fraction: float = Field(
+        0.05, ge=0, lt=1, description="held out for eval loss (paper: 0.05)"
+    )
     bf16: bool | None = Field(
         None,
         description="bf16 mixed precision; default: on when a GPU has it. On a CPU with AMX (Intel "
@@ -300,28 +363,38 @@ class TrainConfig(Section):
         "(selection gain, train loss, test gains); under the run directory's logs/",
     )
     lora: LoraConfig = Field(
-        LoraConfig(), description="LoRA adapters, merged into the saved checkpoint; off: full fine-tuning"
+        LoraConfig(),
+        description="LoRA adapters, merged into the saved checkpoint; off: full fine-tuning",
     )
     distributed: DistributedConfig = Field(
-        DistributedConfig(), description="train in worker processes across GPUs or machines; default: in-process"
+        DistributedConfig(),
+        description="train in worker processes across GPUs or machines; default: in-process",
     )
-
 
     @model_validator(mode="after")
     def _questioner_prompt(self):
         choices = sorted(name for name in TEMPLATES if name.startswith("questioner_"))
         if self.prompt and self.prompt not in choices:
-            raise ValueError(f"prompt {self.prompt!r} is not a questioner template; choose from {choices}")
+            raise ValueError(
+                f"prompt {self.prompt!r} is not a questioner template; choose from {choices}"
+            )
         return self
 
 
 class EvaluateConfig(Section):
-    conversations_per_pair: int = Field(10, ge=1, description="conversations per test pair per model")
-    max_turns: int | None = Field(None, ge=1, description="K for evaluation; default: simulate.max_turns")
-    random_persona: bool = Field(
-        True, description="also simulate with the roleplayer holding another test persona (paper's random condition)"
+    conversations_per_pair: int = Field(
+        10, ge=1, description="conversations per test pair per model"
     )
-    win_rates: bool = Field(True, description="judge each Q_k's final answers against Q_0's with roles.judge")
+    max_turns: int | None = Field(
+        None, ge=1, description="K for evaluation; default: simulate.max_turns"
+    )
+    random_persona: bool = Field(
+        True,
+        description="also simulate with the roleplayer holding another test persona (paper's random condition)",
+    )
+    win_rates: bool = Field(
+        True, description="judge each Q_k's final answers against Q_0's with roles.judge"
+    )
     judged_conversations_per_pair: int = Field(
         1, ge=1, description="conversations per test pair whose final answers are judged (paper: 1)"
     )
@@ -342,7 +415,8 @@ class EvaluateConfig(Section):
         "persona (the frozen base model's, as in scoring) wins",
     )
     pointwise_prompt: str = Field(
-        DEFAULT_PROMPTS["judge_pointwise"], description="prompt template of the judge with judge_method pointwise"
+        DEFAULT_PROMPTS["judge_pointwise"],
+        description="prompt template of the judge with judge_method pointwise",
     )
     persona_fit: bool = Field(
         True,
@@ -352,10 +426,12 @@ class EvaluateConfig(Section):
     )
     answer_max_new_tokens: int = Field(200, ge=1, description="longest final answer that is judged")
     response_model_ablation: bool = Field(
-        False, description="also judge Q_BASE's answers after Q_k's conversations (isolates the questions)"
+        False,
+        description="also judge Q_BASE's answers after Q_k's conversations (isolates the questions)",
     )
     roleplayer: RoleplayerConfig | None = Field(
-        None, description="roleplayer for test conversations (generalization ablation); default: roles.roleplayer"
+        None,
+        description="roleplayer for test conversations (generalization ablation); default: roles.roleplayer",
     )
 
     @model_validator(mode="after")
@@ -392,20 +468,28 @@ class ParallelConfig(Section):
         description="none: every job in this process; ray: chunks spread over Ray workers, each "
         "holding its own model replicas (pip install 'star-gate[ray]')",
     )
-    workers: int = Field(2, ge=1, description="Ray workers (actors), each loading the models its chunks need")
+    workers: int = Field(
+        2, ge=1, description="Ray workers (actors), each loading the models its chunks need"
+    )
     address: str = Field(
         "",
         description="empty: start a private local Ray instance; 'auto' or 'ray://HOST:10001': join a "
         "running cluster (run_dir and data.path must then be on a filesystem every node shares)",
     )
     cpus_per_worker: float = Field(
-        1, gt=0, description="CPU cores reserved per worker; Ray sets its OMP_NUM_THREADS (torch threads) to it"
+        1,
+        gt=0,
+        description="CPU cores reserved per worker; Ray sets its OMP_NUM_THREADS (torch threads) to it",
     )
-    gpus_per_worker: float = Field(0, ge=0, description="GPUs per worker (fractions share a GPU); 0: CPU only")
+    gpus_per_worker: float = Field(
+        0, ge=0, description="GPUs per worker (fractions share a GPU); 0: CPU only"
+    )
 
 
 class RunConfig(Section):
-    run_dir: str = Field("runs/demo", description="where every record, checkpoint and manifest goes")
+    run_dir: str = Field(
+        "runs/demo", description="where every record, checkpoint and manifest goes"
+    )
     seed: int = Field(0, description="all randomness derives from this")
     iterations: int = Field(3, ge=1, description="N: expert-iteration rounds (paper: 3)")
     data: DataConfig = DataConfig()
@@ -560,7 +644,11 @@ def read_config_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in changes.items():
-        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        merged[key] = (
+            _merge(base[key], value)
+            if isinstance(value, dict) and isinstance(base.get(key), dict)
+            else value
+        )
     return merged
 
 

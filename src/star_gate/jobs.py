@@ -38,9 +38,13 @@ class SimulateJob:
 
     def run(self, players: Players) -> list:
         return simulate(
-            self.pairs, players.questioner(self.policy), players.roleplayer(self.roleplayer),
-            conversations_per_pair=self.conversations_per_pair, max_turns=self.max_turns,
-            seed=self.seed, roleplayer_personas=self.acting,
+            self.pairs,
+            players.questioner(self.policy),
+            players.roleplayer(self.roleplayer),
+            conversations_per_pair=self.conversations_per_pair,
+            max_turns=self.max_turns,
+            seed=self.seed,
+            roleplayer_personas=self.acting,
         )
 
 
@@ -92,14 +96,20 @@ class JudgeJob:
     label: str
     order: Literal["random", "counterbalanced", "calibrated"]
     seed: int
-    method: Literal["generate", "logprobs", "pointwise", "persona_fit"] | None = None  # None: the config's
+    method: Literal["generate", "logprobs", "pointwise", "persona_fit"] | None = (
+        None  # None: the config's
+    )
 
     def run(self, players: Players) -> list:
         method = self.method or players.config.evaluate.judge_method
         if method == "persona_fit":
-            return judge_answers_by_fit(self.contender, self.baseline, self.pairs, players.scorer(), self.label)
+            return judge_answers_by_fit(
+                self.contender, self.baseline, self.pairs, players.scorer(), self.label
+            )
         judge = replace(players.judge(), method=method)
-        return judge_answers(self.contender, self.baseline, self.pairs, judge, self.label, self.order, self.seed)
+        return judge_answers(
+            self.contender, self.baseline, self.pairs, judge, self.label, self.order, self.seed
+        )
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,9 @@ def labelled_comparisons(
     """Up to `count` comparisons drawn with `seed` from every (pair, other persona of the same
     split) of the given splits; all of them when there are fewer."""
     if "test" in splits:
-        raise ValueError("the labelled judge set is built from training splits only, never the test split")
+        raise ValueError(
+            "the labelled judge set is built from training splits only, never the test split"
+        )
     candidates = []
     for split in splits:
         if split not in dataset.splits:
@@ -63,9 +65,14 @@ def labelled_comparisons(
                 if other == pair.persona.persona_id or gold is None:
                     continue
                 names = [pair.persona.name, dataset.personas[other].name]
-                fitting, unfitting = without_names(pair.gold.text, names), without_names(gold.text, names)
+                fitting, unfitting = (
+                    without_names(pair.gold.text, names),
+                    without_names(gold.text, names),
+                )
                 if fitting != unfitting:
-                    candidates.append(LabelledComparison(pair.task, pair.persona, fitting, unfitting, other))
+                    candidates.append(
+                        LabelledComparison(pair.task, pair.persona, fitting, unfitting, other)
+                    )
     rng = random.Random(seed)
     return rng.sample(candidates, min(count, len(candidates)))
 
@@ -100,7 +107,16 @@ def judge_accuracy(
     else:
         raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
     judgements = [
-        Judgement(c.task.task_id, c.persona.persona_id, 0, 0, "fitting", o.shown_first, o.verdicts, o.margin)
+        Judgement(
+            c.task.task_id,
+            c.persona.persona_id,
+            0,
+            0,
+            "fitting",
+            o.shown_first,
+            o.verdicts,
+            o.margin,
+        )
         for c, o in zip(comparisons, outcomes)
     ]
     return win_rate(judgements)

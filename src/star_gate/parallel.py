@@ -115,7 +115,9 @@ class RayPool:
                 cpus = math.ceil(parallel.workers * parallel.cpus_per_worker)
                 ray.init(address="local", num_cpus=cpus, include_dashboard=False)
             self.started_ray = True
-        actor = ray.remote(num_cpus=parallel.cpus_per_worker, num_gpus=parallel.gpus_per_worker)(Worker)
+        actor = ray.remote(num_cpus=parallel.cpus_per_worker, num_gpus=parallel.gpus_per_worker)(
+            Worker
+        )
         self.actors = [actor.remote(self.config, self.cache_path) for _ in range(parallel.workers)]
         return self.actors
 

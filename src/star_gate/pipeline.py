@@ -35,9 +35,15 @@ from star_gate.stages.evaluate import random_personas
 __all__ = ["STAGES", "Pipeline"]
 
 
-def acting_in(pairs: Sequence[Pair], acting: dict[str, Persona] | None) -> dict[str, Persona] | None:
+def acting_in(
+    pairs: Sequence[Pair], acting: dict[str, Persona] | None
+) -> dict[str, Persona] | None:
     """The personas played instead of these pairs' own (random-persona condition): all a job needs."""
-    return None if acting is None else {p.pair_id: acting[p.pair_id] for p in pairs if p.pair_id in acting}
+    return (
+        None
+        if acting is None
+        else {p.pair_id: acting[p.pair_id] for p in pairs if p.pair_id in acting}
+    )
 
 
 def in_chunks(items: list, size: int) -> list[list]:
@@ -48,13 +54,19 @@ class Pipeline:
     """Runs, resumes and evaluates one STaR-GATE experiment described by a RunConfig."""
 
     def __init__(
-        self, config: RunConfig, restart: bool = False, progress: bool = True, branch_from: str | None = None,
+        self,
+        config: RunConfig,
+        restart: bool = False,
+        progress: bool = True,
+        branch_from: str | None = None,
         checkpoints: dict[int, str] | None = None,
     ):
         """checkpoints: iteration -> a policy checkpoint made elsewhere (`star-gate eval`)."""
         self.config = config
         self.external_checkpoints = dict(checkpoints or {})
-        self.dataset = check_runnable(config)  # before the run directory is touched or any model loads
+        self.dataset = check_runnable(
+            config
+        )  # before the run directory is touched or any model loads
         self.run = RunDir(config, restart=restart, branch_from=branch_from)
         # API backends keep their answers in the run directory: a rerun never pays twice.
         cache = self.run.path("api_cache.sqlite")
@@ -132,10 +144,16 @@ class Pipeline:
         if self.run.is_done(key):
             return
         chunks = [self.run.chunk(key, out, index) for index in range(len(jobs))]
-        pending = {index: job for index, job in enumerate(jobs) if not self.run.is_done(chunks[index][0])}
+        pending = {
+            index: job for index, job in enumerate(jobs) if not self.run.is_done(chunks[index][0])
+        }
         for index, records in self._run_jobs(pending):
             self._write(*chunks[index], records)
-        merged = [record for chunk_key, _ in chunks for record in self.run.records(chunk_key, Conversation.from_json)]
+        merged = [
+            record
+            for chunk_key, _ in chunks
+            for record in self.run.records(chunk_key, Conversation.from_json)
+        ]
         self._write(key, out, merged, **info)
 
     def _chunk_of(self, conversations: list[Conversation]) -> int:
@@ -144,8 +162,16 @@ class Pipeline:
         return self.config.simulate.chunk_pairs * per_pair
 
     def _simulate_chunked(
-        self, key: str, out: str, pairs: list[Pair], policy_iteration: int, n: int, turns: int,
-        seed_key: str | None = None, roleplayer: RoleplayerConfig | None = None, acting: dict | None = None,
+        self,
+        key: str,
+        out: str,
+        pairs: list[Pair],
+        policy_iteration: int,
+        n: int,
+        turns: int,
+        seed_key: str | None = None,
+        roleplayer: RoleplayerConfig | None = None,
+        acting: dict | None = None,
     ):
         """Simulate in chunks of simulate.chunk_pairs pairs.
 
@@ -156,19 +182,34 @@ class Pipeline:
         """
         jobs = [
             SimulateJob(
-                chunk, self.policy_model(policy_iteration), roleplayer, n, turns,
-                seed=derive_seed(self.config.seed, seed_key or key, index), acting=acting_in(chunk, acting),
+                chunk,
+                self.policy_model(policy_iteration),
+                roleplayer,
+                n,
+                turns,
+                seed=derive_seed(self.config.seed, seed_key or key, index),
+                acting=acting_in(chunk, acting),
             )
             for index, chunk in enumerate(in_chunks(pairs, self.config.simulate.chunk_pairs))
         ]
         self._in_chunks(key, out, jobs, pairs=len(pairs))
 
-    def _score_chunked(self, key: str, out: str, conversations: list[Conversation], pairs: list[Pair]) -> None:
+    def _score_chunked(
+        self, key: str, out: str, conversations: list[Conversation], pairs: list[Pair]
+    ) -> None:
         chunks = in_chunks(conversations, self._chunk_of(conversations))
         self._in_chunks(key, out, [ScoreJob(chunk, pairs_of(chunk, pairs)) for chunk in chunks])
 
-    def _answer_chunked(self, key: str, out: str, conversations: list[Conversation], pairs: list[Pair],
-                        policy_iteration: int, mode: str, max_new_tokens: int) -> None:
+    def _answer_chunked(
+        self,
+        key: str,
+        out: str,
+        conversations: list[Conversation],
+        pairs: list[Pair],
+        policy_iteration: int,
+        mode: str,
+        max_new_tokens: int,
+    ) -> None:
         """Final answers by Q_policy_iteration (or none, or the gold) appended to conversations,
         chunk by chunk."""
         policy = self.policy_model(policy_iteration)
@@ -179,7 +220,9 @@ class Pipeline:
         self._in_chunks(key, out, jobs, mode=mode)
 
     # -- the stages of one iteration --------------------------------------------------------------
-    def _open_stage(self, iteration: int, stage: str, needs: str) -> tuple[str, str, list[Conversation] | None]:
+    def _open_stage(
+        self, iteration: int, stage: str, needs: str
+    ) -> tuple[str, str, list[Conversation] | None]:
         """(key, output, the records of the stage it needs) of one stage of this iteration; the
         records are None when the stage is already done (nothing to do).
 
@@ -197,8 +240,12 @@ class Pipeline:
     def simulate_stage(self, iteration: int) -> None:
         sim = self.config.simulate
         self._simulate_chunked(
-            self.run.stage_key(iteration, "simulate"), self.run.stage_output(iteration, "simulate"),
-            self.pairs(self.split_for(iteration)), iteration - 1, sim.conversations_per_pair, sim.max_turns,
+            self.run.stage_key(iteration, "simulate"),
+            self.run.stage_output(iteration, "simulate"),
+            self.pairs(self.split_for(iteration)),
+            iteration - 1,
+            sim.conversations_per_pair,
+            sim.max_turns,
         )
 
     def score_stage(self, iteration: int) -> None:
@@ -221,8 +268,15 @@ class Pipeline:
         key, out, kept = self._open_stage(iteration, "regularize", needs="select")
         if kept is not None:
             regularize = self.config.regularize
-            self._answer_chunked(key, out, kept, self.pairs(self.split_for(iteration)), iteration - 1,
-                                 regularize.mode, regularize.max_new_tokens)
+            self._answer_chunked(
+                key,
+                out,
+                kept,
+                self.pairs(self.split_for(iteration)),
+                iteration - 1,
+                regularize.mode,
+                regularize.max_new_tokens,
+            )
 
     def train_stage(self, iteration: int) -> None:
         key, target, kept = self._open_stage(iteration, "train", needs="regularize")
@@ -235,14 +289,25 @@ class Pipeline:
         # optimizer state beside nothing else (the policy and scorer load again when next used).
         self.players.release_local_models()
         target = self.run.path(target)
-        logs = self.run.path(self.run.LOGS, "train", f"iter_{iteration}") if self.config.train.report_to != "none" else None
+        logs = (
+            self.run.path(self.run.LOGS, "train", f"iter_{iteration}")
+            if self.config.train.report_to != "none"
+            else None
+        )
         metrics = train_checkpoint(
-            examples, self.config.roles.questioner.model, target, self.config.train,
-            seed=derive_seed(self.config.seed, key), key=key, log_dir=logs,
+            examples,
+            self.config.roles.questioner.model,
+            target,
+            self.config.train,
+            seed=derive_seed(self.config.seed, key),
+            key=key,
+            log_dir=logs,
         )
         self.run.mark_done(key, target, **self._new_work(), truncated_examples=truncated, **metrics)
 
-    def _training_examples(self, iteration: int, kept: list[Conversation]) -> tuple[list[dict], int]:
+    def _training_examples(
+        self, iteration: int, kept: list[Conversation]
+    ) -> tuple[list[dict], int]:
         """Tokenized examples (SFT) or (chosen, rejected) pairs of them (DPO), and how many were cut."""
         from transformers import AutoTokenizer
 
@@ -262,7 +327,9 @@ class Pipeline:
                 f"no preference pair of iteration {iteration} beats its rejected conversation by more "
                 f"than select.min_margin ({self.config.select.min_margin} nats); lower it"
             )
-        return build_preference_examples(preference_pairs(kept), pairs, template, tokenizer, cfg.max_length)
+        return build_preference_examples(
+            preference_pairs(kept), pairs, template, tokenizer, cfg.max_length
+        )
 
     def run_stage(self, iteration: int, stage: str) -> None:
         """Run one of STAGES of this iteration (its method is named STAGE_stage)."""
@@ -285,24 +352,39 @@ class Pipeline:
         pairs = self.pairs(self.config.data.test_split)
         self._score_test_conversations(iteration, "experimental", pairs)
         if evaluate.random_persona:
-            self._score_test_conversations(iteration, "random", pairs, random_personas(pairs, self.config.seed))
+            self._score_test_conversations(
+                iteration, "random", pairs, random_personas(pairs, self.config.seed)
+            )
         if evaluate.win_rates:
             self._final_answers(iteration, pairs)
             if evaluate.persona_fit:
                 self._persona_fit(iteration, pairs)
             if iteration > 0:
                 self._final_answers(0, pairs)
-                answers = self.run.records(self.run.eval_key(iteration, "answers"), Conversation.from_json)
+                answers = self.run.records(
+                    self.run.eval_key(iteration, "answers"), Conversation.from_json
+                )
                 self._judge(iteration, "judge", answers, pairs)
                 if evaluate.response_model_ablation:
                     self._base_answers_and_judge(iteration, pairs)
 
-    def _score_test_conversations(self, iteration: int, condition: str, pairs: list[Pair], acting=None) -> None:
+    def _score_test_conversations(
+        self, iteration: int, condition: str, pairs: list[Pair], acting=None
+    ) -> None:
         evaluate = self.config.evaluate
-        simulate_key, conversations_out, key, scored_out = self.run.condition_keys(iteration, condition)
+        simulate_key, conversations_out, key, scored_out = self.run.condition_keys(
+            iteration, condition
+        )
         self._simulate_chunked(
-            simulate_key, conversations_out, pairs, iteration, evaluate.conversations_per_pair,
-            self.config.eval_max_turns, seed_key="eval/simulate", roleplayer=evaluate.roleplayer, acting=acting,
+            simulate_key,
+            conversations_out,
+            pairs,
+            iteration,
+            evaluate.conversations_per_pair,
+            self.config.eval_max_turns,
+            seed_key="eval/simulate",
+            roleplayer=evaluate.roleplayer,
+            acting=acting,
         )
         if not self.run.is_done(key):
             conversations = self.run.records(simulate_key, Conversation.from_json)
@@ -319,14 +401,23 @@ class Pipeline:
         questioner's temperature), as in the paper's win-rate protocol."""
         key = self.run.eval_key(iteration, "answers")
         if not self.run.is_done(key):
-            self._answer_chunked(key, self.run.eval_output(iteration, "answers"), self._judged_conversations(iteration),
-                                 pairs, iteration, "policy", self.config.evaluate.answer_max_new_tokens)
+            self._answer_chunked(
+                key,
+                self.run.eval_output(iteration, "answers"),
+                self._judged_conversations(iteration),
+                pairs,
+                iteration,
+                "policy",
+                self.config.evaluate.answer_max_new_tokens,
+            )
 
     def _persona_fit(self, iteration: int, pairs: list[Pair]) -> None:
         """Each final answer's persona fit under Q_BASE (stages/evaluate.py, persona_fits)."""
         key = self.run.eval_key(iteration, "persona_fit")
         if not self.run.is_done(key):
-            answers = self.run.records(self.run.eval_key(iteration, "answers"), Conversation.from_json)
+            answers = self.run.records(
+                self.run.eval_key(iteration, "answers"), Conversation.from_json
+            )
             fits = self._run_one(FitJob(answers, pairs_of(answers, pairs)))
             self._write(key, self.run.eval_output(iteration, "persona_fit"), fits)
 
@@ -334,22 +425,48 @@ class Pipeline:
         """Response-model ablation: Q_BASE answers after Q_iteration's conversations, judged against Q_0."""
         key = self.run.eval_key(iteration, "base_answers")
         if not self.run.is_done(key):
-            self._answer_chunked(key, self.run.eval_output(iteration, "base_answers"),
-                                 self._judged_conversations(iteration), pairs, 0, "policy",
-                                 self.config.evaluate.answer_max_new_tokens)
-        self._judge(iteration, "judge_base", self.run.records(key, Conversation.from_json), pairs,
-                    label=f"Q_BASE answering after Q_{iteration}")
+            self._answer_chunked(
+                key,
+                self.run.eval_output(iteration, "base_answers"),
+                self._judged_conversations(iteration),
+                pairs,
+                0,
+                "policy",
+                self.config.evaluate.answer_max_new_tokens,
+            )
+        self._judge(
+            iteration,
+            "judge_base",
+            self.run.records(key, Conversation.from_json),
+            pairs,
+            label=f"Q_BASE answering after Q_{iteration}",
+        )
 
-    def _judge(self, iteration: int, kind: str, contender: list[Conversation], pairs: list[Pair], label: str = "") -> None:
+    def _judge(
+        self,
+        iteration: int,
+        kind: str,
+        contender: list[Conversation],
+        pairs: list[Pair],
+        label: str = "",
+    ) -> None:
         key = self.run.eval_key(iteration, kind)
         if self.run.is_done(key):
             return
         baseline = self.run.records(self.run.eval_key(0, "answers"), Conversation.from_json)
         order, method = self.config.evaluate.judge_order, self.config.evaluate.judge_method
         seed = derive_seed(self.config.seed, key)
-        judgements = self._run_one(JudgeJob(contender, baseline, pairs, label or f"Q_{iteration}", order, seed, method))
-        self._write(key, self.run.eval_output(iteration, kind), judgements, order=order, seed=seed,
-                               method=method)
+        judgements = self._run_one(
+            JudgeJob(contender, baseline, pairs, label or f"Q_{iteration}", order, seed, method)
+        )
+        self._write(
+            key,
+            self.run.eval_output(iteration, kind),
+            judgements,
+            order=order,
+            seed=seed,
+            method=method,
+        )
 
     # -- the whole loop ---------------------------------------------------------------------------
     def run_all(self) -> list[Estimate]:
@@ -372,7 +489,9 @@ class Pipeline:
         if self._log is None:
             from star_gate.training.tracking import PipelineLog
 
-            self._log = PipelineLog(report_to, self.run.path(self.run.LOGS, "pipeline"), self.run.root.name)
+            self._log = PipelineLog(
+                report_to, self.run.path(self.run.LOGS, "pipeline"), self.run.root.name
+            )
         self._log.log(self.results().iteration_metrics(iteration), iteration)
 
     def evaluate_checkpoints(self) -> list[Estimate]:
@@ -391,5 +510,9 @@ class Pipeline:
         results = self.results()
         rows = results.control_rows()
         for iteration in results.iterations():
-            rows += [row for condition in ("experimental", "random") if (row := results.logprob(iteration, condition))]
+            rows += [
+                row
+                for condition in ("experimental", "random")
+                if (row := results.logprob(iteration, condition))
+            ]
         return rows

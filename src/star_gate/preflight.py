@@ -23,7 +23,10 @@ def used_roles(config: RunConfig) -> dict[str, RoleConfig]:
     roleplayers that are models (not the `facts` retriever), and the judge if the evaluation uses
     one."""
     roles = {"roles.questioner": config.roles.questioner}
-    for label, role in (("roles.roleplayer", config.roles.roleplayer), ("evaluate.roleplayer", config.evaluate.roleplayer)):
+    for label, role in (
+        ("roles.roleplayer", config.roles.roleplayer),
+        ("evaluate.roleplayer", config.evaluate.roleplayer),
+    ):
         if role is not None and role.mode != "facts":
             roles[label] = role
     if config.evaluate.uses_judge:
@@ -31,12 +34,20 @@ def used_roles(config: RunConfig) -> dict[str, RoleConfig]:
     return roles
 
 
-def limit_splits(dataset: Dataset, max_tasks: int | None, max_personas: int | None, data=None) -> Dataset:
+def limit_splits(
+    dataset: Dataset, max_tasks: int | None, max_personas: int | None, data=None
+) -> Dataset:
     """Keep the first N tasks and personas of each split (demos and smoke tests); with a DataConfig
     `data`, each split's own limits (data.limits: training splits may keep more)."""
-    limits = {name: data.limits(name) if data is not None else (max_tasks, max_personas) for name in dataset.splits}
+    limits = {
+        name: data.limits(name) if data is not None else (max_tasks, max_personas)
+        for name in dataset.splits
+    }
     dataset.splits = {
-        name: {"tasks": spec["tasks"][: limits[name][0]], "personas": spec["personas"][: limits[name][1]]}
+        name: {
+            "tasks": spec["tasks"][: limits[name][0]],
+            "personas": spec["personas"][: limits[name][1]],
+        }
         for name, spec in dataset.splits.items()
     }
     return dataset
@@ -54,7 +65,10 @@ def runnable_dataset(config: RunConfig) -> Dataset:
         if split not in dataset.splits:
             raise ValueError(f"data.path has no split {split!r}; it has {sorted(dataset.splits)}")
     dataset = limit_splits(dataset, config.data.max_tasks, config.data.max_personas, config.data)
-    if config.evaluate.random_persona and len(dataset.splits[config.data.test_split]["personas"]) < 2:
+    if (
+        config.evaluate.random_persona
+        and len(dataset.splits[config.data.test_split]["personas"]) < 2
+    ):
         raise ValueError(
             "evaluate.random_persona needs at least 2 test personas; set it to false or use more personas"
         )

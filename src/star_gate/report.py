@@ -23,8 +23,10 @@ from star_gate.data.loaders import load_dataset
 from star_gate.results import RunResults
 
 WEAK_JUDGES = ("bundled", "smollm", "135m", "tiny")
-CONDITIONS = (("experimental", "conversations with the true persona", "o-"),
-              ("random", "conversations with another test persona", "s--"))
+CONDITIONS = (
+    ("experimental", "conversations with the true persona", "o-"),
+    ("random", "conversations with another test persona", "s--"),
+)
 
 
 def fmt(mean: float, sem: float, digits: int = 2) -> str:
@@ -40,12 +42,20 @@ def plot_logprobs(runs: Sequence[RunResults], path: Path) -> Path:
     for ax, run in zip(axes[0], runs):
         for control, color in zip(run.control_rows(), ("tab:red", "tab:green")):
             ax.axhline(control.mean, color=color, lw=1, label=f"{control.label}")
-            ax.axhspan(control.mean - control.sem, control.mean + control.sem, color=color, alpha=0.15)
+            ax.axhspan(
+                control.mean - control.sem, control.mean + control.sem, color=color, alpha=0.15
+            )
         for condition, label, style in CONDITIONS:
             points = [(k, est) for k in run.iterations() if (est := run.logprob(k, condition))]
             if points:
-                ax.errorbar([k for k, _ in points], [e.mean for _, e in points], yerr=[e.sem for _, e in points],
-                            fmt=style, capsize=4, label=label)
+                ax.errorbar(
+                    [k for k, _ in points],
+                    [e.mean for _, e in points],
+                    yerr=[e.sem for _, e in points],
+                    fmt=style,
+                    capsize=4,
+                    label=label,
+                )
         ax.set_title(run.name)
         ax.set_xlabel("iteration (questioner Q_k)")
         ax.set_xticks(run.iterations())
@@ -61,10 +71,20 @@ def plot_gap_share(runs: Sequence[RunResults], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     for run in runs:
         for condition, label, style in CONDITIONS:
-            points = [(k, run.gap_share(k, condition)) for k in run.iterations() if run.scored(k, condition)]
+            points = [
+                (k, run.gap_share(k, condition))
+                for k in run.iterations()
+                if run.scored(k, condition)
+            ]
             if points:
-                ax.errorbar([k for k, _ in points], [m for _, (m, _) in points], yerr=[e for _, (_, e) in points],
-                            fmt=style, capsize=4, label=f"{run.name}: {label}")
+                ax.errorbar(
+                    [k for k, _ in points],
+                    [m for _, (m, _) in points],
+                    yerr=[e for _, (_, e) in points],
+                    fmt=style,
+                    capsize=4,
+                    label=f"{run.name}: {label}",
+                )
     ax.axhline(0, color="tab:red", lw=1, label="negative control")
     ax.axhline(1, color="tab:green", lw=1, label="positive control")
     ax.set_xlabel("iteration (questioner Q_k)")
@@ -78,11 +98,22 @@ def plot_win_rates(runs: Sequence[RunResults], path: Path) -> Path:
     """Figure 3: win rate of Q_k's answers against Q_0's per iteration, ± SEM, 0.5 = chance."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for run in runs:
-        for kind, style, suffix in (("judge", "o-", ""), ("judge_base", "s--", " (Q_BASE answering)")):
-            points = [(k, rate) for k in run.iterations() if k > 0 and (rate := run.win_rate(k, kind))]
+        for kind, style, suffix in (
+            ("judge", "o-", ""),
+            ("judge_base", "s--", " (Q_BASE answering)"),
+        ):
+            points = [
+                (k, rate) for k in run.iterations() if k > 0 and (rate := run.win_rate(k, kind))
+            ]
             if points:
-                ax.errorbar([0] + [k for k, _ in points], [0.5] + [r.mean for _, r in points],
-                            yerr=[0] + [r.sem for _, r in points], fmt=style, capsize=4, label=run.name + suffix)
+                ax.errorbar(
+                    [0] + [k for k, _ in points],
+                    [0.5] + [r.mean for _, r in points],
+                    yerr=[0] + [r.sem for _, r in points],
+                    fmt=style,
+                    capsize=4,
+                    label=run.name + suffix,
+                )
     ax.axhline(0.5, color="grey", ls=":", lw=1)
     ax.set_ylim(0, 1)
     ax.set_xticks(sorted({0, *(k for run in runs for k in run.iterations())}))
@@ -100,8 +131,14 @@ def plot_win_rates_by_length(run: RunResults, path: Path) -> Path:
     for offset, k in enumerate(iterations):
         by_length = run.win_rates_by_length(k)
         xs = [turns + (offset - (len(iterations) - 1) / 2) * width for turns in by_length]
-        ax.bar(xs, [r.mean for r in by_length.values()], width, yerr=[r.sem for r in by_length.values()],
-               capsize=3, label=f"Q_{k}")
+        ax.bar(
+            xs,
+            [r.mean for r in by_length.values()],
+            width,
+            yerr=[r.sem for r in by_length.values()],
+            capsize=3,
+            label=f"Q_{k}",
+        )
     ax.axhline(0.5, color="grey", ls=":", lw=1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("conversation length (questions asked)")
@@ -122,18 +159,22 @@ def _save(fig, path: Path) -> Path:
 
 # -- markdown ---------------------------------------------------------------------------------------
 def describe_runs(runs: Sequence[RunResults]) -> list[str]:
-    lines = ["| run | questioner | roleplayer (train / test) | judge | regularize | test pairs | iterations |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | questioner | roleplayer (train / test) | judge | regularize | test pairs | iterations |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for run in runs:
         cfg = run.config
         train_rp = f"{cfg.roles.roleplayer.mode} ({cfg.roles.roleplayer.model})"
         test = cfg.evaluate.roleplayer
         test_rp = f"{test.mode} ({test.model})" if test else "same"
         pairs = len(run.controls("negative"))
-        lines.append(f"| `{run.root}` | {cfg.roles.questioner.model} | {train_rp} / {test_rp} | "
-                     f"{describe_judge(cfg)} | {cfg.regularize.mode}"
-                     f"{f' ({cfg.regularize.answer_prompt} prompt)' if cfg.regularize.answer_prompt else ''} | "
-                     f"{pairs} | {', '.join(map(str, run.iterations()))} |")
+        lines.append(
+            f"| `{run.root}` | {cfg.roles.questioner.model} | {train_rp} / {test_rp} | "
+            f"{describe_judge(cfg)} | {cfg.regularize.mode}"
+            f"{f' ({cfg.regularize.answer_prompt} prompt)' if cfg.regularize.answer_prompt else ''} | "
+            f"{pairs} | {', '.join(map(str, run.iterations()))} |"
+        )
     return lines
 
 
@@ -154,23 +195,41 @@ def answer_tables(run: RunResults) -> list[str]:
     """Per Q_k: non-answers among the judged final answers, and their persona fit; then the
     regularization answers' non-answers per training iteration."""
     iterations = [k for k in run.iterations() if run.non_answers(k)]
-    regularized = [(k, share) for k in run.training_iterations() if (share := run.regularized_non_answers(k))]
+    regularized = [
+        (k, share) for k in run.training_iterations() if (share := run.regularized_non_answers(k))
+    ]
     if not iterations and not regularized:
-        return [f"### {run.name}", "", "No final answers in this run (evaluate.win_rates is off or not run yet).", ""]
+        return [
+            f"### {run.name}",
+            "",
+            "No final answers in this run (evaluate.win_rates is off or not run yet).",
+            "",
+        ]
     lines = [f"### {run.name}", ""]
     if iterations:
-        lines += ["| Q_k | non-answers ± SEM (n) | persona fit, nats/token | persona fit − Q_0, paired |",
-                  "|---|---|---|---|"]
+        lines += [
+            "| Q_k | non-answers ± SEM (n) | persona fit, nats/token | persona fit − Q_0, paired |",
+            "|---|---|---|---|",
+        ]
         for k in iterations:
             share, fit = run.non_answers(k), run.persona_fit(k)
             gain = run.persona_fit_gain(k) if k > 0 else None
-            lines.append(f"| Q_{k} | {fmt(share.mean, share.sem)} ({share.count}) | "
-                         f"{fmt(fit.mean, fit.sem, 3) if fit else '–'} | {fmt(gain.mean, gain.sem, 3) if gain else '–'} |")
+            lines.append(
+                f"| Q_{k} | {fmt(share.mean, share.sem)} ({share.count}) | "
+                f"{fmt(fit.mean, fit.sem, 3) if fit else '–'} | {fmt(gain.mean, gain.sem, 3) if gain else '–'} |"
+            )
         lines.append("")
     if regularized:
-        lines += ["Regularization answers (written by Q_{k-1} for training iteration k) that are no answer:", "",
-                  "| training iteration | written by | non-answers ± SEM (n) |", "|---|---|---|"]
-        lines += [f"| {k} | Q_{k - 1} | {fmt(share.mean, share.sem)} ({share.count}) |" for k, share in regularized]
+        lines += [
+            "Regularization answers (written by Q_{k-1} for training iteration k) that are no answer:",
+            "",
+            "| training iteration | written by | non-answers ± SEM (n) |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {k} | Q_{k - 1} | {fmt(share.mean, share.sem)} ({share.count}) |"
+            for k, share in regularized
+        ]
         lines.append("")
     return lines
 
@@ -179,14 +238,23 @@ def logprob_tables(run: RunResults) -> list[str]:
     lines = [f"### {run.name}", ""]
     for control in run.control_rows():
         lines.append(f"- {control.label}: {fmt(control.mean, control.sem)} ({control.count} pairs)")
-    lines += ["", ("| Q_k | true persona (n) | random persona (n) | gap closed, true | gap closed, random "
-              "| Q_k − Q_0, paired |"), "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        (
+            "| Q_k | true persona (n) | random persona (n) | gap closed, true | gap closed, random "
+            "| Q_k − Q_0, paired |"
+        ),
+        "|---|---|---|---|---|---|",
+    ]
     for k in run.iterations():
         cells = []
         for condition in ("experimental", "random"):
             est = run.logprob(k, condition)
             cells.append(f"{fmt(est.mean, est.sem)} ({est.count})" if est else "–")
-        shares = [fmt(*run.gap_share(k, c), digits=3) if run.scored(k, c) else "–" for c in ("experimental", "random")]
+        shares = [
+            fmt(*run.gap_share(k, c), digits=3) if run.scored(k, c) else "–"
+            for c in ("experimental", "random")
+        ]
         gain = run.paired_gain(k) if k > 0 else None
         cells += [*shares, fmt(gain.mean, gain.sem) if gain else "–"]
         lines.append(f"| Q_{k} | " + " | ".join(cells) + " |")
@@ -194,44 +262,83 @@ def logprob_tables(run: RunResults) -> list[str]:
 
 
 def win_rate_tables(run: RunResults) -> list[str]:
-    rows = [(k, kind, rate) for k in run.iterations() if k > 0 for kind in ("judge", "judge_base")
-            if (rate := run.win_rate(k, kind))]
+    rows = [
+        (k, kind, rate)
+        for k in run.iterations()
+        if k > 0
+        for kind in ("judge", "judge_base")
+        if (rate := run.win_rate(k, kind))
+    ]
     if not rows:
-        return [f"### {run.name}", "", "No judged answers in this run (evaluate.win_rates is off or not run yet).", ""]
-    lines = [f"### {run.name}", "", "| contender vs Q_0 | win rate ± SEM | judged | unreadable | position bias |",
-             "|---|---|---|---|---|"]
+        return [
+            f"### {run.name}",
+            "",
+            "No judged answers in this run (evaluate.win_rates is off or not run yet).",
+            "",
+        ]
+    lines = [
+        f"### {run.name}",
+        "",
+        "| contender vs Q_0 | win rate ± SEM | judged | unreadable | position bias |",
+        "|---|---|---|---|---|",
+    ]
     for k, kind, rate in rows:
         label = f"Q_{k}" if kind == "judge" else f"Q_BASE answering after Q_{k}"
-        lines.append(f"| {label} | {fmt(rate.mean, rate.sem, 3)} | {rate.count} | {rate.unreadable} | "
-                     f"{bias_cell(rate.position_bias)} |")
-    lengths = sorted({turns for k, kind, _ in rows if kind == "judge" for turns in run.win_rates_by_length(k)})
-    lines += ["", "By conversation length (questions asked):", "",
-              "| Q_k | " + " | ".join(f"{t} turn{'s' * (t > 1)}" for t in lengths) + " |",
-              "|---|" + "---|" * len(lengths)]
+        lines.append(
+            f"| {label} | {fmt(rate.mean, rate.sem, 3)} | {rate.count} | {rate.unreadable} | "
+            f"{bias_cell(rate.position_bias)} |"
+        )
+    lengths = sorted(
+        {turns for k, kind, _ in rows if kind == "judge" for turns in run.win_rates_by_length(k)}
+    )
+    lines += [
+        "",
+        "By conversation length (questions asked):",
+        "",
+        "| Q_k | " + " | ".join(f"{t} turn{'s' * (t > 1)}" for t in lengths) + " |",
+        "|---|" + "---|" * len(lengths),
+    ]
     for k, kind, _ in rows:
         if kind == "judge":
             by_length = run.win_rates_by_length(k)
-            cells = [f"{fmt(by_length[t].mean, by_length[t].sem)} ({by_length[t].count})" if t in by_length else "–"
-                     for t in lengths]
+            cells = [
+                f"{fmt(by_length[t].mean, by_length[t].sem)} ({by_length[t].count})"
+                if t in by_length
+                else "–"
+                for t in lengths
+            ]
             lines.append(f"| Q_{k} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
 def judge_caveat(runs: Sequence[RunResults]) -> list[str]:
-    weak = sorted({run.config.roles.judge.model for run in runs if run.config.evaluate.uses_judge
-                   and any(marker in run.config.roles.judge.model.lower() for marker in WEAK_JUDGES)})
+    weak = sorted(
+        {
+            run.config.roles.judge.model
+            for run in runs
+            if run.config.evaluate.uses_judge
+            and any(marker in run.config.roles.judge.model.lower() for marker in WEAK_JUDGES)
+        }
+    )
     if not weak:
         return []
-    return [(f"> **A weak judge.** The judge here is {', '.join(weak)}, a small model, not GPT-4. Its "
+    return [
+        (
+            f"> **A weak judge.** The judge here is {', '.join(weak)}, a small model, not GPT-4. Its "
             "verdicts follow the position and surface features more than the persona (see the position-bias "
             "column), so these win rates check the bookkeeping and show the trend at best; they are not "
-            "evidence that one model's answers suit people better. Use a strong judge (`roles.judge`) for that."), ""]
+            "evidence that one model's answers suit people better. Use a strong judge (`roles.judge`) for that."
+        ),
+        "",
+    ]
 
 
 def example_tables(run: RunResults, count: int) -> list[str]:
     """For a few test pairs, each iteration's first test conversation and final answer side by side."""
     dataset = load_dataset(run.config.data.path)
-    answers = {k: {c.pair_id: c for c in run.answers(k) if c.sample_index == 0} for k in run.iterations()}
+    answers = {
+        k: {c.pair_id: c for c in run.answers(k) if c.sample_index == 0} for k in run.iterations()
+    }
     iterations = [k for k in run.iterations() if answers[k]]
     if not iterations:
         return []
@@ -240,12 +347,17 @@ def example_tables(run: RunResults, count: int) -> list[str]:
     for pair_id in pair_ids:
         task_id, persona_id = pair_id.split("|")
         persona = dataset.personas[persona_id]
-        lines += [f"### {dataset.tasks[task_id].text} ({persona.name})", "",
-                  f"<details><summary>persona</summary>\n\n{persona.description}\n\n</details>", "", "<table><tr>"]
+        lines += [
+            f"### {dataset.tasks[task_id].text} ({persona.name})",
+            "",
+            f"<details><summary>persona</summary>\n\n{persona.description}\n\n</details>",
+            "",
+            "<table><tr>",
+        ]
         lines += [f"<th>Q_{k}</th>" for k in iterations] + ["</tr><tr>"]
         for k in iterations:
             conversation = answers[k].get(pair_id)
-            lines.append(f"<td valign=\"top\">{_conversation_html(conversation)}</td>")
+            lines.append(f'<td valign="top">{_conversation_html(conversation)}</td>')
         lines += ["</tr></table>", ""]
     return lines
 
@@ -277,7 +389,9 @@ def _conversation_html(conversation) -> str:
     return "<br><br>".join(parts)
 
 
-def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None, examples: int = 3) -> Path:
+def write_report(
+    run_dirs: Sequence[str | Path], out_dir: str | Path | None = None, examples: int = 3
+) -> Path:
     runs = [RunResults(d) for d in run_dirs]
     out = Path(out_dir) if out_dir else runs[0].root
     out.mkdir(parents=True, exist_ok=True)
@@ -289,44 +403,72 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     if any(k > 0 and runs[0].judgements(k) for k in runs[0].iterations()):
         plots["by_length"] = plot_win_rates_by_length(runs[0], out / "win_rates_by_length.png")
     lines = [
-        "# STaR-GATE report", "", f"Written {time.strftime('%Y-%m-%d %H:%M')} by `star-gate report`.", "",
-        *describe_runs(runs), "",
-        "## Gold log-probabilities on the test split", "",
-        ("log p_base(g | ·): how likely the frozen base model finds the oracle's persona-tailored gold answer. "
-        "Negative control: the task alone; positive control: the persona written into the task; true persona: "
-        "after Q_k's conversation with the roleplayer playing the pair's persona; random persona: after a "
-        "conversation with another test persona. Share of persona gap closed = (true − negative) / "
-        "(positive − negative) over pair means (bootstrap SEM). Q_k − Q_0 is paired by test pair."), "",
+        "# STaR-GATE report",
+        "",
+        f"Written {time.strftime('%Y-%m-%d %H:%M')} by `star-gate report`.",
+        "",
+        *describe_runs(runs),
+        "",
+        "## Gold log-probabilities on the test split",
+        "",
+        (
+            "log p_base(g | ·): how likely the frozen base model finds the oracle's persona-tailored gold answer. "
+            "Negative control: the task alone; positive control: the persona written into the task; true persona: "
+            "after Q_k's conversation with the roleplayer playing the pair's persona; random persona: after a "
+            "conversation with another test persona. Share of persona gap closed = (true − negative) / "
+            "(positive − negative) over pair means (bootstrap SEM). Q_k − Q_0 is paired by test pair."
+        ),
+        "",
     ]
     for run in runs:
         lines += logprob_tables(run)
-    lines += [f"![log-probs per iteration]({plots['logprobs'].name})",
-              f"![share of the persona gap closed per iteration]({plots['gap_share'].name})", "",
-              "## Win rates against the initial model", "",
-              ("Q_k answers at temperature 0 after one of its own test conversations; so does Q_0; the judge sees "
-              "the persona and the task and picks the better answer. Ties (counterbalanced order, verdicts that "
-              "flip with the order) count one half. Calibrated order: both orders are asked and the contender's "
-              "log-odds log p(its letter) − log p(the other), averaged over the two, decides, so a constant "
-              "preference for a position cancels out. Pointwise: the judge sees one answer at a time and the "
-              "higher log p('Yes') − log p('No') wins. Persona fit: no judge; the answer with the higher persona "
-              "fit (below) wins. Position bias: share of verdicts that follow the position, not the answer "
-              "(counterbalanced and calibrated: the raw picks are the same position in both orders; random "
-              "order: |2·P(first) − 1|; n/a where no two answers are shown side by side)."), "",
-              *judge_caveat(runs)]
+    lines += [
+        f"![log-probs per iteration]({plots['logprobs'].name})",
+        f"![share of the persona gap closed per iteration]({plots['gap_share'].name})",
+        "",
+        "## Win rates against the initial model",
+        "",
+        (
+            "Q_k answers at temperature 0 after one of its own test conversations; so does Q_0; the judge sees "
+            "the persona and the task and picks the better answer. Ties (counterbalanced order, verdicts that "
+            "flip with the order) count one half. Calibrated order: both orders are asked and the contender's "
+            "log-odds log p(its letter) − log p(the other), averaged over the two, decides, so a constant "
+            "preference for a position cancels out. Pointwise: the judge sees one answer at a time and the "
+            "higher log p('Yes') − log p('No') wins. Persona fit: no judge; the answer with the higher persona "
+            "fit (below) wins. Position bias: share of verdicts that follow the position, not the answer "
+            "(counterbalanced and calibrated: the raw picks are the same position in both orders; random "
+            "order: |2·P(first) − 1|; n/a where no two answers are shown side by side)."
+        ),
+        "",
+        *judge_caveat(runs),
+    ]
     for run in runs:
         lines += win_rate_tables(run)
     lines.append(f"![win rates per iteration]({plots['win_rates'].name})")
     if "by_length" in plots:
         lines.append(f"![win rates per conversation length]({plots['by_length'].name})")
-    lines += ["", "## Final answers", "",
-              ("Non-answers: final answers that are empty or under four words, end with a question mark, or "
-               "whose first sentence is a question (they ask instead of answering). Persona fit: "
-               "[log p_base(answer | persona, task) − log p_base(answer | task)] per answer token, under the "
-               "frozen base model: how much more the answer suits this person than anyone. Q_k − Q_0 is paired "
-               "by test pair."), ""]
+    lines += [
+        "",
+        "## Final answers",
+        "",
+        (
+            "Non-answers: final answers that are empty or under four words, end with a question mark, or "
+            "whose first sentence is a question (they ask instead of answering). Persona fit: "
+            "[log p_base(answer | persona, task) − log p_base(answer | task)] per answer token, under the "
+            "frozen base model: how much more the answer suits this person than anyone. Q_k − Q_0 is paired "
+            "by test pair."
+        ),
+        "",
+    ]
     for run in runs:
         lines += answer_tables(run)
-    lines += ["", "## Examples", "", f"The first test conversation of {examples} test pairs ({runs[0].name}).", ""]
+    lines += [
+        "",
+        "## Examples",
+        "",
+        f"The first test conversation of {examples} test pairs ({runs[0].name}).",
+        "",
+    ]
     lines += example_tables(runs[0], examples)
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines) + "\n")

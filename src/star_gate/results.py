@@ -41,7 +41,9 @@ class RunResults:
         if not manifest.exists():
             raise FileNotFoundError(f"{self.root} is not a run directory (no manifest.json)")
         self.stages: dict = json.loads(manifest.read_text(encoding="utf-8"))["stages"]
-        self._records: dict[str, list] = {}  # each file parsed once: a report asks for it many times
+        self._records: dict[
+            str, list
+        ] = {}  # each file parsed once: a report asks for it many times
 
     @cached_property
     def config(self) -> RunConfig:
@@ -101,19 +103,29 @@ class RunResults:
 
     def logprob(self, iteration: int, condition: str = "experimental") -> Estimate | None:
         values = [c.logprob for c in self.scored(iteration, condition)]
-        label = f"Q_{iteration} " + ("conversations" if condition == "experimental" else "random persona")
+        label = f"Q_{iteration} " + (
+            "conversations" if condition == "experimental" else "random persona"
+        )
         return Estimate(label, *mean_sem(values), len(values)) if values else None
 
     def paired_gain(self, later: int, earlier: int = 0) -> Estimate | None:
         """Per test pair, mean log-prob under Q_later's conversations minus Q_earlier's; mean ± SEM over
         pairs. Pairing removes the (large) differences between gold answers' lengths."""
-        a, b = (per_pair_means((c.pair_id, c.logprob) for c in self.scored(k)) for k in (later, earlier))
+        a, b = (
+            per_pair_means((c.pair_id, c.logprob) for c in self.scored(k)) for k in (later, earlier)
+        )
         diffs = [a[k] - b[k] for k in a if k in b]
-        return Estimate(f"Q_{later} - Q_{earlier}, paired by test pair", *mean_sem(diffs), len(diffs)) if diffs else None
+        return (
+            Estimate(f"Q_{later} - Q_{earlier}, paired by test pair", *mean_sem(diffs), len(diffs))
+            if diffs
+            else None
+        )
 
     def gap_share(self, iteration: int, condition: str = "experimental") -> tuple[float, float]:
         values = per_pair_means((c.pair_id, c.logprob) for c in self.scored(iteration, condition))
-        return persona_gap_share(values, self.controls("negative"), self.controls("positive"), seed=self.config.seed)
+        return persona_gap_share(
+            values, self.controls("negative"), self.controls("positive"), seed=self.config.seed
+        )
 
     def win_rate(self, iteration: int, kind: str = "judge") -> WinRate | None:
         judgements = self.judgements(iteration, kind)
@@ -127,13 +139,22 @@ class RunResults:
 
     def persona_fit(self, iteration: int) -> Estimate | None:
         """Q_k's final answers' persona fit (nats per token): mean ± SEM over test pairs' means."""
-        values = list(per_pair_means((f.pair_id, f.fit) for f in self.answer_fits(iteration)).values())
-        return Estimate(f"Q_{iteration} persona fit", *mean_sem(values), len(values)) if values else None
+        values = list(
+            per_pair_means((f.pair_id, f.fit) for f in self.answer_fits(iteration)).values()
+        )
+        return (
+            Estimate(f"Q_{iteration} persona fit", *mean_sem(values), len(values))
+            if values
+            else None
+        )
 
     def persona_fit_gain(self, later: int, earlier: int = 0) -> Estimate | None:
         """Per test pair, the mean persona fit of Q_later's final answers minus Q_earlier's; mean ±
         SEM over pairs."""
-        a, b = (per_pair_means((f.pair_id, f.fit) for f in self.answer_fits(k)) for k in (later, earlier))
+        a, b = (
+            per_pair_means((f.pair_id, f.fit) for f in self.answer_fits(k))
+            for k in (later, earlier)
+        )
         diffs = [a[k] - b[k] for k in a if k in b]
         label = f"Q_{later} - Q_{earlier} persona fit, paired by test pair"
         return Estimate(label, *mean_sem(diffs), len(diffs)) if diffs else None
@@ -150,7 +171,11 @@ class RunResults:
         answer; None when there are none (regularize.mode none, or not run yet)."""
         responses = [c.response for c in self.regularized(iteration) if c.response is not None]
         mean, sem, count = non_answer_share(responses)
-        return Estimate(f"iter_{iteration} regularization non-answers", mean, sem, count) if count else None
+        return (
+            Estimate(f"iter_{iteration} regularization non-answers", mean, sem, count)
+            if count
+            else None
+        )
 
     def iteration_metrics(self, iteration: int) -> dict[str, float]:
         """The numbers a run logs once per iteration (train.report_to): how much selection raised
@@ -160,7 +185,9 @@ class RunResults:
         scored = self._rows(Layout.stage_key(iteration, "score"), Conversation.from_json)
         kept = self._rows(Layout.stage_key(iteration, "select"), Conversation.from_json)
         if scored and kept:
-            all_mean, kept_mean = (mean_sem([c.logprob for c in rows])[0] for rows in (scored, kept))
+            all_mean, kept_mean = (
+                mean_sem([c.logprob for c in rows])[0] for rows in (scored, kept)
+            )
             metrics["select/kept_logprob_gain"] = kept_mean - all_mean
         train = self.stages.get(Layout.stage_key(iteration, "train"), {})
         if "train_loss" in train:
@@ -171,7 +198,9 @@ class RunResults:
             "eval/persona_fit": self.persona_fit(iteration),
             "eval/non_answers": self.non_answers(iteration),
         }
-        metrics |= {name: estimate.mean for name, estimate in estimates.items() if estimate is not None}
+        metrics |= {
+            name: estimate.mean for name, estimate in estimates.items() if estimate is not None
+        }
         if self.scored(iteration):
             metrics["eval/gap_share"] = self.gap_share(iteration)[0]
         if (rate := self.win_rate(iteration)) is not None:

@@ -32,13 +32,20 @@ from star_gate.secrets import scrub_secrets
 TOTALLED = ("truncated_prompts", "truncated_examples")
 # Counted by API backends only, so totalled only in runs where some stage reports them.
 TOTALLED_WHEN_REPORTED = (
-    "api_calls", "api_retries", "api_cache_hits", "api_prompt_tokens", "api_completion_tokens",
+    "api_calls",
+    "api_retries",
+    "api_cache_hits",
+    "api_prompt_tokens",
+    "api_completion_tokens",
 )
 
 STAGES = ("simulate", "score", "select", "regularize", "train")  # of one expert iteration, in order
 _STAGE_OUTPUTS = {
-    "simulate": "conversations.jsonl", "score": "scored.jsonl", "select": "selected.jsonl",
-    "regularize": "regularized.jsonl", "train": "checkpoint",
+    "simulate": "conversations.jsonl",
+    "score": "scored.jsonl",
+    "select": "selected.jsonl",
+    "regularize": "regularized.jsonl",
+    "train": "checkpoint",
 }
 
 
@@ -79,7 +86,10 @@ class Layout:
         """(simulate key, conversations file, score key, scored file) of Q_iteration's test
         conversations: condition 'experimental' (the pair's own persona) or 'random'."""
         part = "" if condition == "experimental" else condition
-        key, stem = cls.eval_key(iteration, part), f"eval/iter_{iteration}" + (f"_{part}" if part else "")
+        key, stem = (
+            cls.eval_key(iteration, part),
+            f"eval/iter_{iteration}" + (f"_{part}" if part else ""),
+        )
         return f"{key}/simulate", f"{stem}_conversations.jsonl", key, f"{stem}_scored.jsonl"
 
     @staticmethod
@@ -131,7 +141,11 @@ class RunDir(Layout):
     def _check_config(self, restart: bool) -> None:
         saved = self.root / "config.yaml"
         text = scrub_secrets(config_to_yaml(self.config))
-        if saved.exists() and not restart and not self._same_config(saved.read_text(encoding="utf-8"), text):
+        if (
+            saved.exists()
+            and not restart
+            and not self._same_config(saved.read_text(encoding="utf-8"), text)
+        ):
             raise ConfigError(
                 f"{self.root} holds a run made with a different config; use a new run_dir, "
                 "pass --restart to start this one over, or --branch NEW_RUN_DIR to continue a "
@@ -225,7 +239,9 @@ class RunDir(Layout):
             **info,
         }
         stages = self.manifest["stages"].values()
-        reported = [name for name in TOTALLED_WHEN_REPORTED if any(name in entry for entry in stages)]
+        reported = [
+            name for name in TOTALLED_WHEN_REPORTED if any(name in entry for entry in stages)
+        ]
         self.manifest["totals"] = {
             name: sum(entry.get(name, 0) for entry in stages) for name in (*TOTALLED, *reported)
         }

@@ -11,7 +11,9 @@ import os
 import re
 
 # api_key, OPENAI_API_KEY, hf_token, HF_TOKEN, client_secret, PASSWORD; not max_new_tokens or tokenizer.
-_SECRET_NAME = re.compile(r"(^|_)(api_?key|key|secret|password|passwd|credentials?|token)($|_)", re.IGNORECASE)
+_SECRET_NAME = re.compile(
+    r"(^|_)(api_?key|key|secret|password|passwd|credentials?|token)($|_)", re.IGNORECASE
+)
 _SHORTEST_SECRET = 8  # shorter values ("1", "true") would be replaced everywhere they occur
 
 

@@ -19,7 +19,8 @@ def test_backend_class_by_name():
 
 def test_unknown_backend_lists_choices():
     with pytest.raises(
-        ValueError, match=r"unknown backend 'vllm9'; choose from \['fake', 'openai', 'transformers', 'vllm'\]"
+        ValueError,
+        match=r"unknown backend 'vllm9'; choose from \['fake', 'openai', 'transformers', 'vllm'\]",
     ):
         backend_class("vllm9")
 

@@ -47,7 +47,9 @@ def test_chatml_takes_a_system_message_and_renders_unchanged(tiny_tokenizer):
 
 
 @pytest.mark.parametrize("template", [STRICT_ALTERNATION, SYSTEM_BEFORE_LAST_USER])
-def test_templates_without_a_system_slot_get_it_folded_into_the_first_user_turn(tiny_tokenizer, template):
+def test_templates_without_a_system_slot_get_it_folded_into_the_first_user_turn(
+    tiny_tokenizer, template
+):
     tokenizer = with_template(tiny_tokenizer, template)
     assert not takes_system_message(tokenizer)
     text = render_chat(tokenizer, CHAT)
@@ -60,17 +62,27 @@ def test_templates_without_a_system_slot_get_it_folded_into_the_first_user_turn(
 
 def test_fold_system_message():
     folded = fold_system_message(CHAT)
-    assert folded[0] == {"role": "user", "content": "You ask one question at a time.\n\nRecommend me a book."}
+    assert folded[0] == {
+        "role": "user",
+        "content": "You ask one question at a time.\n\nRecommend me a book.",
+    }
     assert folded[1:] == CHAT[2:]
     assert fold_system_message(CHAT[1:]) == CHAT[1:]
-    assert fold_system_message([CHAT[0], CHAT[2]]) == [{"role": "user", "content": CHAT[0]["content"]}, CHAT[2]]
+    assert fold_system_message([CHAT[0], CHAT[2]]) == [
+        {"role": "user", "content": CHAT[0]["content"]},
+        CHAT[2],
+    ]
 
 
-def test_transformers_backend_generates_and_scores_with_a_strict_template(tiny_model, tiny_tokenizer):
+def test_transformers_backend_generates_and_scores_with_a_strict_template(
+    tiny_model, tiny_tokenizer
+):
     from star_gate.backends.hf import TransformersBackend
 
     tokenizer = with_template(tiny_tokenizer, STRICT_ALTERNATION)
-    backend = TransformersBackend("tiny", device="cpu", model_object=tiny_model, tokenizer=tokenizer, progress=False)
+    backend = TransformersBackend(
+        "tiny", device="cpu", model_object=tiny_model, tokenizer=tokenizer, progress=False
+    )
     replies = backend.generate([CHAT], SamplingParams(n=2, max_new_tokens=4, seed=1))
     assert len(replies[0]) == 2
     score = backend.logprobs([CHAT], ["Try a history of the sea."])[0]
@@ -84,8 +96,12 @@ def test_training_masks_work_with_templates_without_a_system_slot(tiny_tokenizer
     from star_gate.stages.train import tokenize_with_loss_mask, training_chat
 
     tokenizer = with_template(tiny_tokenizer, template)
-    conversation = Conversation(task_id="t", persona_id="p", sample_index=0, target_turns=1, response="Read Dune.")
-    conversation = conversation.with_turn("questioner", "Which genres?").with_turn("roleplayer", "Science fiction.")
+    conversation = Conversation(
+        task_id="t", persona_id="p", sample_index=0, target_turns=1, response="Read Dune."
+    )
+    conversation = conversation.with_turn("questioner", "Which genres?").with_turn(
+        "roleplayer", "Science fiction."
+    )
     messages, trainable = training_chat(QUESTIONER_FEWSHOT, "Recommend me a book.", conversation)
     ids, mask, _ = tokenize_with_loss_mask(tokenizer, messages, trainable, max_length=4096)
     whole = tokenizer.decode(ids)

@@ -31,7 +31,11 @@ REQUESTS = [
 SHARED_CHATS = [[*OPENING, {"role": "user", "content": r}] for r in REQUESTS]
 # a longer chat continuing the first: its prompt extends another prompt of the same call
 SHARED_CHATS.append(
-    [*SHARED_CHATS[0], {"role": "assistant", "content": "Do you eat meat?"}, {"role": "user", "content": "No."}]
+    [
+        *SHARED_CHATS[0],
+        {"role": "assistant", "content": "Do you eat meat?"},
+        {"role": "user", "content": "No."},
+    ]
 )
 COMPLETIONS = [
     "Try a lentil curry.",
@@ -45,7 +49,12 @@ COMPLETIONS = [
 
 def make_backend(model, tokenizer, batch_size=16) -> TransformersBackend:
     return TransformersBackend(
-        model="tiny", model_object=model, tokenizer=tokenizer, progress=False, device="cpu", batch_size=batch_size
+        model="tiny",
+        model_object=model,
+        tokenizer=tokenizer,
+        progress=False,
+        device="cpu",
+        batch_size=batch_size,
     )
 
 
@@ -62,7 +71,9 @@ def sharp_model(tiny_tokenizer):
 @pytest.fixture
 def gpt2_backend(tiny_tokenizer):
     """A tiny GPT-2: learned absolute positions, so a wrong position id changes every log-prob."""
-    model = build_tiny_gpt2(tiny_tokenizer, initializer_range=0.2)  # as sharp_model: outputs depend on every position
+    model = build_tiny_gpt2(
+        tiny_tokenizer, initializer_range=0.2
+    )  # as sharp_model: outputs depend on every position
     return make_backend(model, tiny_tokenizer, batch_size=3)
 
 
@@ -79,7 +90,9 @@ def record_replies(backend) -> list[list[int]]:
     return seen
 
 
-def reference_greedy(model, prompt: list[int], max_new_tokens: int, stop_ids: list[int]) -> list[int]:
+def reference_greedy(
+    model, prompt: list[int], max_new_tokens: int, stop_ids: list[int]
+) -> list[int]:
     """HF generate on one unpadded prompt; new ids up to and including the first stop id."""
     with torch.no_grad():
         out = model.generate(
@@ -143,7 +156,9 @@ def test_common_prefix_length():
 
 
 @pytest.mark.parametrize("batch_size", [16, 3])
-def test_greedy_generate_equals_hf_generate_one_chat_at_a_time(sharp_model, tiny_tokenizer, batch_size):
+def test_greedy_generate_equals_hf_generate_one_chat_at_a_time(
+    sharp_model, tiny_tokenizer, batch_size
+):
     backend = make_backend(sharp_model, tiny_tokenizer, batch_size=batch_size)
     # different lengths, duplicates (2 x chat 0, 2 x chat 3) and unsorted order, in one call
     chats = [SHARED_CHATS[i] for i in (2, 0, 5, 3, 0, 1, 3, 4)]
@@ -158,7 +173,10 @@ def test_greedy_generate_equals_hf_generate_one_chat_at_a_time(sharp_model, tiny
     replies = backend.generate(chats, params)
     expected = [reference_greedy(sharp_model, p, 12, backend.stop_ids) for p in prompts]
     assert seen == expected  # token for token, in input order
-    assert replies == [[tiny_tokenizer.decode(cut_at_stop(e, []), skip_special_tokens=True).strip()] for e in expected]
+    assert replies == [
+        [tiny_tokenizer.decode(cut_at_stop(e, []), skip_special_tokens=True).strip()]
+        for e in expected
+    ]
     assert len({tuple(e) for e in expected}) > 3  # the chats really get different replies
     if batch_size < len(chats):
         assert len(calls) > 1  # several batches
@@ -214,7 +232,9 @@ def check_scores(backend, chats, completions):
 
 
 @pytest.mark.parametrize("logit_tokens", [4096, 12, 1])
-def test_token_logprobs_equal_unpadded_forward(sharp_model, tiny_tokenizer, monkeypatch, logit_tokens):
+def test_token_logprobs_equal_unpadded_forward(
+    sharp_model, tiny_tokenizer, monkeypatch, logit_tokens
+):
     monkeypatch.setattr(hf, "SCORE_LOGIT_TOKENS", logit_tokens)
     backend = make_backend(sharp_model, tiny_tokenizer, batch_size=16)
     calls = []
@@ -244,7 +264,9 @@ def test_token_logprobs_same_chat_many_completions(sharp_model, tiny_tokenizer):
 
 
 @pytest.mark.parametrize("logit_tokens", [4096, 12])
-def test_token_logprobs_mixing_shared_and_unique_prompts(sharp_model, tiny_tokenizer, monkeypatch, logit_tokens):
+def test_token_logprobs_mixing_shared_and_unique_prompts(
+    sharp_model, tiny_tokenizer, monkeypatch, logit_tokens
+):
     """A judge's 'A' and 'B' after the same prompt, and golds after prompts of their own, in one call:
     prompts that repeat run once per batch, and every row still scores as it would alone."""
     monkeypatch.setattr(hf, "SCORE_LOGIT_TOKENS", logit_tokens)
@@ -283,7 +305,9 @@ def test_same_seed_same_samples_even_after_the_cache_filled(sharp_model, tiny_to
 def test_identical_chats_get_different_samples(sharp_model, tiny_tokenizer):
     backend = make_backend(sharp_model, tiny_tokenizer, batch_size=16)
     chats = [SHARED_CHATS[1]] * 4
-    replies = backend.generate(chats, SamplingParams(n=1, temperature=1.0, top_p=1.0, max_new_tokens=6, seed=0))
+    replies = backend.generate(
+        chats, SamplingParams(n=1, temperature=1.0, top_p=1.0, max_new_tokens=6, seed=0)
+    )
     assert len({r[0] for r in replies}) > 1
     # duplicates with n > 1: each chat takes its own share, not a copy of another's
     chats = [SHARED_CHATS[0], SHARED_CHATS[3], SHARED_CHATS[0]]
@@ -298,8 +322,13 @@ def test_sampled_replies_keep_input_order_with_several_samples(sharp_model, tiny
     chat's greedy reply, whatever the batch order and batch splits."""
     backend = make_backend(sharp_model, tiny_tokenizer, batch_size=4)
     chats = [SHARED_CHATS[i] for i in (2, 0, 5, 3, 0, 1, 4)]
-    near_greedy = backend.generate(chats, SamplingParams(n=3, temperature=1.0, top_p=1e-6, max_new_tokens=8))
-    greedy = [backend.generate([c], SamplingParams(temperature=0.0, max_new_tokens=8))[0][0] for c in chats]
+    near_greedy = backend.generate(
+        chats, SamplingParams(n=3, temperature=1.0, top_p=1e-6, max_new_tokens=8)
+    )
+    greedy = [
+        backend.generate([c], SamplingParams(temperature=0.0, max_new_tokens=8))[0][0]
+        for c in chats
+    ]
     assert near_greedy == [[g] * 3 for g in greedy]
     assert len(set(greedy)) > 3
 
@@ -330,7 +359,9 @@ def test_nucleus_sample_keeps_the_first_token_when_top_p_is_tiny():
     torch.manual_seed(0)
     probs = torch.softmax(torch.randn(5, 700) * 3, dim=-1)
     for _ in range(20):
-        assert torch.equal(sp.nucleus_sample(probs, 1e-9, torch.Generator().manual_seed(_)), probs.argmax(-1))
+        assert torch.equal(
+            sp.nucleus_sample(probs, 1e-9, torch.Generator().manual_seed(_)), probs.argmax(-1)
+        )
 
 
 def test_nucleus_sample_full_sort_fallback(monkeypatch):
@@ -338,7 +369,9 @@ def test_nucleus_sample_full_sort_fallback(monkeypatch):
     wide = torch.tensor([0.2, 0.18, 0.16, 0.14, 0.12, 0.1, 0.06, 0.04])  # top-2 mass 0.38 < 0.7
     perm = torch.tensor([5, 2, 7, 0, 3, 6, 1, 4])
     wide = wide[perm]  # token perm.argsort()[k] has the k-th largest probability
-    nucleus = set(perm.argsort()[:5].tolist())  # mass before the 5th is 0.68 < 0.7, before the 6th 0.80
+    nucleus = set(
+        perm.argsort()[:5].tolist()
+    )  # mass before the 5th is 0.68 < 0.7, before the 6th 0.80
     peaked = torch.tensor([0.01, 0.9, 0.02, 0.03, 0.01, 0.01, 0.01, 0.01])  # nucleus {1}
     picked = draws(torch.stack([wide, peaked]), 0.7, 1500)
     assert set(picked[:, 0].tolist()) == nucleus
@@ -376,7 +409,9 @@ def test_compaction_changes_nothing_for_greedy(sharp_model, tiny_tokenizer, monk
     # with top_p tiny, sampling is greedy too (and goes through nucleus_sample)
     sampling = (1.0, 1e-9) if sampled else None
     never = [-1]
-    plain = runner.sample(prefix, suffixes, samples, 14, never, sampling, torch.Generator().manual_seed(0))
+    plain = runner.sample(
+        prefix, suffixes, samples, 14, never, sampling, torch.Generator().manual_seed(0)
+    )
     stop = stop_token_for([g[0] for g in plain])
     expected = [[cut_at_stop(ids, [stop]) for ids in group] for group in plain]
     lengths = [len(ids) for group in expected for ids in group]
@@ -384,12 +419,18 @@ def test_compaction_changes_nothing_for_greedy(sharp_model, tiny_tokenizer, monk
 
     selects = []
     inner_select = sp.KVBuffer.select
-    monkeypatch.setattr(sp.KVBuffer, "select", lambda self, rows: selects.append(len(rows)) or inner_select(self, rows))
+    monkeypatch.setattr(
+        sp.KVBuffer,
+        "select",
+        lambda self, rows: selects.append(len(rows)) or inner_select(self, rows),
+    )
     results = {}
     for name, compact_at in (("never", 0), ("default", 4), ("always", 10**9)):
         monkeypatch.setattr(sp, "COMPACT_AT", compact_at)
         selects.clear()
-        results[name] = runner.sample(prefix, suffixes, samples, 14, [stop], sampling, torch.Generator().manual_seed(0))
+        results[name] = runner.sample(
+            prefix, suffixes, samples, 14, [stop], sampling, torch.Generator().manual_seed(0)
+        )
         if name == "never":
             assert len(selects) == 1  # the copy to samples only
         if name == "always":
@@ -413,7 +454,9 @@ def test_generated_tokens_count_the_stop_token_and_nothing_after(sharp_model, ti
     stop = stop_token_for(runs)
     backend.stop_ids = [stop]
     expected = [cut_at_stop(r, [stop]) for r in runs]
-    assert any(len(e) < 10 and e[-1] == stop for e in expected) and any(len(e) == 10 for e in expected)
+    assert any(len(e) < 10 and e[-1] == stop for e in expected) and any(
+        len(e) == 10 for e in expected
+    )
     backend.generated_tokens = 0
     seen = record_replies(backend)
     replies = backend.generate(chats, SamplingParams(temperature=0.0, max_new_tokens=10))
@@ -430,7 +473,9 @@ def test_generated_tokens_count_the_stop_token_and_nothing_after(sharp_model, ti
     # sampling: every sample counts up to and including its stop token
     backend.generated_tokens = 0
     seen.clear()
-    backend.generate(chats[:2], SamplingParams(n=3, temperature=1.0, top_p=1.0, max_new_tokens=10, seed=1))
+    backend.generate(
+        chats[:2], SamplingParams(n=3, temperature=1.0, top_p=1.0, max_new_tokens=10, seed=1)
+    )
     assert len(seen) == 6
     assert all(stop not in ids[:-1] for ids in seen)
     assert backend.generated_tokens == sum(len(ids) for ids in seen)

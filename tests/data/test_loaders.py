@@ -76,19 +76,11 @@ def test_blank_lines_are_skipped_but_counted(dataset_dir):
 # -- table-driven bad inputs ---------------------------------------------------------------------
 
 
-
-
-
-
 def _invalid_utf8(folder: Path) -> None:
     path = folder / "personas.jsonl"
     lines = path.read_bytes().split(b"\n")
     lines[2] = lines[2].replace(b"Maria", b"Mar\xffa")
     path.write_bytes(b"\n".join(lines))
-
-
-
-
 
 
 BAD_INPUTS = {

@@ -43,14 +43,21 @@ class ScriptedJudge:
 
 def answered(pairs: list[Pair], per_pair: int, text: str) -> list[Conversation]:
     return [
-        Conversation(p.task.task_id, p.persona.persona_id, s, target_turns=1 + s % 3, response=f"{text} {s}")
+        Conversation(
+            p.task.task_id, p.persona.persona_id, s, target_turns=1 + s % 3, response=f"{text} {s}"
+        )
         for p in pairs
         for s in range(per_pair)
     ]
 
 
 def make_judge(rule: str, method: str = "generate") -> Judge:
-    return Judge(ScriptedJudge(rule), get_template("judge"), SamplingParams(temperature=0.0, max_new_tokens=4), method)
+    return Judge(
+        ScriptedJudge(rule),
+        get_template("judge"),
+        SamplingParams(temperature=0.0, max_new_tokens=4),
+        method,
+    )
 
 
 @pytest.fixture
@@ -110,7 +117,9 @@ def test_order_is_reproducible_from_the_seed(many_pairs):
 def test_judgement_keeps_pair_length_and_label(many_pairs):
     judgements = judged(many_pairs, "good", "counterbalanced", per_pair=3)
     assert [j.target_turns for j in judgements[:3]] == [1, 2, 3]
-    assert all(j.contender == "Q_1" and j.shown_first == ("contender", "baseline") for j in judgements)
+    assert all(
+        j.contender == "Q_1" and j.shown_first == ("contender", "baseline") for j in judgements
+    )
     assert Judgement.from_json(judgements[0].to_json()) == judgements[0]
 
 
@@ -119,7 +128,9 @@ def test_judge_prompt_shows_persona_task_and_both_answers(dataset):
     backend = ScriptedJudge("first")
     seen = []
     backend.generate = lambda chats, params: seen.extend(chats) or [["A"]] * len(chats)
-    Judge(backend, get_template("judge"), SamplingParams(), "generate").pick([pair.persona], [pair.task.text], ["one"], ["two"])
+    Judge(backend, get_template("judge"), SamplingParams(), "generate").pick(
+        [pair.persona], [pair.task.text], ["one"], ["two"]
+    )
     system, user = seen[0][0]["content"], seen[0][-1]["content"]
     assert pair.persona.description in system
     assert pair.task.text in user and user.index("one") < user.index("two")
@@ -130,7 +141,12 @@ def test_position_bias_in_random_order_from_first_position_share():
         return Judgement("t", "p", 0, 1, "Q_1", (first,), (verdict,))
 
     # the judge picked position A in 3 of 4: bias |2 * 0.75 - 1| = 0.5
-    judgements = [j("contender", "contender"), j("baseline", "baseline"), j("contender", "contender"), j("contender", "baseline")]
+    judgements = [
+        j("contender", "contender"),
+        j("baseline", "baseline"),
+        j("contender", "contender"),
+        j("contender", "baseline"),
+    ]
     assert position_bias(judgements) == pytest.approx(0.5)
 
 
@@ -159,6 +175,8 @@ def test_persona_gap_share():
 
 def test_mean_sem():
     mean, sem = mean_sem([1.0, 2.0, 3.0, 4.0])
-    assert mean == 2.5 and sem == pytest.approx(math.sqrt(5 / 3) / 2)  # stdev 1.2909944 over sqrt(4)
+    assert mean == 2.5 and sem == pytest.approx(
+        math.sqrt(5 / 3) / 2
+    )  # stdev 1.2909944 over sqrt(4)
     mean, sem = mean_sem([7.0])
     assert mean == 7.0 and math.isnan(sem)

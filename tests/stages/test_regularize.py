@@ -83,8 +83,11 @@ class AsksAgainWhenGreedy:
         self.calls.append(params)
         if params.temperature == 0:
             return [["And what else do you like?"] * params.n for _ in chats]
-        return [["Why?"] + [f"Try the riverside trail this weekend, sample {i}." for i in range(1, params.n)]
-                for _ in chats]
+        return [
+            ["Why?"]
+            + [f"Try the riverside trail this weekend, sample {i}." for i in range(1, params.n)]
+            for _ in chats
+        ]
 
     def logprobs(self, chats, completions):
         return [0.0] * len(chats)
@@ -95,7 +98,9 @@ def test_answer_samples_replace_a_greedy_non_answer_with_the_first_sampled_answe
     pairs = dataset.pairs("A")
     backend = AsksAgainWhenGreedy()
     policy = Questioner(backend, QUESTIONER_FEWSHOT, SamplingParams(), answer_samples=samples)
-    answers = [c.response for c in regularize(kept(pairs), pairs, policy, "policy", max_new_tokens=20)]
+    answers = [
+        c.response for c in regularize(kept(pairs), pairs, policy, "policy", max_new_tokens=20)
+    ]
     if samples < 2:  # none drawn, or only the one that asks "Why?": the greedy answer stays
         assert answers == ["And what else do you like?"] * len(pairs)
         assert len(backend.calls) == (1 if samples == 0 else 2)

@@ -211,7 +211,9 @@ def lora_run(tiny_dir, tiny_tokenizer, tmp_path_factory):
         bf16=False,
         lora=LoraConfig(enabled=True, r=2, alpha=4, dropout=0.0),  # r=2: the tiny model is 32 wide
     )
-    metrics = finetune([{"input_ids": ids, "assistant_masks": mask}] * 4, str(tiny_dir), out, cfg, seed=0)
+    metrics = finetune(
+        [{"input_ids": ids, "assistant_masks": mask}] * 4, str(tiny_dir), out, cfg, seed=0
+    )
     return metrics, out
 
 
@@ -253,7 +255,9 @@ def test_lora_trains_a_small_share_of_the_parameters(lora_run, tiny_dir):
     assert 0 < metrics["trainable_params"] * 10 < total
 
 
-@pytest.mark.parametrize("bad", [{"r": 0}, {"alpha": 0}, {"dropout": 1.0}, {"dropout": -0.1}, {"rank": 8}])
+@pytest.mark.parametrize(
+    "bad", [{"r": 0}, {"alpha": 0}, {"dropout": 1.0}, {"dropout": -0.1}, {"rank": 8}]
+)
 def test_lora_config_refuses_bad_values(bad):
     from pydantic import ValidationError
 

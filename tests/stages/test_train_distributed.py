@@ -41,8 +41,12 @@ CPU_2PROC = ACCELERATE_CONFIGS / "cpu_2proc.yaml"
 ROUNDING = 1e-6  # largest weight difference float rounding may explain
 TINY_LORA = LoraConfig(enabled=True, r=2, alpha=4, dropout=0.0)  # r=2: the tiny model is 32 wide
 
-needs_deepspeed = pytest.mark.skipif(find_spec("deepspeed") is None, reason="deepspeed is not installed")
-needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens on a machine without GPUs")
+needs_deepspeed = pytest.mark.skipif(
+    find_spec("deepspeed") is None, reason="deepspeed is not installed"
+)
+needs_no_gpu = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks what happens on a machine without GPUs"
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +57,18 @@ def examples(tiny_tokenizer) -> list[dict]:
     for index in range(8):
         length = 20 + 5 * index
         ids = torch.randint(3, len(tiny_tokenizer), (length,), generator=generator).tolist()
-        rows.append({"input_ids": ids, "assistant_masks": [0] * (length // 2) + [1] * (length - length // 2)})
+        rows.append(
+            {
+                "input_ids": ids,
+                "assistant_masks": [0] * (length // 2) + [1] * (length - length // 2),
+            }
+        )
     return rows
 
 
-def train_config(batch_size: int, accelerate_config: Path | None = None, lora: bool = False) -> TrainConfig:
+def train_config(
+    batch_size: int, accelerate_config: Path | None = None, lora: bool = False
+) -> TrainConfig:
     """Two updates over the 8 examples at a global batch of 4, at a constant rate."""
     distributed = (
         DistributedConfig(launcher="accelerate", accelerate_config=str(accelerate_config))
@@ -65,8 +76,15 @@ def train_config(batch_size: int, accelerate_config: Path | None = None, lora: b
         else DistributedConfig()
     )
     return TrainConfig(
-        learning_rate=1e-3, epochs=1, batch_size=batch_size, scheduler="constant", warmup_ratio=0.0,
-        validation_fraction=0.0, bf16=False, lora=TINY_LORA if lora else LoraConfig(), distributed=distributed,
+        learning_rate=1e-3,
+        epochs=1,
+        batch_size=batch_size,
+        scheduler="constant",
+        warmup_ratio=0.0,
+        validation_fraction=0.0,
+        bf16=False,
+        lora=TINY_LORA if lora else LoraConfig(),
+        distributed=distributed,
     )
 
 
@@ -103,7 +121,9 @@ def one_process_lora(examples, tiny_dir, tmp_path_factory):
     return finetune(examples, str(tiny_dir), out, train_config(4, lora=True), seed=0), weights(out)
 
 
-def assert_trained_like(launched: tuple[dict, Path], reference: tuple[dict, dict], tiny_dir: Path) -> None:
+def assert_trained_like(
+    launched: tuple[dict, Path], reference: tuple[dict, dict], tiny_dir: Path
+) -> None:
     """Same updates as the reference, a standard checkpoint, and nothing left of the launch."""
     (metrics, out), (expected_metrics, expected_weights) = launched, reference
     assert metrics["processes"] == 2
@@ -111,18 +131,25 @@ def assert_trained_like(launched: tuple[dict, Path], reference: tuple[dict, dict
     assert metrics["train_loss"] == pytest.approx(expected_metrics["train_loss"], rel=1e-5)
     assert metrics["trainable_params"] == expected_metrics["trainable_params"]
     tuned = weights(out)
-    assert largest_difference(tuned, weights(tiny_dir)) > 1e-4  # it trained: Adam moves weights by about lr
+    assert (
+        largest_difference(tuned, weights(tiny_dir)) > 1e-4
+    )  # it trained: Adam moves weights by about lr
     assert largest_difference(tuned, expected_weights) < ROUNDING
     assert not (out / "launch").exists()
     from transformers import AutoTokenizer
 
-    assert AutoTokenizer.from_pretrained(out).chat_template == AutoTokenizer.from_pretrained(tiny_dir).chat_template
+    assert (
+        AutoTokenizer.from_pretrained(out).chat_template
+        == AutoTokenizer.from_pretrained(tiny_dir).chat_template
+    )
 
 
 # -- DDP --------------------------------------------------------------------------------------------
 
 
-def test_two_processes_train_like_one_at_the_same_global_batch(examples, tiny_dir, one_process, tmp_path):
+def test_two_processes_train_like_one_at_the_same_global_batch(
+    examples, tiny_dir, one_process, tmp_path
+):
     out = tmp_path / "checkpoint"
     metrics = finetune_launched(examples, str(tiny_dir), out, train_config(2, CPU_2PROC), seed=0)
     assert metrics["distributed_type"] == "MULTI_CPU"
@@ -137,8 +164,12 @@ def test_dpo_in_two_processes_trains_like_one(examples, tiny_dir, tmp_path):
     """The launched DPO keeps the reference model beside the policy; in-process DPO precomputes the
     reference log-probs: the same reference either way, so the same losses step after step."""
     pairs = [
-        {"chosen_ids": a["input_ids"], "chosen_mask": a["assistant_masks"],
-         "rejected_ids": b["input_ids"], "rejected_mask": b["assistant_masks"]}
+        {
+            "chosen_ids": a["input_ids"],
+            "chosen_mask": a["assistant_masks"],
+            "rejected_ids": b["input_ids"],
+            "rejected_mask": b["assistant_masks"],
+        }
         for a, b in zip(examples, examples[1:] + examples[:1])
     ]
 
@@ -159,9 +190,13 @@ def test_dpo_in_two_processes_trains_like_one(examples, tiny_dir, tmp_path):
     assert not (out / "launch").exists()
 
 
-def test_lora_adapters_from_two_processes_are_merged_once(examples, tiny_dir, one_process_lora, tmp_path):
+def test_lora_adapters_from_two_processes_are_merged_once(
+    examples, tiny_dir, one_process_lora, tmp_path
+):
     out = tmp_path / "checkpoint"
-    metrics = finetune_launched(examples, str(tiny_dir), out, train_config(2, CPU_2PROC, lora=True), seed=0)
+    metrics = finetune_launched(
+        examples, str(tiny_dir), out, train_config(2, CPU_2PROC, lora=True), seed=0
+    )
     assert_trained_like((metrics, out), one_process_lora, tiny_dir)
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert not any("lora" in name for name in weights(out))  # merged: a plain checkpoint
@@ -173,7 +208,11 @@ def test_lora_adapters_from_two_processes_are_merged_once(examples, tiny_dir, on
 @needs_deepspeed
 @pytest.mark.parametrize(
     ("config", "stage", "lora"),
-    [("deepspeed_zero2.yaml", 2, False), ("deepspeed_zero3.yaml", 3, False), ("deepspeed_zero3.yaml", 3, True)],
+    [
+        ("deepspeed_zero2.yaml", 2, False),
+        ("deepspeed_zero3.yaml", 3, False),
+        ("deepspeed_zero3.yaml", 3, True),
+    ],
 )
 def test_deepspeed_trains_like_one_process(
     config, stage, lora, examples, tiny_dir, one_process, one_process_lora, tmp_path
@@ -181,7 +220,9 @@ def test_deepspeed_trains_like_one_process(
     """On CPU processes (gloo, fp32): ZeRO-3's gathered save and its LoRA merge included."""
     out = tmp_path / "checkpoint"
     accelerate_config = cpu_variant(tmp_path, config)
-    metrics = finetune_launched(examples, str(tiny_dir), out, train_config(2, accelerate_config, lora), seed=0)
+    metrics = finetune_launched(
+        examples, str(tiny_dir), out, train_config(2, accelerate_config, lora), seed=0
+    )
     assert metrics["distributed_type"] == "DEEPSPEED" and metrics["zero_stage"] == stage
     assert_trained_like((metrics, out), one_process_lora if lora else one_process, tiny_dir)
 
@@ -205,11 +246,24 @@ def test_fsdp_config_describes_full_sharding_by_block_with_a_full_checkpoint(tmp
     probe = tmp_path / "probe.py"
     probe.write_text(PLUGIN_PROBE)
     config = ACCELERATE_CONFIGS / "fsdp.yaml"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "1", str(probe)]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config),
+        "--num_processes",
+        "1",
+        str(probe),
+    ]
     output = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
-    plugin = json.loads(next(line for line in output.splitlines() if line.startswith("PLUGIN "))[7:])
+    plugin = json.loads(
+        next(line for line in output.splitlines() if line.startswith("PLUGIN "))[7:]
+    )
     assert plugin == {
-        "version": 2, "reshard_after_forward": True, "wrap": "transformer_auto_wrap_policy",
+        "version": 2,
+        "reshard_after_forward": True,
+        "wrap": "transformer_auto_wrap_policy",
         "state_dict": "StateDictType.FULL_STATE_DICT",
     }
 
@@ -220,7 +274,13 @@ def test_processes_that_form_no_training_group_are_refused(examples, tiny_dir, t
     before loading the model, and the error quotes them."""
     out = tmp_path / "checkpoint"
     with pytest.raises(RuntimeError, match="did not form one training group of 2") as failure:
-        finetune_launched(examples, str(tiny_dir), out, train_config(2, cpu_variant(tmp_path, "fsdp.yaml")), seed=0)
+        finetune_launched(
+            examples,
+            str(tiny_dir),
+            out,
+            train_config(2, cpu_variant(tmp_path, "fsdp.yaml")),
+            seed=0,
+        )
     assert "exit status" in str(failure.value)
     assert not (out / "config.json").exists()
     assert "did not form one training group" in (out / "launch" / "workers.log").read_text()
@@ -245,20 +305,30 @@ def join_when_asked(launch_dir: Path, machine_rank: int, outcome: dict) -> None:
     assert words[:2] == ["accelerate", "launch"]
     arguments = [str(machine_rank) if word == "MACHINE_RANK" else word for word in words[2:]]
     command = [sys.executable, "-m", "accelerate.commands.launch", *arguments]
-    outcome["joined"] = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    outcome["joined"] = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, check=False
+    )
 
 
-def test_two_machines_on_localhost_train_like_one_process(examples, tiny_dir, one_process, tmp_path, capfd):
+def test_two_machines_on_localhost_train_like_one_process(
+    examples, tiny_dir, one_process, tmp_path, capfd
+):
     """multi_node.yaml with 1 CPU process per "machine": machine 0 is the pipeline's launch, and
     machine 1 joins with the printed command."""
     accelerate_config = cpu_variant(
-        tmp_path, "multi_node.yaml", use_cpu=True, main_process_ip="127.0.0.1", main_process_port=free_port()
+        tmp_path,
+        "multi_node.yaml",
+        use_cpu=True,
+        main_process_ip="127.0.0.1",
+        main_process_port=free_port(),
     )
     out = tmp_path / "checkpoint"
     outcome: dict = {}
     other = threading.Thread(target=join_when_asked, args=(out / "launch", 1, outcome))
     other.start()
-    metrics = finetune_launched(examples, str(tiny_dir), out, train_config(2, accelerate_config), seed=0)
+    metrics = finetune_launched(
+        examples, str(tiny_dir), out, train_config(2, accelerate_config), seed=0
+    )
     other.join()
     assert outcome["joined"].returncode == 0, outcome["joined"].stderr[-2000:]
     assert "waiting for machines 1..1" in capfd.readouterr().err
@@ -267,14 +337,30 @@ def test_two_machines_on_localhost_train_like_one_process(examples, tiny_dir, on
 
 def test_launch_arguments(tmp_path):
     dist = DistributedConfig(
-        launcher="accelerate", accelerate_config=str(CPU_2PROC), num_processes=16, num_machines=2,
-        main_process_ip="10.0.0.1", main_process_port=29500,
+        launcher="accelerate",
+        accelerate_config=str(CPU_2PROC),
+        num_processes=16,
+        num_machines=2,
+        main_process_ip="10.0.0.1",
+        main_process_port=29500,
     )
     job = tmp_path / "job.json"
     assert accelerate_args(dist, job, 0) == [
-        "--config_file", str(CPU_2PROC), "--num_processes", "16", "--num_machines", "2",
-        "--main_process_ip", "10.0.0.1", "--main_process_port", "29500",
-        "--machine_rank", "0", "-m", "star_gate.training.worker", str(job),
+        "--config_file",
+        str(CPU_2PROC),
+        "--num_processes",
+        "16",
+        "--num_machines",
+        "2",
+        "--main_process_ip",
+        "10.0.0.1",
+        "--main_process_port",
+        "29500",
+        "--machine_rank",
+        "0",
+        "-m",
+        "star_gate.training.worker",
+        str(job),
     ]
     assert "--machine_rank MACHINE_RANK -m star_gate.training.worker" in join_command(dist, job)
     unset = DistributedConfig(launcher="accelerate", accelerate_config=str(CPU_2PROC))
@@ -284,7 +370,9 @@ def test_launch_arguments(tmp_path):
 # -- through the pipeline ---------------------------------------------------------------------------
 
 
-def launched_config(fake_config_file, tiny_dir, dataset_dir, folder: Path, epochs: float = 1) -> Path:
+def launched_config(
+    fake_config_file, tiny_dir, dataset_dir, folder: Path, epochs: float = 1
+) -> Path:
     extra = (
         "iterations: 1\n"
         "train:\n"
@@ -298,7 +386,9 @@ def launched_config(fake_config_file, tiny_dir, dataset_dir, folder: Path, epoch
     return fake_config_file(folder, dataset_dir, extra, questioner_model=tiny_dir)
 
 
-def test_star_gate_run_trains_in_launched_processes(fake_config_file, tiny_dir, dataset_dir, tmp_path):
+def test_star_gate_run_trains_in_launched_processes(
+    fake_config_file, tiny_dir, dataset_dir, tmp_path
+):
     config = launched_config(fake_config_file, tiny_dir, dataset_dir, tmp_path)
     result = CliRunner().invoke(app, ["run", str(config)])
     assert result.exit_code == 0, result.output
@@ -307,7 +397,9 @@ def test_star_gate_run_trains_in_launched_processes(fake_config_file, tiny_dir, 
     assert stage["steps"] >= 1 and stage["train_loss"] > 0 and stage["examples"] == 4
     checkpoint = tmp_path / "run" / "iter_1" / "checkpoint"
     assert stage["output"] == "iter_1/checkpoint"
-    assert sorted(p.name for p in checkpoint.parent.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint"]
+    assert sorted(
+        p.name for p in checkpoint.parent.iterdir() if p.name.startswith("checkpoint")
+    ) == ["checkpoint"]
     assert not (checkpoint / "launch").exists() and not (checkpoint / "trainer").exists()
     assert largest_difference(weights(checkpoint), weights(tiny_dir)) > 1e-4
 
@@ -332,8 +424,12 @@ def wait_for(condition, seconds: float) -> bool:
     return condition()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers end with the pipeline on Linux only")
-def test_killing_the_pipeline_ends_its_training_workers(fake_config_file, tiny_dir, dataset_dir, tmp_path):
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="workers end with the pipeline on Linux only"
+)
+def test_killing_the_pipeline_ends_its_training_workers(
+    fake_config_file, tiny_dir, dataset_dir, tmp_path
+):
     """A worker outliving a killed pipeline would write into the staging folder of the rerun.
 
     Killed while the workers load (a quiet phase), they end within about 1 s here; without the
@@ -347,7 +443,9 @@ def test_killing_the_pipeline_ends_its_training_workers(fake_config_file, tiny_d
     finally:
         pipeline.kill()
         pipeline.wait()
-    assert wait_for(lambda: not processes_naming(job), 6), "training processes outlived the pipeline"
+    assert wait_for(lambda: not processes_naming(job), 6), (
+        "training processes outlived the pipeline"
+    )
 
 
 # -- refused before any model loads -----------------------------------------------------------------
@@ -396,16 +494,24 @@ def bad_accelerate_config(folder: Path, text: str) -> Path:
 
 # (train.distributed as YAML, given the folder; a part of the message)
 BAD_LAUNCHES = {
-    "launcher without config": (lambda folder: "{launcher: accelerate}", "launcher 'accelerate' needs accelerate_config"),
+    "launcher without config": (
+        lambda folder: "{launcher: accelerate}",
+        "launcher 'accelerate' needs accelerate_config",
+    ),
     "config without launcher": (
-        lambda folder: f"{{accelerate_config: {CPU_2PROC}}}", "accelerate_config is set but launcher is 'none'"
+        lambda folder: f"{{accelerate_config: {CPU_2PROC}}}",
+        "accelerate_config is set but launcher is 'none'",
     ),
     "typo in the accelerate config": (
-        lambda folder: f"{{launcher: accelerate, accelerate_config: {bad_accelerate_config(folder, 'num_procesess: 2')}}}",
+        lambda folder: (
+            f"{{launcher: accelerate, accelerate_config: {bad_accelerate_config(folder, 'num_procesess: 2')}}}"
+        ),
         "is not a valid accelerate config",
     ),
     "FSDP on the CPU": (
-        lambda folder: f"{{launcher: accelerate, accelerate_config: {cpu_variant(folder, 'fsdp.yaml', use_cpu=True)}}}",
+        lambda folder: (
+            f"{{launcher: accelerate, accelerate_config: {cpu_variant(folder, 'fsdp.yaml', use_cpu=True)}}}"
+        ),
         "sets use_cpu, with which accelerate cannot run FSDP",
     ),
     "machines without an address": (
@@ -413,23 +519,33 @@ BAD_LAUNCHES = {
         "train.distributed.main_process_ip: needed with several machines",
     ),
     "machines without a fixed port": (
-        lambda folder: f"{{launcher: accelerate, accelerate_config: {CPU_2PROC}, num_machines: 2, main_process_ip: 10.0.0.1}}",
+        lambda folder: (
+            f"{{launcher: accelerate, accelerate_config: {CPU_2PROC}, num_machines: 2, main_process_ip: 10.0.0.1}}"
+        ),
         "train.distributed.main_process_port: needed with several machines, and not 0",
     ),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_LAUNCHES))
-def test_launch_that_cannot_start_exits_2(case, cli_without_models, fake_config_file, dataset_dir, tmp_path):
+def test_launch_that_cannot_start_exits_2(
+    case, cli_without_models, fake_config_file, dataset_dir, tmp_path
+):
     distributed, expected = BAD_LAUNCHES[case]
-    config = fake_config_file(tmp_path, dataset_dir, f"train: {{distributed: {distributed(tmp_path)}}}\n")
+    config = fake_config_file(
+        tmp_path, dataset_dir, f"train: {{distributed: {distributed(tmp_path)}}}\n"
+    )
     assert expected in refused(cli_without_models("run", config), tmp_path / "run")
 
 
 def test_deepspeed_config_without_deepspeed_is_refused(monkeypatch):
     monkeypatch.setattr(train_launch.importlib.util, "find_spec", lambda name: None)
-    dist = DistributedConfig(launcher="accelerate", accelerate_config=str(ACCELERATE_CONFIGS / "deepspeed_zero2.yaml"))
-    with pytest.raises(ConfigError, match=r"uses DeepSpeed, which is not installed \(pip install deepspeed\)"):
+    dist = DistributedConfig(
+        launcher="accelerate", accelerate_config=str(ACCELERATE_CONFIGS / "deepspeed_zero2.yaml")
+    )
+    with pytest.raises(
+        ConfigError, match=r"uses DeepSpeed, which is not installed \(pip install deepspeed\)"
+    ):
         read_accelerate_config(dist)
 
 

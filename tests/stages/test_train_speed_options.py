@@ -16,15 +16,23 @@ from star_gate.training.finetune import finetune
 TASKS = ["Plan a weekend trip for me.", "Recommend me a book.", "What should I cook tonight?"]
 TURNS = [
     [("Who is coming along?", "My sister.")],
-    [("Do you like fiction?", "Yes, mostly long historical novels set in Spain or Portugal."),
-     ("Any favourite authors?", "Not really.")],
+    [
+        ("Do you like fiction?", "Yes, mostly long historical novels set in Spain or Portugal."),
+        ("Any favourite authors?", "Not really."),
+    ],
     [],
 ]
-FINALS = ["Book a cabin.", "Try a long historical novel set in Lisbon.", "Make a lentil soup with bread."]
+FINALS = [
+    "Book a cabin.",
+    "Try a long historical novel set in Lisbon.",
+    "Make a lentil soup with bread.",
+]
 
 
 def conversation(turns, final) -> Conversation:
-    c = Conversation(task_id="t", persona_id="p", sample_index=0, target_turns=len(turns), response=final)
+    c = Conversation(
+        task_id="t", persona_id="p", sample_index=0, target_turns=len(turns), response=final
+    )
     for q, a in turns:
         c = c.with_turn("questioner", q).with_turn("roleplayer", a)
     return c
@@ -94,7 +102,11 @@ def manual_losses(model_dir, examples) -> tuple[float, float]:
 
     def loss_sum(ids, labels, positions):
         with torch.no_grad():
-            logits = model(input_ids=torch.tensor([ids]), position_ids=torch.tensor([positions])).logits[0].float()
+            logits = (
+                model(input_ids=torch.tensor([ids]), position_ids=torch.tensor([positions]))
+                .logits[0]
+                .float()
+            )
         logp = torch.log_softmax(logits[:-1], -1)
         target = torch.tensor(labels[1:])
         keep = target != -100
@@ -106,7 +118,9 @@ def manual_losses(model_dir, examples) -> tuple[float, float]:
         s, n = loss_sum(e["input_ids"], labels, list(range(len(labels))))
         total, count = total + s, count + n
     packed_ids = [i for e in examples for i in e["input_ids"]]
-    packed_labels = [i if m else -100 for e in examples for i, m in zip(e["input_ids"], e["assistant_masks"])]
+    packed_labels = [
+        i if m else -100 for e in examples for i, m in zip(e["input_ids"], e["assistant_masks"])
+    ]
     packed_positions = [p for e in examples for p in range(len(e["input_ids"]))]
     leaky, leaky_count = loss_sum(packed_ids, packed_labels, packed_positions)
     assert leaky_count == count  # every example starts with a context token (no loss on it)
@@ -133,8 +147,12 @@ def test_padding_free_loss_equals_padded_loss(sharp_dir, tiny_tokenizer, tmp_pat
 
 def test_gradient_checkpointing_gives_the_same_loss(sharp_dir, tiny_tokenizer, tmp_path):
     examples = examples_of_different_lengths(tiny_tokenizer)
-    plain = first_loss(examples, sharp_dir, tmp_path, gradient_checkpointing=False, padding_free=False)
-    checkpointed = first_loss(examples, sharp_dir, tmp_path, gradient_checkpointing=True, padding_free=False)
+    plain = first_loss(
+        examples, sharp_dir, tmp_path, gradient_checkpointing=False, padding_free=False
+    )
+    checkpointed = first_loss(
+        examples, sharp_dir, tmp_path, gradient_checkpointing=True, padding_free=False
+    )
     assert checkpointed == pytest.approx(plain, abs=1e-4)
     both = first_loss(examples, sharp_dir, tmp_path, gradient_checkpointing=True, padding_free=True)
     assert both == pytest.approx(plain, abs=1e-4)
@@ -168,7 +186,10 @@ def test_questioner_prompt_for_q0_and_trained_questioners():
     split = config(questioner_prompt="questioner_fewshot", train_prompt="questioner_plain")
     assert split.questioner_prompt(trained=False) == "questioner_fewshot"
     assert split.questioner_prompt(trained=True) == "questioner_plain"
-    assert config(train_prompt="questioner_plain").questioner_prompt(trained=False) == "questioner_fewshot"
+    assert (
+        config(train_prompt="questioner_plain").questioner_prompt(trained=False)
+        == "questioner_fewshot"
+    )
 
 
 def test_unknown_train_prompt_is_refused():

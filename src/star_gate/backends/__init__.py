@@ -48,14 +48,30 @@ def load_backend(role, model: str | None = None, progress: bool = True, cache_pa
     if hasattr(cls, "from_role"):
         return cls.from_role(role, model or role.model, progress, cache_path)
     return cls(
-        model=model or role.model, device=role.device, dtype=role.dtype, batch_size=role.batch_size,
-        max_context=role.max_context, progress=progress,
+        model=model or role.model,
+        device=role.device,
+        dtype=role.dtype,
+        batch_size=role.batch_size,
+        max_context=role.max_context,
+        progress=progress,
     )
 
 
 def role_sampling(role) -> SamplingParams:
     """The sampling settings a role config gives (temperature, top_p, max_new_tokens)."""
-    return SamplingParams(temperature=role.temperature, top_p=role.top_p, max_new_tokens=role.max_new_tokens)
+    return SamplingParams(
+        temperature=role.temperature, top_p=role.top_p, max_new_tokens=role.max_new_tokens
+    )
 
 
-__all__ = ["BACKENDS", "PREFLIGHTS", "Backend", "Chat", "SamplingParams", "backend_class", "load_backend", "preflight_role", "role_sampling"]
+__all__ = [
+    "BACKENDS",
+    "PREFLIGHTS",
+    "Backend",
+    "Chat",
+    "SamplingParams",
+    "backend_class",
+    "load_backend",
+    "preflight_role",
+    "role_sampling",
+]

@@ -76,7 +76,9 @@ class TransformersBackend(LocalTokenizerBackend):
         if model_object is None:
             path = resolve_model(model)
             tokenizer = AutoTokenizer.from_pretrained(path)
-            model_object = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, self.device))
+            model_object = AutoModelForCausalLM.from_pretrained(
+                path, dtype=pick_dtype(dtype, self.device)
+            )
         self.model = model_object.to(self.device).eval()
         self.tokenizer = tokenizer
         if self.tokenizer.pad_token is None:
@@ -95,8 +97,13 @@ class TransformersBackend(LocalTokenizerBackend):
     @classmethod
     def from_role(cls, role, model: str, progress: bool, cache_path=None) -> TransformersBackend:
         return cls(
-            model=model, device=role.device, dtype=role.dtype, batch_size=role.batch_size,
-            max_context=role.max_context, progress=progress, sample_dtype=role.sample_dtype,
+            model=model,
+            device=role.device,
+            dtype=role.dtype,
+            batch_size=role.batch_size,
+            max_context=role.max_context,
+            progress=progress,
+            sample_dtype=role.sample_dtype,
         )
 
     # -- shared -----------------------------------------------------------------------------
@@ -110,7 +117,9 @@ class TransformersBackend(LocalTokenizerBackend):
                 total = 0
             groups[-1].append(index)
             total += size
-        return list(tqdm(groups, desc=desc, leave=False, disable=not self.progress or len(groups) < 2))
+        return list(
+            tqdm(groups, desc=desc, leave=False, disable=not self.progress or len(groups) < 2)
+        )
 
     # -- generation -------------------------------------------------------------------------
     def generate(self, chats: Sequence[Chat], params: SamplingParams) -> list[list[str]]:
@@ -118,7 +127,9 @@ class TransformersBackend(LocalTokenizerBackend):
         the prefix all chats share is computed once (backends/shared_prefix.py)."""
         prompts = [tuple(self.encode_prompt(chat, room=params.max_new_tokens)) for chat in chats]
         greedy = params.temperature == 0
-        per_chat = 1 if greedy else params.n  # greedy decoding is deterministic: decode once, repeat
+        per_chat = (
+            1 if greedy else params.n
+        )  # greedy decoding is deterministic: decode once, repeat
         distinct = sorted(set(prompts), key=lambda p: (len(p), p))
         copies = Counter(prompts)
         shared = common_prefix_length(distinct)
@@ -130,8 +141,13 @@ class TransformersBackend(LocalTokenizerBackend):
         drawn: dict[tuple, list[list[int]]] = {}
         for batch in self._batches(samples, "generate"):
             new = self.sampler.sample(
-                list(distinct[0][:shared]), [list(distinct[i][shared:]) for i in batch],
-                [samples[i] for i in batch], params.max_new_tokens, self.stop_ids, sampling, generator,
+                list(distinct[0][:shared]),
+                [list(distinct[i][shared:]) for i in batch],
+                [samples[i] for i in batch],
+                params.max_new_tokens,
+                self.stop_ids,
+                sampling,
+                generator,
             )
             drawn.update(zip((distinct[i] for i in batch), new))
         results, taken = [], Counter()
@@ -156,14 +172,22 @@ class TransformersBackend(LocalTokenizerBackend):
         longest = 0
         for index in order:
             longest_with = max(longest, len(targets[index]))
-            if not groups or len(groups[-1]) >= self.batch_size or longest_with * (len(groups[-1]) + 1) > SCORE_LOGIT_TOKENS:
+            if (
+                not groups
+                or len(groups[-1]) >= self.batch_size
+                or longest_with * (len(groups[-1]) + 1) > SCORE_LOGIT_TOKENS
+            ):
                 groups.append([])
                 longest_with = len(targets[index])
             groups[-1].append(index)
             longest = longest_with
-        return list(tqdm(groups, desc="score", leave=False, disable=not self.progress or len(groups) < 2))
+        return list(
+            tqdm(groups, desc="score", leave=False, disable=not self.progress or len(groups) < 2)
+        )
 
-    def token_logprobs(self, chats: Sequence[Chat], completions: Sequence[str]) -> list[list[float]]:
+    def token_logprobs(
+        self, chats: Sequence[Chat], completions: Sequence[str]
+    ) -> list[list[float]]:
         """Per completion token, log p(token | chat, earlier tokens): the terms `logprobs` sums."""
         if len(chats) != len(completions):
             raise ValueError("logprobs needs one completion per chat")
@@ -175,7 +199,9 @@ class TransformersBackend(LocalTokenizerBackend):
         for prompt, target in zip(prompts, targets):
             key = tuple(prompt)
             longest_with[key] = max(longest_with.get(key, 0), len(prompt) + len(target))
-        order = sorted(range(len(prompts)), key=lambda i: (longest_with[tuple(prompts[i])], prompts[i], i))
+        order = sorted(
+            range(len(prompts)), key=lambda i: (longest_with[tuple(prompts[i])], prompts[i], i)
+        )
         results: list[list[float]] = [[] for _ in prompts]
         for rows in self._score_batches(order, targets):
             scored = self.runner.score(

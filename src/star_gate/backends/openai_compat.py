@@ -153,7 +153,6 @@ def read_api_key(env_name: str, base_url: str) -> str:
     return "no-key"
 
 
-
 def completion_share(
     tokens: Sequence[tuple[str, float | None]], completion: str, fallback_count: int
 ) -> list[float]:

@@ -112,7 +112,9 @@ class Batch:
         self.next_position = self.next_position.index_select(0, rows)
 
 
-def nucleus_sample(probs: torch.Tensor, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+def nucleus_sample(
+    probs: torch.Tensor, top_p: float, generator: torch.Generator | None
+) -> torch.Tensor:
     """One token per row from the smallest set of most likely tokens whose mass reaches top_p.
 
     Sorting the whole vocabulary every step costs as much as the forward pass of a small model
@@ -139,8 +141,12 @@ class SharedPrefixRunner:
         self.model = model
         self.pad_id = pad_id
         # transformers 5 renamed the forward's `past_key_values` to `cache` (the old name warns).
-        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        self._prefixes: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self.cache_arg = (
+            "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        )
+        self._prefixes: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = (
+            OrderedDict()
+        )
 
     @property
     def device(self):
@@ -157,8 +163,10 @@ class SharedPrefixRunner:
         if ids:
             buffer = KVBuffer(layers, 1, len(ids))
             tokens = torch.tensor([list(ids)], device=self.device)
-            state = Batch(torch.ones(1, len(ids), dtype=torch.bool, device=self.device),
-                          torch.zeros(1, dtype=torch.long, device=self.device))
+            state = Batch(
+                torch.ones(1, len(ids), dtype=torch.bool, device=self.device),
+                torch.zeros(1, dtype=torch.long, device=self.device),
+            )
             self._forward(tokens, buffer, state, keep=1)
             layers = [(k, v) for k, v in zip(buffer.keys, buffer.values)]
         self._prefixes[key] = layers
@@ -167,14 +175,22 @@ class SharedPrefixRunner:
         return layers
 
     def _empty_layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        config = (
+            self.model.config.get_text_config()
+            if hasattr(self.model.config, "get_text_config")
+            else self.model.config
+        )
         heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        head_dim = (
+            getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        )
         dtype = next(self.model.parameters()).dtype
         empty = torch.empty(1, heads, 0, head_dim, dtype=dtype, device=self.device)
         return [(empty, empty) for _ in range(config.num_hidden_layers)]
 
-    def _forward(self, tokens: torch.Tensor, buffer: KVBuffer, state: Batch, keep: int) -> torch.Tensor:
+    def _forward(
+        self, tokens: torch.Tensor, buffer: KVBuffer, state: Batch, keep: int
+    ) -> torch.Tensor:
         """Run `tokens` [rows, width] after the buffer's filled columns; the last `keep` columns' logits.
 
         Real (non-pad) tokens become visible to later tokens; positions follow each row's own count.
@@ -184,14 +200,20 @@ class SharedPrefixRunner:
         positions = state.next_position[:, None] + (real.long().cumsum(-1) - 1).clamp(min=0)
         mask = state.mask(width, buffer.filled, next(self.model.parameters()).dtype)
         out = self.model(
-            input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True,
-            logits_to_keep=keep, **{self.cache_arg: buffer},
+            input_ids=tokens,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=keep,
+            **{self.cache_arg: buffer},
         )
         buffer.advance()
         state.next_position = state.next_position + real.long().sum(-1)
         return out.logits
 
-    def _start(self, prefix, suffixes: list[list[int]], capacity_after: int) -> tuple[KVBuffer, Batch, int]:
+    def _start(
+        self, prefix, suffixes: list[list[int]], capacity_after: int
+    ) -> tuple[KVBuffer, Batch, int]:
         """A buffer holding the prefix for each suffix row, with room for the left-padded suffixes
         and `capacity_after` more columns."""
         shared = prefix[0][0].shape[2]
@@ -202,11 +224,15 @@ class SharedPrefixRunner:
         visible[:, :shared] = True
         for row, suffix in enumerate(suffixes):
             visible[row, shared + width - len(suffix) : shared + width] = True
-        state = Batch(visible, torch.full((len(suffixes),), shared, dtype=torch.long, device=self.device))
+        state = Batch(
+            visible, torch.full((len(suffixes),), shared, dtype=torch.long, device=self.device)
+        )
         return buffer, state, width
 
     def _padded(self, rows: list[list[int]], width: int) -> torch.Tensor:
-        return torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=self.device)
+        return torch.tensor(
+            [[self.pad_id] * (width - len(r)) + r for r in rows], device=self.device
+        )
 
     # -- sampling ------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -229,8 +255,10 @@ class SharedPrefixRunner:
         buffer, state, width = self._start(cache, suffixes, max_new_tokens)
         logits = self._forward(self._padded(suffixes, width), buffer, state, keep=1)[:, -1]
         # Each prompt was prefilled once; now copy its state to every sample drawn from it.
-        owner = torch.repeat_interleave(torch.arange(len(suffixes), device=self.device),
-                                        torch.tensor(samples, device=self.device))
+        owner = torch.repeat_interleave(
+            torch.arange(len(suffixes), device=self.device),
+            torch.tensor(samples, device=self.device),
+        )
         buffer.select(owner)
         state.select(owner)
         logits = logits.index_select(0, owner)
@@ -262,7 +290,9 @@ class SharedPrefixRunner:
         return grouped
 
     @staticmethod
-    def _pick(logits: torch.Tensor, sampling: tuple[float, float] | None, generator) -> torch.Tensor:
+    def _pick(
+        logits: torch.Tensor, sampling: tuple[float, float] | None, generator
+    ) -> torch.Tensor:
         """The next token of each row: greedy when sampling is None, else nucleus sampling at
         (temperature, top_p) with the generator."""
         if sampling is None:
@@ -273,7 +303,9 @@ class SharedPrefixRunner:
 
     # -- scoring -------------------------------------------------------------------------------
     @torch.inference_mode()
-    def score(self, prefix: list[int], suffixes: list[list[int]], targets: list[list[int]]) -> list[list[float]]:
+    def score(
+        self, prefix: list[int], suffixes: list[list[int]], targets: list[list[int]]
+    ) -> list[list[float]]:
         """log p(target token | prefix, suffix, earlier target tokens) for each row, per token.
 
         Rows with the same suffix (a judge's 'A' and 'B', or several gold answers after one control
@@ -294,7 +326,9 @@ class SharedPrefixRunner:
             width = max(len(r) for r in rows)
             buffer, state, head_width = self._start(cache, [list(h) for h in heads], width)
             if head_width:
-                self._forward(self._padded([list(h) for h in heads], head_width), buffer, state, keep=1)
+                self._forward(
+                    self._padded([list(h) for h in heads], head_width), buffer, state, keep=1
+                )
             index = torch.tensor(owner, device=self.device)
             buffer.select(index)
             state.select(index)

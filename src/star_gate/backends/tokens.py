@@ -39,7 +39,9 @@ def takes_system_message(tokenizer) -> bool:
 def _renders_system_in_place(tokenizer) -> bool:
     try:
         whole = tokenizer.apply_chat_template(_PROBE, tokenize=False)
-        first_turn = tokenizer.apply_chat_template(_PROBE[:2], tokenize=False, add_generation_prompt=True)
+        first_turn = tokenizer.apply_chat_template(
+            _PROBE[:2], tokenize=False, add_generation_prompt=True
+        )
     except Exception:  # noqa: BLE001 (jinja raises TemplateError via raise_exception, or others)
         return False
     return "S-probe" in first_turn and whole.startswith(first_turn.rstrip())
@@ -60,7 +62,9 @@ def render_chat(tokenizer, chat: Chat, add_generation_prompt: bool = True) -> st
     system message in place, the system prompt opens the first user message instead."""
     if not takes_system_message(tokenizer):
         chat = fold_system_message(chat)
-    return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tokenizer.apply_chat_template(
+        chat, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
 
 
 def chat_prompt_ids(tokenizer, chat: Chat) -> list[int]:

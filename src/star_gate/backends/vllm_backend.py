@@ -79,7 +79,6 @@ def preflight(role, label: str, config, cache_path) -> None:
 # -- reading vLLM's answers -------------------------------------------------------------------
 
 
-
 def completion_logprobs(prompt_logprobs, ids: list[int], count: int) -> list[float]:
     """The log-probs of the last `count` tokens of `ids`, read from vLLM's `prompt_logprobs` for
     the prompt `ids`: entry i maps token ids to Logprob objects for position i (entry 0 is None,
@@ -177,8 +176,7 @@ class VLLMBackend(LocalTokenizerBackend):
         prompts = [self.encode_prompt(chat, room=params.max_new_tokens) for chat in chats]
         greedy = params.temperature == 0
         sampling = [
-            self._sampling(params, derive_seed(params.seed, i), greedy)
-            for i in range(len(prompts))
+            self._sampling(params, derive_seed(params.seed, i), greedy) for i in range(len(prompts))
         ]
         replies = [
             [self._reply(sample) for sample in out.outputs] for out in self._run(prompts, sampling)

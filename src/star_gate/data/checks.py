@@ -66,7 +66,9 @@ def check_texts(
                 for kind in ("tasks", "personas"):
                     shared = set(spec[kind]) & set(other_spec[kind])
                     if shared:
-                        report.problems.append(f"splits {name} and {other} share {kind}: {sorted(shared)}")
+                        report.problems.append(
+                            f"splits {name} and {other} share {kind}: {sorted(shared)}"
+                        )
     collections = {
         "task": {k: t.text for k, t in dataset.tasks.items()},
         "persona": {k: p.description for k, p in dataset.personas.items()},
@@ -74,7 +76,9 @@ def check_texts(
     }
     for kind, texts in collections.items():
         for a, b, score in near_duplicates(texts, near_duplicate):
-            report.problems.append(f"near-duplicate {kind}s {a} and {b} (trigram Jaccard {score:.2f})")
+            report.problems.append(
+                f"near-duplicate {kind}s {a} and {b} (trigram Jaccard {score:.2f})"
+            )
     lengths = {k: len(v.split()) for k, v in collections["gold"].items()}
     for key, words in sorted(lengths.items()):
         if not min_words <= words <= max_words:

@@ -63,7 +63,9 @@ def _unique(path: Path, rows: list[tuple[int, dict]], *fields: str) -> dict:
             names = ", ".join(f"'{f}'" for f in fields)
             label = "field" if len(fields) == 1 else "fields"
             raise DataError(
-                path, number, f"{label} {names}: duplicate id {ident!r} (first on line {seen[ident][0]})"
+                path,
+                number,
+                f"{label} {names}: duplicate id {ident!r} (first on line {seen[ident][0]})",
             )
         seen[ident] = (number, row)
     return seen
@@ -79,15 +81,21 @@ def load_personas(path: Path) -> dict[str, Persona]:
     return {k: Persona(r["persona_id"], r["name"], r["description"]) for k, (_, r) in rows.items()}
 
 
-def load_gold(path: Path, tasks: dict[str, Task], personas: dict[str, Persona]) -> dict[tuple[str, str], Gold]:
+def load_gold(
+    path: Path, tasks: dict[str, Task], personas: dict[str, Persona]
+) -> dict[tuple[str, str], Gold]:
     """Gold answers keyed by (task_id, persona_id); every id must name a known task and persona."""
     gold = {}
     for key, (number, row) in _unique(path, _validated_rows(path), "task_id", "persona_id").items():
         if row["task_id"] not in tasks:
             raise DataError(path, number, f"field 'task_id': unknown task {row['task_id']!r}")
         if row["persona_id"] not in personas:
-            raise DataError(path, number, f"field 'persona_id': unknown persona {row['persona_id']!r}")
-        gold[key] = Gold(row["task_id"], row["persona_id"], row["text"], row.get("oracle", "unknown"))
+            raise DataError(
+                path, number, f"field 'persona_id': unknown persona {row['persona_id']!r}"
+            )
+        gold[key] = Gold(
+            row["task_id"], row["persona_id"], row["text"], row.get("oracle", "unknown")
+        )
     return gold
 
 
@@ -123,21 +131,29 @@ def _load_splits(path: Path, tasks, personas, gold) -> dict[str, dict[str, list[
     except json.JSONDecodeError as err:
         raise DataError(path, err.lineno, f"not valid JSON ({err.msg})") from None
     if not isinstance(splits, dict):
-        raise DataError(path, None, "expected an object mapping split names to task and persona ids")
+        raise DataError(
+            path, None, "expected an object mapping split names to task and persona ids"
+        )
     for name, spec in splits.items():
         if not isinstance(spec, dict) or set(spec) != {"tasks", "personas"}:
             raise DataError(path, None, f"split '{name}' must have exactly 'tasks' and 'personas'")
         for field_name, known in (("tasks", tasks), ("personas", personas)):
             ids = spec[field_name]
             if not isinstance(ids, list) or not ids:
-                raise DataError(path, None, f"split '{name}' field '{field_name}' must be a non-empty list")
+                raise DataError(
+                    path, None, f"split '{name}' field '{field_name}' must be a non-empty list"
+                )
             for ident in ids:
                 if not isinstance(ident, str) or ident not in known:
-                    raise DataError(path, None, f"split '{name}' field '{field_name}': unknown id {ident!r}")
+                    raise DataError(
+                        path, None, f"split '{name}' field '{field_name}': unknown id {ident!r}"
+                    )
         for task_id in spec["tasks"]:
             for persona_id in spec["personas"]:
                 if (task_id, persona_id) not in gold:
                     raise DataError(
-                        path, None, f"split '{name}': no gold response for pair ({task_id}, {persona_id})"
+                        path,
+                        None,
+                        f"split '{name}': no gold response for pair ({task_id}, {persona_id})",
                     )
     return splits

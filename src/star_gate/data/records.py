@@ -89,7 +89,9 @@ class Conversation(PairRecord):
     sample_index: int
     target_turns: int
     turns: tuple[Turn, ...] = ()
-    roleplayer_persona_id: str | None = None  # differs from persona_id in the random-persona control
+    roleplayer_persona_id: str | None = (
+        None  # differs from persona_id in the random-persona control
+    )
     logprob: float | None = None  # log p_base(gold | task, conversation), set by the score stage
     response: str | None = None  # final assistant answer, set by the regularize stage
 
@@ -125,7 +127,6 @@ class ScoredControl(PairRecord):
     persona_id: str
     condition: Literal["negative", "positive"]
     logprob: float
-
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,9 @@ class Judgement(PairRecord):
 
     @classmethod
     def from_json(cls, row: dict) -> Judgement:
-        return cls(**{**row, "shown_first": tuple(row["shown_first"]), "verdicts": tuple(row["verdicts"])})
+        return cls(
+            **{**row, "shown_first": tuple(row["shown_first"]), "verdicts": tuple(row["verdicts"])}
+        )
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,6 @@ class AnswerFit(PairRecord):
     length: int
     unit: str  # "tokens" or "words"
     fit: float
-
 
 
 @dataclass

@@ -29,21 +29,35 @@ class Players:
         cache_path: where API backends keep their answers (the run's api_cache.sqlite).
     """
 
-    def __init__(self, config: RunConfig, cache_path: str | Path | None = None, progress: bool = False):
+    def __init__(
+        self, config: RunConfig, cache_path: str | Path | None = None, progress: bool = False
+    ):
         self.config = config
         self.cache_path = cache_path
         self.progress = progress
         self.backends: dict[tuple, Backend] = {}
         self.retriever = None  # the grounded roleplayer's sentence encoder, loaded on first use
-        self._released_work: dict[str, int] = {}  # counted by backends since released, not yet reported
+        self._released_work: dict[
+            str, int
+        ] = {}  # counted by backends since released, not yet reported
 
     def backend(self, role: RoleConfig, model: str | None = None) -> Backend:
         """One backend per (kind, model, device or server); roles naming the same model share it."""
         model = model or role.model
-        key = (role.backend, model, role.device, role.dtype, role.sample_dtype, role.base_url, role.api_key_env,
-               role.logprobs)
+        key = (
+            role.backend,
+            model,
+            role.device,
+            role.dtype,
+            role.sample_dtype,
+            role.base_url,
+            role.api_key_env,
+            role.logprobs,
+        )
         if key not in self.backends:
-            self.backends[key] = load_backend(role, model, self.progress, cache_path=self.cache_path)
+            self.backends[key] = load_backend(
+                role, model, self.progress, cache_path=self.cache_path
+            )
         return self.backends[key]
 
     def release(self, model: str) -> None:
@@ -71,9 +85,13 @@ class Players:
     def questioner(self, model: str | None = None) -> Questioner:
         """The questioner served by `model` (a checkpoint path); None: the base model, Q_0."""
         role = self.config.roles.questioner
-        answer_prompt = self.config.regularize.answer_prompt  # the regularizer's and the evaluation's
+        answer_prompt = (
+            self.config.regularize.answer_prompt
+        )  # the regularizer's and the evaluation's
         return Questioner(
-            self.backend(role, model), get_template(self.config.questioner_prompt(trained=model is not None)), role_sampling(role),
+            self.backend(role, model),
+            get_template(self.config.questioner_prompt(trained=model is not None)),
+            role_sampling(role),
             answer_template=get_template(answer_prompt) if answer_prompt else None,
             answer_samples=self.config.regularize.answer_samples,
         )
@@ -83,14 +101,21 @@ class Players:
         params = role_sampling(role)
         backend = self.backend(role) if role.mode != "facts" else None
         if role.mode == "persona":
-            return PersonaRoleplayer(backend, template_for("roleplayer_persona", role.prompt), params)
+            return PersonaRoleplayer(
+                backend, template_for("roleplayer_persona", role.prompt), params
+            )
         if self.retriever is None:
             from star_gate.roles.grounding import FactRetriever
 
             self.retriever = FactRetriever(role.embedder)
         template = template_for("roleplayer_grounded", role.prompt)
         return GroundedRoleplayer(
-            backend, template, params, self.retriever, role.facts_per_answer, verbatim=role.mode == "facts"
+            backend,
+            template,
+            params,
+            self.retriever,
+            role.facts_per_answer,
+            verbatim=role.mode == "facts",
         )
 
     def judge(self) -> Judge:
@@ -98,7 +123,10 @@ class Players:
         template = template_for("judge", role.prompt)
         evaluate = self.config.evaluate
         return Judge(
-            self.backend(role), template, role_sampling(role), evaluate.judge_method,
+            self.backend(role),
+            template,
+            role_sampling(role),
+            evaluate.judge_method,
             pointwise_template=get_template(evaluate.pointwise_prompt),
         )
 

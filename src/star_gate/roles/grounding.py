@@ -41,7 +41,9 @@ class FactRetriever:
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
         for start in range(0, len(missing), self.batch_size):
             chunk = missing[start : start + self.batch_size]
-            enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=256, return_tensors="pt")
+            enc = self.tokenizer(
+                chunk, padding=True, truncation=True, max_length=256, return_tensors="pt"
+            )
             enc = {k: v.to(self.device) for k, v in enc.items()}
             hidden = self.model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)

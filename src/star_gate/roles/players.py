@@ -34,7 +34,9 @@ class Questioner:
     answer_template: PromptTemplate | None = None  # final answers' template; None: `template`
     answer_samples: int = 0  # samples drawn when the greedy final answer is no answer
 
-    def ask(self, tasks: Sequence[str], conversations: Sequence[Conversation], seed: int) -> list[str]:
+    def ask(
+        self, tasks: Sequence[str], conversations: Sequence[Conversation], seed: int
+    ) -> list[str]:
         chats = [views.questioner_chat(self.template, t, c) for t, c in zip(tasks, conversations)]
         replies = self.backend.generate(chats, replace(self.params, n=1, seed=seed))
         return [first_paragraph(r[0]) for r in replies]
@@ -50,16 +52,25 @@ class Questioner:
         answers = [r[0].strip() for r in self.backend.generate(chats, greedy)]
         return self._replace_non_answers(chats, answers, max_new_tokens)
 
-    def _replace_non_answers(self, chats: list, answers: list[str], max_new_tokens: int) -> list[str]:
+    def _replace_non_answers(
+        self, chats: list, answers: list[str], max_new_tokens: int
+    ) -> list[str]:
         """Where the greedy answer asks again or says nothing, the first of `answer_samples` samples
         (temperature ANSWER_TEMPERATURE, one seed per call) that does answer; else the greedy one."""
         redo = [i for i, answer in enumerate(answers) if is_non_answer(answer)]
         if not redo or self.answer_samples == 0:
             return answers
-        params = replace(self.params, n=self.answer_samples, temperature=ANSWER_TEMPERATURE,
-                         max_new_tokens=max_new_tokens, seed=0)
+        params = replace(
+            self.params,
+            n=self.answer_samples,
+            temperature=ANSWER_TEMPERATURE,
+            max_new_tokens=max_new_tokens,
+            seed=0,
+        )
         for index, samples in zip(redo, self.backend.generate([chats[i] for i in redo], params)):
-            answers[index] = next((s.strip() for s in samples if not is_non_answer(s)), answers[index])
+            answers[index] = next(
+                (s.strip() for s in samples if not is_non_answer(s)), answers[index]
+            )
         return answers
 
 
@@ -79,7 +90,8 @@ class PersonaRoleplayer:
         seed: int,
     ) -> list[str]:
         chats = [
-            views.roleplayer_chat(self.template, p, t, c) for p, t, c in zip(personas, tasks, conversations)
+            views.roleplayer_chat(self.template, p, t, c)
+            for p, t, c in zip(personas, tasks, conversations)
         ]
         replies = self.backend.generate(chats, replace(self.params, n=1, seed=seed))
         return [first_paragraph(r[0]) for r in replies]
@@ -97,7 +109,9 @@ class GroundedRoleplayer:
     verbatim: bool = False  # answer with the retrieved first-person facts themselves, no model call
 
     def facts_for(self, persona: Persona, question: str) -> list[str]:
-        return self.retriever.top_facts(question, split_facts(persona.description), self.facts_per_answer)
+        return self.retriever.top_facts(
+            question, split_facts(persona.description), self.facts_per_answer
+        )
 
     def answer(
         self,
@@ -110,7 +124,9 @@ class GroundedRoleplayer:
         facts = [self.facts_for(p, q) for p, q in zip(personas, questions)]
         if self.verbatim:
             return [" ".join(f) for f in facts]
-        chats = [views.grounded_roleplayer_chat(self.template, f, q) for f, q in zip(facts, questions)]
+        chats = [
+            views.grounded_roleplayer_chat(self.template, f, q) for f, q in zip(facts, questions)
+        ]
         replies = self.backend.generate(chats, replace(self.params, n=1, seed=seed))
         return [first_paragraph(r[0]) for r in replies]
 
@@ -143,27 +159,48 @@ class Judge:
     pointwise_template: PromptTemplate | None = None  # None: the judge_pointwise template
 
     def _chats(self, personas, tasks, firsts, seconds) -> list:
-        return [views.judge_chat(self.template, p, t, a, b) for p, t, a, b in zip(personas, tasks, firsts, seconds)]
+        return [
+            views.judge_chat(self.template, p, t, a, b)
+            for p, t, a, b in zip(personas, tasks, firsts, seconds)
+        ]
 
     def log_odds(
-        self, personas: Sequence[Persona], tasks: Sequence[str], firsts: Sequence[str], seconds: Sequence[str]
+        self,
+        personas: Sequence[Persona],
+        tasks: Sequence[str],
+        firsts: Sequence[str],
+        seconds: Sequence[str],
     ) -> list[float]:
         """log p('A') - log p('B') after each pairwise prompt: > 0 prefers the answer shown first."""
         return _contrast(self.backend, self._chats(personas, tasks, firsts, seconds), "A", "B")
 
-    def pick(self, personas: Sequence[Persona], tasks: Sequence[str], firsts: Sequence[str], seconds: Sequence[str]) -> list[str]:
+    def pick(
+        self,
+        personas: Sequence[Persona],
+        tasks: Sequence[str],
+        firsts: Sequence[str],
+        seconds: Sequence[str],
+    ) -> list[str]:
         if self.method == "logprobs":
-            return ["A" if odds >= 0 else "B" for odds in self.log_odds(personas, tasks, firsts, seconds)]
+            return [
+                "A" if odds >= 0 else "B"
+                for odds in self.log_odds(personas, tasks, firsts, seconds)
+            ]
         if self.method != "generate":
             raise ValueError(f"judge method {self.method!r} does not pick between two answers")
         chats = self._chats(personas, tasks, firsts, seconds)
         replies = self.backend.generate(chats, replace(self.params, n=1, temperature=0.0))
         return [_parse_verdict(r[0]) for r in replies]
 
-    def fit_scores(self, personas: Sequence[Persona], tasks: Sequence[str], answers: Sequence[str]) -> list[float]:
+    def fit_scores(
+        self, personas: Sequence[Persona], tasks: Sequence[str], answers: Sequence[str]
+    ) -> list[float]:
         """log p('Yes') - log p('No') after the pointwise prompt: how well one answer fits the persona."""
         template = self.pointwise_template or template_for("judge_pointwise")
-        chats = [views.judge_pointwise_chat(template, p, t, a) for p, t, a in zip(personas, tasks, answers)]
+        chats = [
+            views.judge_pointwise_chat(template, p, t, a)
+            for p, t, a in zip(personas, tasks, answers)
+        ]
         return _contrast(self.backend, chats, "Yes", "No")
 
 

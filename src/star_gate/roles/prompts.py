@@ -46,13 +46,29 @@ QUESTIONER_FEWSHOT = PromptTemplate(
         ("user", "Recommend me a podcast for my commute."),
         ("assistant", "Happy to help! What topics do you enjoy reading or talking about most?"),
         ("user", "I like history and true stories about ordinary people."),
-        ("assistant", "Good to know. How long is your commute, and do you prefer short episodes or long series?"),
-        ("user", ("About forty minutes by train, and I like series. "
-                 "Thank you. Now please answer my original request: Recommend me a podcast for my commute.")),
-        ("assistant", ("Since you love history and real lives, try a narrative history series with "
-                      "episodes of about forty minutes, so each one fits your train ride.")),
+        (
+            "assistant",
+            "Good to know. How long is your commute, and do you prefer short episodes or long series?",
+        ),
+        (
+            "user",
+            (
+                "About forty minutes by train, and I like series. "
+                "Thank you. Now please answer my original request: Recommend me a podcast for my commute."
+            ),
+        ),
+        (
+            "assistant",
+            (
+                "Since you love history and real lives, try a narrative history series with "
+                "episodes of about forty minutes, so each one fits your train ride."
+            ),
+        ),
         ("user", "Suggest a hobby I could pick up."),
-        ("assistant", "Sure! How much free time do you have each week, and do you prefer being indoors or outdoors?"),
+        (
+            "assistant",
+            "Sure! How much free time do you have each week, and do you prefer being indoors or outdoors?",
+        ),
     ),
 )
 
@@ -61,7 +77,7 @@ ROLEPLAYER_PERSONA = PromptTemplate(
     version="1",
     system=(
         "You are role-playing this person:\n{persona}\n\n"
-        "You asked an AI assistant: \"{task}\". The assistant will ask you questions. Answer each "
+        'You asked an AI assistant: "{task}". The assistant will ask you questions. Answer each '
         "question in the first person, in one or two sentences, as this person, using only the "
         "facts above. Do not answer your own request and do not ask questions back.\n\n"
         "Example. Question: What do you do for work? Answer: I work as a night-shift nurse."
@@ -77,11 +93,21 @@ ROLEPLAYER_GROUNDED = PromptTemplate(
         "in one or two sentences, using only the facts given. Do not ask questions back."
     ),
     few_shot=(
-        ("user", ("Facts about you:\n- I grew up in a fishing village near Bergen in Norway.\n"
-                 "- I work night shifts as a nurse.\n\nQuestion: Where did you grow up?")),
+        (
+            "user",
+            (
+                "Facts about you:\n- I grew up in a fishing village near Bergen in Norway.\n"
+                "- I work night shifts as a nurse.\n\nQuestion: Where did you grow up?"
+            ),
+        ),
         ("assistant", "I grew up in a small fishing village near Bergen, in Norway."),
-        ("user", ("Facts about you:\n- I am vegetarian and allergic to peanuts.\n"
-                 "- I love spicy food.\n\nQuestion: What kind of food do you like?")),
+        (
+            "user",
+            (
+                "Facts about you:\n- I am vegetarian and allergic to peanuts.\n"
+                "- I love spicy food.\n\nQuestion: What kind of food do you like?"
+            ),
+        ),
         ("assistant", "I love spicy food, but I am vegetarian and allergic to peanuts."),
     ),
 )
@@ -101,18 +127,41 @@ QUESTIONER_ANSWER = PromptTemplate(
     few_shot=(
         ("user", "Recommend me a podcast for my commute."),
         ("assistant", "Happy to help! What topics do you enjoy reading or talking about most?"),
-        ("user", ("I like history and true stories about ordinary people.\n\n"
-                 "Thank you. Now please answer my original request: Recommend me a podcast for my commute.")),
-        ("assistant", ("Since you love history and the lives of ordinary people, try a narrative history "
-                      "podcast that tells one true story per episode, such as a series on everyday life in "
-                      "past centuries. Start with its first season and listen in order on your commute.")),
+        (
+            "user",
+            (
+                "I like history and true stories about ordinary people.\n\n"
+                "Thank you. Now please answer my original request: Recommend me a podcast for my commute."
+            ),
+        ),
+        (
+            "assistant",
+            (
+                "Since you love history and the lives of ordinary people, try a narrative history "
+                "podcast that tells one true story per episode, such as a series on everyday life in "
+                "past centuries. Start with its first season and listen in order on your commute."
+            ),
+        ),
         ("user", "Suggest a hobby I could pick up."),
-        ("assistant", "Sure! How much free time do you have each week, and do you prefer being indoors or outdoors?"),
-        ("user", ("About five hours a week, and I like being outside.\n\n"
-                 "Thank you. Now please answer my original request: Suggest a hobby I could pick up.")),
-        ("assistant", ("With five free hours a week and a love of the outdoors, take up hiking. Begin with "
-                      "a two-hour trail near home on a weekend, buy good walking shoes, and add a longer "
-                      "route each month as you get fitter.")),
+        (
+            "assistant",
+            "Sure! How much free time do you have each week, and do you prefer being indoors or outdoors?",
+        ),
+        (
+            "user",
+            (
+                "About five hours a week, and I like being outside.\n\n"
+                "Thank you. Now please answer my original request: Suggest a hobby I could pick up."
+            ),
+        ),
+        (
+            "assistant",
+            (
+                "With five free hours a week and a love of the outdoors, take up hiking. Begin with "
+                "a two-hour trail near home on a weekend, buy good walking shoes, and add a longer "
+                "route each month as you get fitter."
+            ),
+        ),
     ),
 )
 
@@ -220,4 +269,6 @@ def get_template(name: str) -> PromptTemplate:
     try:
         return TEMPLATES[name]
     except KeyError:
-        raise ValueError(f"unknown prompt template {name!r}; choose from {sorted(TEMPLATES)}") from None
+        raise ValueError(
+            f"unknown prompt template {name!r}; choose from {sorted(TEMPLATES)}"
+        ) from None

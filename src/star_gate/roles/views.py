@@ -26,12 +26,20 @@ def _dialogue_as_assistant(conversation: Conversation) -> list[Message]:
     return [{"role": role[t.speaker], "content": t.text} for t in conversation.turns]
 
 
-def questioner_chat(template: PromptTemplate, task: str, conversation: Conversation) -> list[Message]:
+def questioner_chat(
+    template: PromptTemplate, task: str, conversation: Conversation
+) -> list[Message]:
     """What the questioner sees when asking its next question."""
-    return [*template.opening(), {"role": "user", "content": task}, *_dialogue_as_assistant(conversation)]
+    return [
+        *template.opening(),
+        {"role": "user", "content": task},
+        *_dialogue_as_assistant(conversation),
+    ]
 
 
-def final_answer_chat(template: PromptTemplate, task: str, conversation: Conversation) -> list[Message]:
+def final_answer_chat(
+    template: PromptTemplate, task: str, conversation: Conversation
+) -> list[Message]:
     """The questioner's view with the task repeated after the last answer, asking for the answer.
 
     Used for the regularization response and the evaluation's final answers (with the template
@@ -43,7 +51,11 @@ def final_answer_chat(template: PromptTemplate, task: str, conversation: Convers
 
 def scoring_chat(task: str, conversation: Conversation) -> list[Message]:
     """The prompt under which the frozen base model scores the gold response: log p(g | t, s)."""
-    base = [*RESPONDER.opening(), {"role": "user", "content": task}, *_dialogue_as_assistant(conversation)]
+    base = [
+        *RESPONDER.opening(),
+        {"role": "user", "content": task},
+        *_dialogue_as_assistant(conversation),
+    ]
     return _with_final_cue(base, task) if conversation.turns else base
 
 
@@ -76,7 +88,9 @@ def roleplayer_chat(
     return [*template.opening(persona=persona.description, task=task), *dialogue]
 
 
-def grounded_roleplayer_chat(template: PromptTemplate, facts: list[str], question: str) -> list[Message]:
+def grounded_roleplayer_chat(
+    template: PromptTemplate, facts: list[str], question: str
+) -> list[Message]:
     """What the grounded roleplayer sees: only the retrieved facts and the current question."""
     listed = "\n".join(f"- {fact}" for fact in facts)
     content = f"Facts about you:\n{listed}\n\nQuestion: {question}"
@@ -94,13 +108,17 @@ def persona_writer_chat(template: PromptTemplate, first: Persona, second: Person
     return [*template.opening(), {"role": "user", "content": request}]
 
 
-def judge_chat(template: PromptTemplate, persona: Persona, task: str, first: str, second: str) -> list[Message]:
+def judge_chat(
+    template: PromptTemplate, persona: Persona, task: str, first: str, second: str
+) -> list[Message]:
     """The judge reads the persona and the task, then two answers labelled A and B in that order."""
     request = JUDGE_REQUEST.format(task=task, first=first, second=second)
     return [*template.opening(persona=persona.description), {"role": "user", "content": request}]
 
 
-def judge_pointwise_chat(template: PromptTemplate, persona: Persona, task: str, answer: str) -> list[Message]:
+def judge_pointwise_chat(
+    template: PromptTemplate, persona: Persona, task: str, answer: str
+) -> list[Message]:
     """The pointwise judge reads the persona and the task, then one answer: does it fit?"""
     request = JUDGE_POINTWISE_REQUEST.format(task=task, answer=answer)
     return [*template.opening(persona=persona.description), {"role": "user", "content": request}]

@@ -33,7 +33,8 @@ def random_personas(pairs: Sequence[Pair], seed: int) -> dict[str, Persona]:
         raise ValueError("the random-persona condition needs at least 2 test personas")
     rng = random.Random(seed)
     return {
-        p.pair_id: rng.choice([q for q in personas if q.persona_id != p.persona.persona_id]) for p in pairs
+        p.pair_id: rng.choice([q for q in personas if q.persona_id != p.persona.persona_id])
+        for p in pairs
     }
 
 
@@ -50,7 +51,9 @@ class Outcome:
 Comparison = tuple[Persona, str, str, str]
 
 
-def compare(items: Sequence[Comparison], judge: Judge, order: JudgeOrder, seed: int) -> list[Outcome]:
+def compare(
+    items: Sequence[Comparison], judge: Judge, order: JudgeOrder, seed: int
+) -> list[Outcome]:
     """Ask the judge about each (persona, task, contender, baseline), in one batched call.
 
     Pairwise methods (generate, logprobs): in "random" order each comparison is asked once, the
@@ -65,9 +68,14 @@ def compare(items: Sequence[Comparison], judge: Judge, order: JudgeOrder, seed: 
     if judge.method == "pointwise":
         personas, tasks = [i[0] for i in items] * 2, [i[1] for i in items] * 2
         scores = judge.fit_scores(personas, tasks, [i[2] for i in items] + [i[3] for i in items])
-        return [Outcome((), (), mine - theirs) for mine, theirs in zip(scores[: len(items)], scores[len(items) :])]
+        return [
+            Outcome((), (), mine - theirs)
+            for mine, theirs in zip(scores[: len(items)], scores[len(items) :])
+        ]
     if order == "calibrated" and judge.method != "logprobs":
-        raise ValueError(f"judge order 'calibrated' needs judge method 'logprobs', not {judge.method!r}")
+        raise ValueError(
+            f"judge order 'calibrated' needs judge method 'logprobs', not {judge.method!r}"
+        )
     rng = random.Random(seed)
     orders = []  # per comparison: which answer is shown first, once or in both orders
     queries = []  # (persona, task, answer shown as A, answer shown as B), in the same sequence
@@ -82,13 +90,21 @@ def compare(items: Sequence[Comparison], judge: Judge, order: JudgeOrder, seed: 
         odds = judge.log_odds(*columns) if queries else []
         outcomes = []
         for index, firsts in enumerate(orders):
-            first_order, second_order = odds[2 * index], odds[2 * index + 1]  # contender at A, then at B
-            raw = tuple(first if o >= 0 else _OTHER[first] for first, o in zip(firsts, (first_order, second_order)))
+            first_order, second_order = (
+                odds[2 * index],
+                odds[2 * index + 1],
+            )  # contender at A, then at B
+            raw = tuple(
+                first if o >= 0 else _OTHER[first]
+                for first, o in zip(firsts, (first_order, second_order))
+            )
             outcomes.append(Outcome(firsts, raw, (first_order - second_order) / 2))
         return outcomes
     picks = iter(judge.pick(*columns) if queries else [])  # in query order
     return [
-        Outcome(firsts, tuple({"A": first, "B": _OTHER[first]}.get(next(picks), "") for first in firsts))
+        Outcome(
+            firsts, tuple({"A": first, "B": _OTHER[first]}.get(next(picks), "") for first in firsts)
+        )
         for firsts in orders
     ]
 
@@ -99,13 +115,19 @@ def _comparisons(
     by_pair = {p.pair_id: p for p in pairs}
     baseline_of = {(c.pair_id, c.sample_index): c for c in baseline}
     return [
-        (by_pair[mine.pair_id].persona, by_pair[mine.pair_id].task.text, mine.response or "",
-         baseline_of[mine.pair_id, mine.sample_index].response or "")
+        (
+            by_pair[mine.pair_id].persona,
+            by_pair[mine.pair_id].task.text,
+            mine.response or "",
+            baseline_of[mine.pair_id, mine.sample_index].response or "",
+        )
         for mine in contender
     ]
 
 
-def _judgements(contender: Sequence[Conversation], label: str, outcomes: Sequence[Outcome]) -> list[Judgement]:
+def _judgements(
+    contender: Sequence[Conversation], label: str, outcomes: Sequence[Outcome]
+) -> list[Judgement]:
     return [
         Judgement(
             task_id=mine.task_id,
@@ -135,22 +157,37 @@ def judge_answers(
     Both lists hold conversations whose `response` is the final answer; see `compare` for the
     orders and methods.
     """
-    return _judgements(contender, label, compare(_comparisons(contender, baseline, pairs), judge, order, seed))
+    return _judgements(
+        contender, label, compare(_comparisons(contender, baseline, pairs), judge, order, seed)
+    )
 
 
 def judge_answers_by_fit(
-    contender: Sequence[Conversation], baseline: Sequence[Conversation], pairs: Sequence[Pair], scorer: Backend,
+    contender: Sequence[Conversation],
+    baseline: Sequence[Conversation],
+    pairs: Sequence[Pair],
+    scorer: Backend,
     label: str,
 ) -> list[Judgement]:
     """judge_method persona_fit: no judge; the answer with the higher persona fit (`persona_fits`,
     under the frozen base model) wins. No position, so no position bias."""
-    return _judgements(contender, label, compare_by_fit(_comparisons(contender, baseline, pairs), scorer))
+    return _judgements(
+        contender, label, compare_by_fit(_comparisons(contender, baseline, pairs), scorer)
+    )
 
 
 def compare_by_fit(items: Sequence[Comparison], scorer: Backend) -> list[Outcome]:
     personas, tasks = [i[0] for i in items] * 2, [i[1] for i in items] * 2
-    fits = [f[-1] for f in persona_fits(personas, tasks, [i[2] for i in items] + [i[3] for i in items], scorer)]
-    return [Outcome((), (), mine - theirs) for mine, theirs in zip(fits[: len(items)], fits[len(items) :])]
+    fits = [
+        f[-1]
+        for f in persona_fits(
+            personas, tasks, [i[2] for i in items] + [i[3] for i in items], scorer
+        )
+    ]
+    return [
+        Outcome((), (), mine - theirs)
+        for mine, theirs in zip(fits[: len(items)], fits[len(items) :])
+    ]
 
 
 # -- persona fit of an answer ----------------------------------------------------------------------
@@ -198,12 +235,19 @@ def persona_fits(
     ]
 
 
-def answer_fits(conversations: Sequence[Conversation], pairs: Sequence[Pair], scorer: Backend) -> list[AnswerFit]:
+def answer_fits(
+    conversations: Sequence[Conversation], pairs: Sequence[Pair], scorer: Backend
+) -> list[AnswerFit]:
     """The persona fit of each conversation's final answer (`response`), for its own pair's persona."""
     by_pair = {p.pair_id: p for p in pairs}
     chosen = [by_pair[c.pair_id] for c in conversations]
-    rows = persona_fits([p.persona for p in chosen], [p.task.text for p in chosen],
-                        [c.response or "" for c in conversations], scorer)
+    rows = persona_fits(
+        [p.persona for p in chosen],
+        [p.task.text for p in chosen],
+        [c.response or "" for c in conversations],
+        scorer,
+    )
     return [
-        AnswerFit(c.task_id, c.persona_id, c.sample_index, c.target_turns, *row) for c, row in zip(conversations, rows)
+        AnswerFit(c.task_id, c.persona_id, c.sample_index, c.target_turns, *row)
+        for c, row in zip(conversations, rows)
     ]

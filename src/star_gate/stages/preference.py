@@ -24,7 +24,9 @@ def build_preference_examples(
     for chosen, rejected in preference_pairs:
         example = {}
         for side, conversation in (("chosen", chosen), ("rejected", rejected)):
-            messages, trainable = training_chat(template, by_id[conversation.pair_id].task.text, conversation)
+            messages, trainable = training_chat(
+                template, by_id[conversation.pair_id].task.text, conversation
+            )
             ids, mask, cut = tokenize_with_loss_mask(tokenizer, messages, trainable, max_length)
             example[f"{side}_ids"], example[f"{side}_mask"] = ids, mask
             truncated += cut

@@ -30,9 +30,7 @@ def simulate(
     """
     rng = random.Random(seed)
     by_id = {p.pair_id: p for p in pairs}
-    acting = {
-        p.pair_id: (roleplayer_personas or {}).get(p.pair_id, p.persona) for p in pairs
-    }
+    acting = {p.pair_id: (roleplayer_personas or {}).get(p.pair_id, p.persona) for p in pairs}
     conversations = [
         Conversation(
             task_id=p.task.task_id,
@@ -49,7 +47,9 @@ def simulate(
         if not live:
             break
         tasks = [by_id[conversations[i].pair_id].task.text for i in live]
-        questions = questioner.ask(tasks, [conversations[i] for i in live], seed=seed * 1000 + 2 * turn)
+        questions = questioner.ask(
+            tasks, [conversations[i] for i in live], seed=seed * 1000 + 2 * turn
+        )
         for i, question in zip(live, questions):
             conversations[i] = conversations[i].with_turn("questioner", question)
         answers = roleplayer.answer(

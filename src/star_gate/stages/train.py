@@ -86,7 +86,9 @@ def build_examples(
     by_id = {p.pair_id: p for p in pairs}
     examples, truncated = [], 0
     for conversation in conversations:
-        messages, trainable = training_chat(template, by_id[conversation.pair_id].task.text, conversation)
+        messages, trainable = training_chat(
+            template, by_id[conversation.pair_id].task.text, conversation
+        )
         ids, mask, cut = tokenize_with_loss_mask(tokenizer, messages, trainable, max_length)
         truncated += cut
         examples.append({"input_ids": ids, "assistant_masks": mask})

@@ -11,7 +11,12 @@ from star_gate.faults import crash_point
 
 
 def train_checkpoint(
-    examples: list[dict], base_model: str, target: Path, cfg: TrainConfig, seed: int, key: str,
+    examples: list[dict],
+    base_model: str,
+    target: Path,
+    cfg: TrainConfig,
+    seed: int,
+    key: str,
     log_dir: Path | None = None,
 ) -> dict:
     """Fine-tune base_model on the examples into the checkpoint folder `target`, and return the

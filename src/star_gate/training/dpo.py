@@ -27,17 +27,30 @@ class PreferenceCollator:
         masks = [e["chosen_mask"] for e in examples] + [e["rejected_mask"] for e in examples]
         width = max(map(len, sequences))
         batch = {
-            "input_ids": torch.tensor([s + [self.pad_token_id] * (width - len(s)) for s in sequences]),
-            "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences]),
+            "input_ids": torch.tensor(
+                [s + [self.pad_token_id] * (width - len(s)) for s in sequences]
+            ),
+            "attention_mask": torch.tensor(
+                [[1] * len(s) + [0] * (width - len(s)) for s in sequences]
+            ),
             "completion_mask": torch.tensor([m + [0] * (width - len(m)) for m in masks]),
         }
         for side in ("chosen", "rejected"):
             if f"ref_{side}_logps" in examples[0]:
-                batch[f"ref_{side}_logps"] = torch.tensor([e[f"ref_{side}_logps"] for e in examples])
+                batch[f"ref_{side}_logps"] = torch.tensor(
+                    [e[f"ref_{side}_logps"] for e in examples]
+                )
         return batch
 
 
-PREFERENCE_COLUMNS = ["chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask", "ref_chosen_logps", "ref_rejected_logps"]
+PREFERENCE_COLUMNS = [
+    "chosen_ids",
+    "chosen_mask",
+    "rejected_ids",
+    "rejected_mask",
+    "ref_chosen_logps",
+    "ref_rejected_logps",
+]
 
 
 def masked_dpo_trainer(**kwargs):

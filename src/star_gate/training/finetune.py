@@ -52,7 +52,11 @@ def _finetune(examples, base_model, output_dir, cfg, seed, ddp_backend, report_t
     if held_out >= 1:
         split = dataset.train_test_split(test_size=held_out, seed=seed)
         dataset, eval_dataset = split["train"], split["test"]
-    use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() if cfg.bf16 is None else cfg.bf16
+    use_bf16 = (
+        torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if cfg.bf16 is None
+        else cfg.bf16
+    )
     common = {
         "output_dir": str(output_dir / "trainer"),
         "learning_rate": cfg.learning_rate,
@@ -93,11 +97,15 @@ def _finetune(examples, base_model, output_dir, cfg, seed, ddp_backend, report_t
     trainable = _trainable_params(trainer.model)  # before training wraps or shards the model
     result = trainer.train()
     metrics = {
-        "train_loss": result.training_loss, "steps": result.global_step, "examples": len(dataset),
+        "train_loss": result.training_loss,
+        "steps": result.global_step,
+        "examples": len(dataset),
         "train_seconds": result.metrics.get("train_runtime"),
     }
     if cfg.objective == "dpo":
-        metrics.update(_last_epoch_means(trainer.state.log_history, ("rewards/accuracies", "rewards/margins")))
+        metrics.update(
+            _last_epoch_means(trainer.state.log_history, ("rewards/accuracies", "rewards/margins"))
+        )
     if eval_dataset is not None:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
     metrics["trainable_params"] = trainable
@@ -129,11 +137,17 @@ def _dpo_trainer(cfg: TrainConfig, path: str, common: dict, trainer_kwargs: dict
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     reference = None
     if cfg.dpo.reference:
-        reference = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.dpo.reference), dtype=torch.float32)
+        reference = AutoModelForCausalLM.from_pretrained(
+            resolve_model(cfg.dpo.reference), dtype=torch.float32
+        )
     tokenizer = trainer_kwargs["processing_class"]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return masked_dpo_trainer(
-        model=model, ref_model=reference, args=args, data_collator=PreferenceCollator(pad), **trainer_kwargs
+        model=model,
+        ref_model=reference,
+        args=args,
+        data_collator=PreferenceCollator(pad),
+        **trainer_kwargs,
     )
 
 
@@ -144,7 +158,10 @@ def _last_epoch_means(log_history: list[dict], names: Sequence[str]) -> dict:
         return {}
     last_epoch = max(entry["epoch"] for entry in logged)
     final = [entry for entry in logged if entry["epoch"] > last_epoch - 1]
-    return {name.replace("rewards/", "preference_"): sum(e[name] for e in final) / len(final) for name in names}
+    return {
+        name.replace("rewards/", "preference_"): sum(e[name] for e in final) / len(final)
+        for name in names
+    }
 
 
 def _trainable_params(model) -> int:
@@ -211,4 +228,6 @@ def _merge_saved_adapter(base_path: str, output_dir: Path) -> None:
     # load their shards, forever. Training is over, so ZeRO-3 is switched off for good.
     unset_hf_deepspeed_config()
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    PeftModel.from_pretrained(base, str(output_dir / "adapter")).merge_and_unload().save_pretrained(str(output_dir))
+    PeftModel.from_pretrained(base, str(output_dir / "adapter")).merge_and_unload().save_pretrained(
+        str(output_dir)
+    )

@@ -48,9 +48,16 @@ def read_accelerate_config(dist: DistributedConfig):
     sharded = cluster.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     if sharded and cluster.use_cpu:
         # accelerate would quietly fall back to plain data parallel on the CPU.
-        raise ConfigError(f"{field}: {path} sets use_cpu, with which accelerate cannot run {cluster.distributed_type.value}")
-    if cluster.distributed_type == DistributedType.DEEPSPEED and importlib.util.find_spec("deepspeed") is None:
-        raise ConfigError(f"{field}: {path} uses DeepSpeed, which is not installed (pip install deepspeed)")
+        raise ConfigError(
+            f"{field}: {path} sets use_cpu, with which accelerate cannot run {cluster.distributed_type.value}"
+        )
+    if (
+        cluster.distributed_type == DistributedType.DEEPSPEED
+        and importlib.util.find_spec("deepspeed") is None
+    ):
+        raise ConfigError(
+            f"{field}: {path} uses DeepSpeed, which is not installed (pip install deepspeed)"
+        )
     check_machine_address(dist, cluster)
     return cluster
 
@@ -63,11 +70,17 @@ def check_machine_address(dist: DistributedConfig, cluster) -> None:
     """Several machines must all be told where machine 0 listens: a known address and port."""
     if machines(dist, cluster) == 1:
         return
-    port = dist.main_process_port if dist.main_process_port is not None else cluster.main_process_port
+    port = (
+        dist.main_process_port if dist.main_process_port is not None else cluster.main_process_port
+    )
     if not (dist.main_process_ip or cluster.main_process_ip):
-        raise ConfigError("train.distributed.main_process_ip: needed with several machines (machine 0's address)")
+        raise ConfigError(
+            "train.distributed.main_process_ip: needed with several machines (machine 0's address)"
+        )
     if not port:
-        raise ConfigError("train.distributed.main_process_port: needed with several machines, and not 0")
+        raise ConfigError(
+            "train.distributed.main_process_port: needed with several machines, and not 0"
+        )
 
 
 def check_launcher(train: TrainConfig) -> None:
@@ -85,7 +98,12 @@ def accelerate_args(dist: DistributedConfig, job: Path, machine_rank: int | str)
         "--main_process_ip": dist.main_process_ip or None,
         "--main_process_port": dist.main_process_port,
     }
-    args += [part for flag, value in overrides.items() if value is not None for part in (flag, str(value))]
+    args += [
+        part
+        for flag, value in overrides.items()
+        if value is not None
+        for part in (flag, str(value))
+    ]
     return [*args, "--machine_rank", str(machine_rank), "-m", WORKER_MODULE, str(job)]
 
 
@@ -122,9 +140,12 @@ def run_workers(command: list[str], log_path: Path) -> tuple[int, str, str]:
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     first_error = ""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # lines arrive as they are written
-    with log_path.open("w", encoding="utf-8") as log, subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-    ) as process:
+    with (
+        log_path.open("w", encoding="utf-8") as log,
+        subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        ) as process,
+    ):
         for line in process.stdout:
             log.write(line)
             tail.append(line)
@@ -143,8 +164,16 @@ def model_for_workers(base_model: str) -> str:
     return str(Path(resolved).resolve()) if Path(resolved).exists() else resolved
 
 
-def write_job(launch_dir: Path, examples: list[dict], base_model: str, output_dir: Path,
-              cfg: TrainConfig, seed: int, cluster, log_dir: Path | None = None) -> Path:
+def write_job(
+    launch_dir: Path,
+    examples: list[dict],
+    base_model: str,
+    output_dir: Path,
+    cfg: TrainConfig,
+    seed: int,
+    cluster,
+    log_dir: Path | None = None,
+) -> Path:
     examples_path = launch_dir / "examples.jsonl"
     with examples_path.open("w", encoding="utf-8") as out:
         out.writelines(json.dumps(example) + "\n" for example in examples)
@@ -164,7 +193,9 @@ def write_job(launch_dir: Path, examples: list[dict], base_model: str, output_di
     return job_path
 
 
-def announce_join_command(dist: DistributedConfig, job: Path, machines: int, launch_dir: Path) -> None:
+def announce_join_command(
+    dist: DistributedConfig, job: Path, machines: int, launch_dir: Path
+) -> None:
     command = join_command(dist, job)
     (launch_dir / "join_command.txt").write_text(command + "\n", encoding="utf-8")
     print(
@@ -176,7 +207,12 @@ def announce_join_command(dist: DistributedConfig, job: Path, machines: int, lau
 
 
 def finetune_launched(
-    examples: list[dict], base_model: str, output_dir: Path, cfg: TrainConfig, seed: int, log_dir: Path | None = None
+    examples: list[dict],
+    base_model: str,
+    output_dir: Path,
+    cfg: TrainConfig,
+    seed: int,
+    log_dir: Path | None = None,
 ) -> dict:
     """`finetune` (finetune.py) in worker processes: same arguments, same checkpoint, same metrics.
 
@@ -199,7 +235,9 @@ def finetune_launched(
         )
     metrics_path = launch_dir / "metrics.json"
     if not metrics_path.is_file() or not (output_dir / "config.json").is_file():
-        raise RuntimeError(f"training workers exited without saving a checkpoint in {output_dir} (log: {log_path})")
+        raise RuntimeError(
+            f"training workers exited without saving a checkpoint in {output_dir} (log: {log_path})"
+        )
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     shutil.rmtree(launch_dir)  # the checkpoint folder holds the model and nothing else
     return metrics

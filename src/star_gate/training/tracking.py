@@ -32,7 +32,11 @@ def trainer_logging(report_to: str, log_dir: Path | None) -> Iterator[list[str]]
         yield []
         return
     log_dir.mkdir(parents=True, exist_ok=True)
-    variable = {"tensorboard": "TENSORBOARD_LOGGING_DIR", "wandb": "WANDB_DIR", "trackio": "TRACKIO_DIR"}[report_to]
+    variable = {
+        "tensorboard": "TENSORBOARD_LOGGING_DIR",
+        "wandb": "WANDB_DIR",
+        "trackio": "TRACKIO_DIR",
+    }[report_to]
     before = os.environ.get(variable)
     os.environ[variable] = str(log_dir)
     try:

@@ -57,11 +57,21 @@ def run_job(job_path: Path) -> None:
     cfg = TrainConfig.model_validate(job["train"])
     output_dir = Path(job["output_dir"])
     log_dir = Path(job["log_dir"]) if job.get("log_dir") else None
-    metrics = finetune(examples, job["base_model"], output_dir, cfg, seed=job["seed"], ddp_backend=backend, log_dir=log_dir)
+    metrics = finetune(
+        examples,
+        job["base_model"],
+        output_dir,
+        cfg,
+        seed=job["seed"],
+        ddp_backend=backend,
+        log_dir=log_dir,
+    )
     from accelerate.state import AcceleratorState
 
     state = AcceleratorState()  # as the Trainer set it up: says whether FSDP or DeepSpeed ran
-    metrics.update(processes=state.num_processes, distributed_type=str(state.distributed_type.value))
+    metrics.update(
+        processes=state.num_processes, distributed_type=str(state.distributed_type.value)
+    )
     if state.deepspeed_plugin is not None:
         metrics["zero_stage"] = state.deepspeed_plugin.zero_stage
     if state.is_main_process:
