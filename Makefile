@@ -42,6 +42,8 @@ demo: install
 	$(BIN)/star-gate run configs/demo.yaml
 
 test: install $(BIN)/.test-extras-installed
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 clean-demo:

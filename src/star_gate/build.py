@@ -220,7 +220,7 @@ class StepResult:
     calls: int  # model calls (prompts sent) made by this call
 
 
-# -- tasks ------------------------------------------------------------------------------------------
+# -- tasks -----------------------------------------------------------------------------------------
 def build_tasks(
     folder: DatasetFolder,
     texts: Sequence[str],
@@ -267,7 +267,7 @@ def build_tasks(
     return StepResult(wanted, 0)
 
 
-# -- personas ---------------------------------------------------------------------------------------
+# -- personas --------------------------------------------------------------------------------------
 def plan_personas(folder: DatasetFolder, seeds: Sequence[Persona], sizes: dict[str, int]) -> int:
     """How many personas are still to write; refuses (before any model loads) what cannot work."""
     if len(seeds) < 2:
@@ -367,7 +367,7 @@ def _write_personas(folder: DatasetFolder, personas: Sequence[Persona]) -> None:
     write_jsonl(folder.file("personas.jsonl"), rows)
 
 
-# -- gold -------------------------------------------------------------------------------------------
+# -- gold ------------------------------------------------------------------------------------------
 def plan_gold(
     folder: DatasetFolder, split_names: Sequence[str] | None = None
 ) -> list[tuple[str, str]]:

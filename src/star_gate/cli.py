@@ -438,7 +438,8 @@ def data_tasks(
     extract: Annotated[
         str,
         typer.Option(
-            help="regular expression whose first group is the request, e.g. 'Human:\\s*(.*?)\\s*Assistant:'"
+            help="regular expression whose first group is the request, e.g. "
+            "'Human:\\s*(.*?)\\s*Assistant:'"
         ),
     ] = "",
     seed: SeedOpt = 0,

@@ -60,8 +60,9 @@ class RoleConfig(Section):
         0.85,
         gt=0,
         le=1,
-        description="backend vllm only: share of each GPU's memory this model's vLLM engine reserves "
-        "(weights and KV cache); engines and training on the same GPU need their shares to fit together",
+        description="backend vllm only: share of each GPU's memory this model's vLLM engine "
+        "reserves (weights and KV cache); engines and training on the same GPU need their shares "
+        "to fit together",
     )
     # backend: openai only (model is then the name the server knows the model by)
     base_url: str = Field(
@@ -204,8 +205,8 @@ class SelectConfig(Section):
     top_k: int = Field(
         1,
         ge=1,
-        description="conversations kept per pair, best gold log-prob first; with train.objective dpo, "
-        "preference pairs per (task, persona): the i-th best against the i-th worst",
+        description="conversations kept per pair, best gold log-prob first; with train.objective "
+        "dpo, preference pairs per (task, persona): the i-th best against the i-th worst",
     )
     min_margin: float = Field(
         0.0,
@@ -218,23 +219,25 @@ class SelectConfig(Section):
 class RegularizeConfig(Section):
     mode: Literal["policy", "none", "gold"] = Field(
         "policy",
-        description="final turn: the previous policy's answer (paper), none (questions only), or the gold",
+        description="final turn: the previous policy's answer (paper), none (questions only), or "
+        "the gold",
     )
     max_new_tokens: int = Field(200, ge=1, description="longest final answer")
     answer_prompt: str = Field(
         "",
-        description="prompt template of every final answer the questioner writes: these regularization "
-        "answers and the evaluation's judged answers (e.g. questioner_answer, with worked examples of "
-        "direct answers); empty: the questioner's own prompt (roles.questioner.prompt). Training "
-        "examples keep the questioner's prompt either way",
+        description="prompt template of every final answer the questioner writes: these "
+        "regularization answers and the evaluation's judged answers (e.g. questioner_answer, with "
+        "worked examples of direct answers); empty: the questioner's own prompt "
+        "(roles.questioner.prompt). Training examples keep the questioner's prompt either way",
     )
 
     answer_samples: int = Field(
         0,
         ge=0,
-        description="when a temperature-0 final answer asks again or says nothing (roles/answers.py), "
-        "sample this many more at temperature 0.7 and keep the first that answers; for these "
-        "regularization answers and the evaluation's alike; 0: the greedy answer as it is (paper)",
+        description="when a temperature-0 final answer asks again or says nothing "
+        "(roles/answers.py), sample this many more at temperature 0.7 and keep the first that "
+        "answers; for these regularization answers and the evaluation's alike; 0: the greedy "
+        "answer as it is (paper)",
     )
 
     @model_validator(mode="after")
@@ -262,12 +265,13 @@ class LoraConfig(Section):
 class DistributedConfig(Section):
     launcher: Literal["none", "accelerate"] = Field(
         "none",
-        description="none: train inside the pipeline's process; accelerate: `accelerate launch` worker "
-        "processes (many GPUs, FSDP, DeepSpeed, many machines) while the pipeline waits",
+        description="none: train inside the pipeline's process; accelerate: `accelerate launch` "
+        "worker processes (many GPUs, FSDP, DeepSpeed, many machines) while the pipeline waits",
     )
     accelerate_config: str = Field(
         "",
-        description="accelerate config file (see configs/accelerate/); needed with launcher: accelerate",
+        description="accelerate config file (see configs/accelerate/); needed with launcher: "
+        "accelerate",
     )
     # Each of these overrides the accelerate config file's own value when set.
     num_processes: int | None = Field(
@@ -301,13 +305,14 @@ class DpoConfig(Section):
     beta: float = Field(
         0.1,
         gt=0,
-        description="strength of the pull toward the reference model (DPO's beta; TRL's default 0.1)",
+        description="strength of the pull toward the reference model (DPO's beta; TRL's default "
+        "0.1)",
     )
     sft_weight: float = Field(
         0.0,
         ge=0,
-        description="weight of an added NLL term on the chosen conversation's trained tokens (SFT+DPO); "
-        "0: plain DPO",
+        description="weight of an added NLL term on the chosen conversation's trained tokens "
+        "(SFT+DPO); 0: plain DPO",
     )
     reference: str = Field(
         "",
@@ -320,7 +325,8 @@ class TrainConfig(Section):
     objective: Literal["sft", "dpo"] = Field(
         "sft",
         description="sft: fine-tune on the best conversations (paper); dpo: direct preference "
-        "optimization, best against worst conversation of each pair (TRL's DPO loss, same loss mask)",
+        "optimization, best against worst conversation of each pair (TRL's DPO loss, same loss "
+        "mask)",
     )
     dpo: DpoConfig = Field(DpoConfig(), description="settings of train.objective dpo")
     learning_rate: float = Field(2e-5, gt=0, description="peak learning rate (paper: 2e-5)")
@@ -347,20 +353,20 @@ class TrainConfig(Section):
     )
     padding_free: bool = Field(
         True,
-        description="batch examples as one unpadded sequence (TRL padding_free): no compute spent on "
-        "padding; attention stays within each example through its position ids",
+        description="batch examples as one unpadded sequence (TRL padding_free): no compute spent "
+        "on padding; attention stays within each example through its position ids",
     )
     prompt: str = Field(
         "",
-        description="prompt template the trained questioners Q_1, Q_2, ... are trained with and then "
-        "prompted with; empty: roles.questioner.prompt (the paper's choice). Q_0 keeps "
+        description="prompt template the trained questioners Q_1, Q_2, ... are trained with and "
+        "then prompted with; empty: roles.questioner.prompt (the paper's choice). Q_0 keeps "
         "roles.questioner.prompt. A short prompt (questioner_plain) makes training and the trained "
         "questioners' turns faster",
     )
     report_to: Literal["none", "tensorboard", "wandb", "trackio"] = Field(
         "none",
-        description="where to log the trainer's curves and, once per iteration, the pipeline's numbers "
-        "(selection gain, train loss, test gains); under the run directory's logs/",
+        description="where to log the trainer's curves and, once per iteration, the pipeline's "
+        "numbers (selection gain, train loss, test gains); under the run directory's logs/",
     )
     lora: LoraConfig = Field(
         LoraConfig(),
@@ -390,7 +396,8 @@ class EvaluateConfig(Section):
     )
     random_persona: bool = Field(
         True,
-        description="also simulate with the roleplayer holding another test persona (paper's random condition)",
+        description="also simulate with the roleplayer holding another test persona (paper's random "
+        "condition)",
     )
     win_rates: bool = Field(
         True, description="judge each Q_k's final answers against Q_0's with roles.judge"
@@ -401,10 +408,10 @@ class EvaluateConfig(Section):
     judge_order: Literal["random", "counterbalanced", "calibrated"] = Field(
         "random",
         description="random: one order per comparison, drawn from the seed (paper); "
-        "counterbalanced: both orders, and a disagreement counts as a tie; calibrated (judge_method "
-        "logprobs only): both orders, the contender's log-odds averaged over them decides, so a "
-        "constant preference for a position cancels out. Ignored by pointwise and persona_fit, "
-        "which show no two answers side by side",
+        "counterbalanced: both orders, and a disagreement counts as a tie; calibrated "
+        "(judge_method logprobs only): both orders, the contender's log-odds averaged over them "
+        "decides, so a constant preference for a position cancels out. Ignored by pointwise and "
+        "persona_fit, which show no two answers side by side",
     )
     judge_method: Literal["generate", "logprobs", "pointwise", "persona_fit"] = Field(
         "logprobs",
@@ -431,7 +438,8 @@ class EvaluateConfig(Section):
     )
     roleplayer: RoleplayerConfig | None = Field(
         None,
-        description="roleplayer for test conversations (generalization ablation); default: roles.roleplayer",
+        description="roleplayer for test conversations (generalization ablation); default: "
+        "roles.roleplayer",
     )
 
     @model_validator(mode="after")
@@ -473,13 +481,14 @@ class ParallelConfig(Section):
     )
     address: str = Field(
         "",
-        description="empty: start a private local Ray instance; 'auto' or 'ray://HOST:10001': join a "
-        "running cluster (run_dir and data.path must then be on a filesystem every node shares)",
+        description="empty: start a private local Ray instance; 'auto' or 'ray://HOST:10001': join "
+        "a running cluster (run_dir and data.path must then be on a filesystem every node shares)",
     )
     cpus_per_worker: float = Field(
         1,
         gt=0,
-        description="CPU cores reserved per worker; Ray sets its OMP_NUM_THREADS (torch threads) to it",
+        description="CPU cores reserved per worker; Ray sets its OMP_NUM_THREADS (torch threads) to "
+        "it",
     )
     gpus_per_worker: float = Field(
         0, ge=0, description="GPUs per worker (fractions share a GPU); 0: CPU only"

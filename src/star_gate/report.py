@@ -35,7 +35,7 @@ def fmt(mean: float, sem: float, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {sem:.{digits}f}" if math.isfinite(sem) else f"{mean:.{digits}f}"
 
 
-# -- plots ------------------------------------------------------------------------------------------
+# -- plots -----------------------------------------------------------------------------------------
 def plot_logprobs(runs: Sequence[RunResults], path: Path) -> Path:
     """Figure 4: test gold log-prob per iteration for each condition, controls as bands."""
     fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4), sharey=True, squeeze=False)
@@ -157,7 +157,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-# -- markdown ---------------------------------------------------------------------------------------
+# -- markdown --------------------------------------------------------------------------------------
 def describe_runs(runs: Sequence[RunResults]) -> list[str]:
     lines = [
         "| run | questioner | roleplayer (train / test) | judge | regularize | test pairs | iterations |",
@@ -325,9 +325,10 @@ def judge_caveat(runs: Sequence[RunResults]) -> list[str]:
     return [
         (
             f"> **A weak judge.** The judge here is {', '.join(weak)}, a small model, not GPT-4. Its "
-            "verdicts follow the position and surface features more than the persona (see the position-bias "
-            "column), so these win rates check the bookkeeping and show the trend at best; they are not "
-            "evidence that one model's answers suit people better. Use a strong judge (`roles.judge`) for that."
+            "verdicts follow the position and surface features more than the persona (see the "
+            "position-bias column), so these win rates check the bookkeeping and show the trend at "
+            "best; they are not evidence that one model's answers suit people better. Use a strong "
+            "judge (`roles.judge`) for that."
         ),
         "",
     ]
@@ -412,11 +413,12 @@ def write_report(
         "## Gold log-probabilities on the test split",
         "",
         (
-            "log p_base(g | ·): how likely the frozen base model finds the oracle's persona-tailored gold answer. "
-            "Negative control: the task alone; positive control: the persona written into the task; true persona: "
-            "after Q_k's conversation with the roleplayer playing the pair's persona; random persona: after a "
-            "conversation with another test persona. Share of persona gap closed = (true − negative) / "
-            "(positive − negative) over pair means (bootstrap SEM). Q_k − Q_0 is paired by test pair."
+            "log p_base(g | ·): how likely the frozen base model finds the oracle's "
+            "persona-tailored gold answer. Negative control: the task alone; positive control: the "
+            "persona written into the task; true persona: after Q_k's conversation with the "
+            "roleplayer playing the pair's persona; random persona: after a conversation with "
+            "another test persona. Share of persona gap closed = (true − negative) / (positive − "
+            "negative) over pair means (bootstrap SEM). Q_k − Q_0 is paired by test pair."
         ),
         "",
     ]
@@ -429,15 +431,16 @@ def write_report(
         "## Win rates against the initial model",
         "",
         (
-            "Q_k answers at temperature 0 after one of its own test conversations; so does Q_0; the judge sees "
-            "the persona and the task and picks the better answer. Ties (counterbalanced order, verdicts that "
-            "flip with the order) count one half. Calibrated order: both orders are asked and the contender's "
-            "log-odds log p(its letter) − log p(the other), averaged over the two, decides, so a constant "
-            "preference for a position cancels out. Pointwise: the judge sees one answer at a time and the "
-            "higher log p('Yes') − log p('No') wins. Persona fit: no judge; the answer with the higher persona "
-            "fit (below) wins. Position bias: share of verdicts that follow the position, not the answer "
-            "(counterbalanced and calibrated: the raw picks are the same position in both orders; random "
-            "order: |2·P(first) − 1|; n/a where no two answers are shown side by side)."
+            "Q_k answers at temperature 0 after one of its own test conversations; so does Q_0; the "
+            "judge sees the persona and the task and picks the better answer. Ties (counterbalanced "
+            "order, verdicts that flip with the order) count one half. Calibrated order: both "
+            "orders are asked and the contender's log-odds log p(its letter) − log p(the other), "
+            "averaged over the two, decides, so a constant preference for a position cancels out. "
+            "Pointwise: the judge sees one answer at a time and the higher log p('Yes') − log "
+            "p('No') wins. Persona fit: no judge; the answer with the higher persona fit (below) "
+            "wins. Position bias: share of verdicts that follow the position, not the answer "
+            "(counterbalanced and calibrated: the raw picks are the same position in both orders; "
+            "random order: |2·P(first) − 1|; n/a where no two answers are shown side by side)."
         ),
         "",
         *judge_caveat(runs),
@@ -452,11 +455,11 @@ def write_report(
         "## Final answers",
         "",
         (
-            "Non-answers: final answers that are empty or under four words, end with a question mark, or "
-            "whose first sentence is a question (they ask instead of answering). Persona fit: "
-            "[log p_base(answer | persona, task) − log p_base(answer | task)] per answer token, under the "
-            "frozen base model: how much more the answer suits this person than anyone. Q_k − Q_0 is paired "
-            "by test pair."
+            "Non-answers: final answers that are empty or under four words, end with a question "
+            "mark, or whose first sentence is a question (they ask instead of answering). Persona "
+            "fit: [log p_base(answer | persona, task) − log p_base(answer | task)] per answer "
+            "token, under the frozen base model: how much more the answer suits this person than "
+            "anyone. Q_k − Q_0 is paired by test pair."
         ),
         "",
     ]

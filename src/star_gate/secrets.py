@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import re
 
-# api_key, OPENAI_API_KEY, hf_token, HF_TOKEN, client_secret, PASSWORD; not max_new_tokens or tokenizer.
+# api_key, OPENAI_API_KEY, hf_token, HF_TOKEN, client_secret, PASSWORD; not max_new_tokens or
+# tokenizer.
 _SECRET_NAME = re.compile(
     r"(^|_)(api_?key|key|secret|password|passwd|credentials?|token)($|_)", re.IGNORECASE
 )

@@ -18,7 +18,7 @@ from star_gate.backends.hf import TransformersBackend
 from star_gate.backends.shared_prefix import common_prefix_length
 from star_gate.roles.prompts import QUESTIONER_FEWSHOT
 
-# -- chats sharing a long opening (system prompt + few-shot examples, ~200 tokens) ------------------
+# -- chats sharing a long opening (system prompt + few-shot examples, ~200 tokens) -----------------
 
 OPENING = QUESTIONER_FEWSHOT.opening()
 REQUESTS = [
@@ -152,7 +152,7 @@ def test_common_prefix_length():
     assert common_prefix_length([[5]]) == 0
 
 
-# -- 2. greedy generation equals plain HF generate --------------------------------------------------
+# -- 2. greedy generation equals plain HF generate -------------------------------------------------
 
 
 @pytest.mark.parametrize("batch_size", [16, 3])

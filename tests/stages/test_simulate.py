@@ -61,7 +61,8 @@ def test_one_generate_call_per_player_per_turn(dataset, recording):
     for backend in (q_backend, r_backend):
         assert [name for name, _, _ in backend.calls] == ["generate"] * turns
         assert [len(chats) for _, chats, _ in backend.calls] == live_per_turn
-    # sampling settings are passed through, one sample per live conversation, distinct seeds per call
+    # sampling settings are passed through, one sample per live conversation, distinct seeds per
+    # call
     q_params = [params for _, _, params in q_backend.calls]
     assert all(p.n == 1 and p.temperature == 0.9 for p in q_params)
     r_seeds = [params.seed for _, _, params in r_backend.calls]

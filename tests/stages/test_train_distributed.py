@@ -144,7 +144,7 @@ def assert_trained_like(
     )
 
 
-# -- DDP --------------------------------------------------------------------------------------------
+# -- DDP -------------------------------------------------------------------------------------------
 
 
 def test_two_processes_train_like_one_at_the_same_global_batch(
@@ -202,7 +202,7 @@ def test_lora_adapters_from_two_processes_are_merged_once(
     assert not any("lora" in name for name in weights(out))  # merged: a plain checkpoint
 
 
-# -- DeepSpeed --------------------------------------------------------------------------------------
+# -- DeepSpeed -------------------------------------------------------------------------------------
 
 
 @needs_deepspeed
@@ -227,7 +227,7 @@ def test_deepspeed_trains_like_one_process(
     assert_trained_like((metrics, out), one_process_lora if lora else one_process, tiny_dir)
 
 
-# -- FSDP: GPUs only --------------------------------------------------------------------------------
+# -- FSDP: GPUs only -------------------------------------------------------------------------------
 
 PLUGIN_PROBE = """
 import json
@@ -286,7 +286,7 @@ def test_processes_that_form_no_training_group_are_refused(examples, tiny_dir, t
     assert "did not form one training group" in (out / "launch" / "workers.log").read_text()
 
 
-# -- several machines -------------------------------------------------------------------------------
+# -- several machines ------------------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -367,7 +367,7 @@ def test_launch_arguments(tmp_path):
     assert accelerate_args(unset, job, 0)[2:4] == ["--machine_rank", "0"]  # the file's values stand
 
 
-# -- through the pipeline ---------------------------------------------------------------------------
+# -- through the pipeline --------------------------------------------------------------------------
 
 
 def launched_config(
@@ -448,7 +448,7 @@ def test_killing_the_pipeline_ends_its_training_workers(
     )
 
 
-# -- refused before any model loads -----------------------------------------------------------------
+# -- refused before any model loads ----------------------------------------------------------------
 
 
 @pytest.fixture

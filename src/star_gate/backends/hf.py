@@ -89,7 +89,8 @@ class TransformersBackend(LocalTokenizerBackend):
         self.runner = SharedPrefixRunner(self.model, self.tokenizer.pad_token_id)
         self.sampler = self.runner  # generation; scoring always runs at the model's own dtype
         if sample_dtype and getattr(torch, sample_dtype) != self.model.dtype:
-            # Sampled text needs no exact log-probs: a bf16 copy decodes faster (on GPUs, and on CPUs
+            # Sampled text needs no exact log-probs: a bf16 copy decodes faster (on GPUs, and on
+            # CPUs
             # with AMX), while gold answers are still scored by the full-precision model.
             copy = copy_module.deepcopy(self.model).to(getattr(torch, sample_dtype))
             self.sampler = SharedPrefixRunner(copy, self.tokenizer.pad_token_id)

@@ -53,8 +53,8 @@ QUESTIONER_FEWSHOT = PromptTemplate(
         (
             "user",
             (
-                "About forty minutes by train, and I like series. "
-                "Thank you. Now please answer my original request: Recommend me a podcast for my commute."
+                "About forty minutes by train, and I like series. Thank you. Now please answer my "
+                "original request: Recommend me a podcast for my commute."
             ),
         ),
         (
@@ -130,16 +130,17 @@ QUESTIONER_ANSWER = PromptTemplate(
         (
             "user",
             (
-                "I like history and true stories about ordinary people.\n\n"
-                "Thank you. Now please answer my original request: Recommend me a podcast for my commute."
+                "I like history and true stories about ordinary people.\n\nThank you. Now please "
+                "answer my original request: Recommend me a podcast for my commute."
             ),
         ),
         (
             "assistant",
             (
                 "Since you love history and the lives of ordinary people, try a narrative history "
-                "podcast that tells one true story per episode, such as a series on everyday life in "
-                "past centuries. Start with its first season and listen in order on your commute."
+                "podcast that tells one true story per episode, such as a series on everyday life "
+                "in past centuries. Start with its first season and listen in order on your "
+                "commute."
             ),
         ),
         ("user", "Suggest a hobby I could pick up."),
@@ -179,8 +180,8 @@ ORACLE = PromptTemplate(
     name="oracle",
     version="1",
     system=(
-        "You write the ideal answer to a user's request, tailored to the user described below. "
-        "Use what the description says; invent nothing about the user. Answer in 60 to 140 words.\n\n"
+        "You write the ideal answer to a user's request, tailored to the user described below. Use "
+        "what the description says; invent nothing about the user. Answer in 60 to 140 words.\n\n"
         "The user:\n{persona}"
     ),
 )
