@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from star_gate.roles.prompts import DEFAULT_PROMPTS, TEMPLATES
 from star_gate.secrets import is_secret_name
@@ -26,7 +26,7 @@ class RoleConfig(Section):
     model: str = Field(
         "bundled", description="'bundled' (SmolLM2-135M-Instruct), a local folder or a hub id"
     )
-    backend: Literal["transformers", "fake", "openai", "vllm"] = Field(
+    backend: str = Field(
         "transformers",
         description="which backend serves this role; openai: any OpenAI-compatible server; "
         "vllm: a local model on GPUs through vLLM (pip install 'star-gate[vllm]')",
@@ -91,6 +91,15 @@ class RoleConfig(Section):
         "",
         description="model whose tokenizer renders chats into prompts when scoring; default: model",
     )
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, backend: str) -> str:
+        from star_gate.backends import BACKENDS  # the registry: a new backend registers only there
+
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose from {sorted(BACKENDS)}")
+        return backend
 
     @model_validator(mode="after")
     def _key_env_is_a_name(self):

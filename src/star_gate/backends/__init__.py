@@ -13,6 +13,10 @@ BACKENDS: dict[str, str] = {
     "vllm": "star_gate.backends.vllm_backend:VLLMBackend",  # optional extra: star-gate[vllm]
 }
 
+# Backends that hold no model in this process (a server does): their clients stay loaded while
+# training needs the memory (Players.release_local_models).
+REMOTE_BACKENDS = frozenset({"openai"})
+
 # A backend's checks before a run (a package, an API key, a server's log-probs): `preflight(role,
 # label, config, cache_path)` in its module, raising ConfigError. Backends without any are absent.
 PREFLIGHTS: dict[str, str] = {
@@ -67,6 +71,7 @@ def role_sampling(role) -> SamplingParams:
 __all__ = [
     "BACKENDS",
     "PREFLIGHTS",
+    "REMOTE_BACKENDS",
     "Backend",
     "Chat",
     "SamplingParams",

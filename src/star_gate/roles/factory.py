@@ -10,7 +10,7 @@ import gc
 import sys
 from pathlib import Path
 
-from star_gate.backends import Backend, load_backend, role_sampling
+from star_gate.backends import REMOTE_BACKENDS, Backend, load_backend, role_sampling
 from star_gate.config import RoleConfig, RoleplayerConfig, RunConfig
 from star_gate.roles.players import (
     GroundedRoleplayer,
@@ -72,7 +72,7 @@ class Players:
     def release_local_models(self) -> None:
         """Drop every model held in this process (API clients stay), so that training launched in
         other processes finds the GPUs' memory free; each loads again on its next use."""
-        self._keep_only(lambda key: key[0] == "openai")
+        self._keep_only(lambda key: key[0] in REMOTE_BACKENDS)
         gc.collect()  # a model's memory is freed only once nothing refers to it
         torch = sys.modules.get("torch")  # never imported just for this
         if torch is not None and torch.cuda.is_available():
