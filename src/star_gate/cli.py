@@ -77,6 +77,7 @@ def _pipeline(
 def print_eval_table(
     rows, title: str = "test gold log-prob, log p_base(g | ...), mean ± SEM"
 ) -> None:
+    """The closing table of `run` and `eval`: gold log-probs, paired gains, answers."""
     table = Table(title=title)
     for column in ("condition", "mean", "± SEM", "n", "vs negative (SEMs)"):
         table.add_column(column, justify="left" if column == "condition" else "right")

@@ -47,6 +47,7 @@ def acting_in(
 
 
 def in_chunks(items: list, size: int) -> list[list]:
+    """Consecutive slices of at most `size` items."""
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
@@ -110,6 +111,7 @@ class Pipeline:
         self.runner.release(model)
 
     def checkpoint(self, iteration: int) -> Path:
+        """The folder of Q_iteration's checkpoint: this run's, or one given to `star-gate eval`."""
         if iteration in self.external_checkpoints:
             return Path(self.external_checkpoints[iteration])
         return self.run.path(self.run.stage_output(iteration, "train"))
@@ -119,9 +121,11 @@ class Pipeline:
         return None if iteration == 0 else str(self.checkpoint(iteration))
 
     def split_for(self, iteration: int) -> str:
+        """The training split of an iteration: A, B, A, ... (data.train_splits)."""
         return self.config.data.train_splits[(iteration - 1) % 2]
 
     def pairs(self, split: str) -> list[Pair]:
+        """The (task, persona) pairs of a split, as data.* limits it."""
         return self.dataset.pairs(split)
 
     # -- running jobs ---------------------------------------------------------------------------
@@ -238,6 +242,7 @@ class Pipeline:
         return key, out, self.run.records(needed, Conversation.from_json)
 
     def simulate_stage(self, iteration: int) -> None:
+        """Q_{k-1} talks with the roleplayer: n conversations per pair of the iteration's split."""
         sim = self.config.simulate
         self._simulate_chunked(
             self.run.stage_key(iteration, "simulate"),
@@ -249,11 +254,13 @@ class Pipeline:
         )
 
     def score_stage(self, iteration: int) -> None:
+        """Q_BASE's log-prob of each pair's gold answer after each conversation."""
         key, out, conversations = self._open_stage(iteration, "score", needs="simulate")
         if conversations is not None:
             self._score_chunked(key, out, conversations, self.pairs(self.split_for(iteration)))
 
     def select_stage(self, iteration: int) -> None:
+        """The best conversations per pair (SFT), or the best against the worst (DPO)."""
         key, out, scored = self._open_stage(iteration, "select", needs="score")
         if scored is None:
             return
@@ -265,6 +272,7 @@ class Pipeline:
         self._write(key, out, kept, objective=objective)
 
     def regularize_stage(self, iteration: int) -> None:
+        """Q_{k-1}'s final answer (or none, or the gold) after each kept conversation."""
         key, out, kept = self._open_stage(iteration, "regularize", needs="select")
         if kept is not None:
             regularize = self.config.regularize
@@ -279,6 +287,7 @@ class Pipeline:
             )
 
     def train_stage(self, iteration: int) -> None:
+        """Fine-tune Q_BASE into Q_k on the kept conversations (training/)."""
         key, target, kept = self._open_stage(iteration, "train", needs="regularize")
         if kept is None:
             return
@@ -339,6 +348,7 @@ class Pipeline:
 
     # -- evaluation -------------------------------------------------------------------------------
     def controls_stage(self) -> None:
+        """The test split's negative (no persona) and positive (whole persona) controls."""
         if not self.run.is_done(self.run.CONTROLS_KEY):
             controls = self._run_one(ControlsJob(self.pairs(self.config.data.test_split)))
             self._write(self.run.CONTROLS_KEY, self.run.CONTROLS_OUTPUT, controls)
@@ -470,6 +480,7 @@ class Pipeline:
 
     # -- the whole loop ---------------------------------------------------------------------------
     def run_all(self) -> list[Estimate]:
+        """The whole run: controls, Q_0's evaluation, then every iteration and its evaluation."""
         self.controls_stage()
         self.evaluate_stage(0)
         self._log_iteration(0)
@@ -503,6 +514,7 @@ class Pipeline:
         return self.eval_table()
 
     def results(self) -> RunResults:
+        """The run's evaluation read back from its records (no model)."""
         return RunResults(self.run.root)
 
     def eval_table(self) -> list[Estimate]:

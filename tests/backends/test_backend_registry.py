@@ -32,7 +32,9 @@ def test_a_role_takes_every_registered_backend_and_no_other():
 
     for name in BACKENDS:  # registering a backend is all a config needs to accept it
         assert RoleConfig(backend=name).backend == name
-    with pytest.raises(ValidationError, match=r"unknown backend 'vllm9'; choose from \['fake', 'openai'"):
+    with pytest.raises(
+        ValidationError, match=r"unknown backend 'vllm9'; choose from \['fake', 'openai'"
+    ):
         RoleConfig(backend="vllm9")
 
 

@@ -37,6 +37,7 @@ def preflight_role(role, label: str, config, cache_path=None) -> None:
 
 
 def backend_class(name: str) -> type:
+    """The class registered under a backend name (imported on first use)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose from {sorted(BACKENDS)}")
     return _resolve(BACKENDS[name])

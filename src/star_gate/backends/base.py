@@ -18,6 +18,8 @@ Chat = list[Message]
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """How replies are sampled: n per chat, temperature (0: greedy), nucleus mass, length, seed."""
+
     n: int = 1
     temperature: float = 0.9  # 0 means greedy decoding
     top_p: float = 0.9
@@ -67,6 +69,7 @@ class WorkCounter:
         self._lock = threading.Lock()
 
     def add(self, **amounts: int) -> None:
+        """Count work done (names: truncated_prompts, api_calls, ...)."""
         with self._lock:
             self.totals.update(amounts)
             self._unreported.update(amounts)

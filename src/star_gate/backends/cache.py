@@ -42,6 +42,7 @@ class ResponseCache:
             self._db.commit()
 
     def get(self, key: str) -> Any | None:
+        """The stored answer for a request key, or None."""
         with self._lock:
             if self._db is None:
                 raw = self._memory.get(key)
@@ -51,6 +52,7 @@ class ResponseCache:
         return None if raw is None else json.loads(raw)
 
     def put(self, key: str, value: Any) -> None:
+        """Store an answer under a request key (kept across runs when the cache has a path)."""
         raw = json.dumps(value, ensure_ascii=False)
         with self._lock:
             if self._db is None:
@@ -68,6 +70,7 @@ class ResponseCache:
             return self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
 
     def close(self) -> None:
+        """Close the database."""
         with self._lock:
             if self._db is not None:
                 self._db.close()

@@ -17,6 +17,8 @@ _WORD = re.compile(r"[a-z]+")
 
 
 class FakeBackend:
+    """A deterministic stand-in for a model: replies and log-probs derived from the prompt's text, for fast tests."""
+
     def __init__(self, model: str = "fake", **_ignored):
         self.name = model
         self.calls = {"generate": 0, "logprobs": 0}

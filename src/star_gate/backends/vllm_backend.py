@@ -45,6 +45,7 @@ INSTALL_HINT = "pip install 'star-gate[vllm]' (GPU only)"
 
 
 def vllm_installed() -> bool:
+    """Whether the vllm package can be imported here (without importing it)."""
     if "vllm" in sys.modules:  # imported already, or blocked (None)
         return sys.modules["vllm"] is not None
     return importlib.util.find_spec("vllm") is not None
@@ -171,6 +172,7 @@ class VLLMBackend(LocalTokenizerBackend):
 
     # -- generation -------------------------------------------------------------------------
     def generate(self, chats: Sequence[Chat], params: SamplingParams) -> list[list[str]]:
+        """params.n sampled replies per chat, in input order (Backend.generate)."""
         if not chats:
             return []
         prompts = [self.encode_prompt(chat, room=params.max_new_tokens) for chat in chats]

@@ -177,6 +177,7 @@ def judge_answers_by_fit(
 
 
 def compare_by_fit(items: Sequence[Comparison], scorer: Backend) -> list[Outcome]:
+    """Outcomes decided by which answer fits its persona better (judge_method persona_fit)."""
     personas, tasks = [i[0] for i in items] * 2, [i[1] for i in items] * 2
     fits = [
         f[-1]

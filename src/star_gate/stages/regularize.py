@@ -20,6 +20,7 @@ def regularize(
     mode: Literal["policy", "none", "gold"],
     max_new_tokens: int = 200,
 ) -> list[Conversation]:
+    """Each conversation with its final answer: Q_{k-1}'s (policy), none, or the gold."""
     by_id = {p.pair_id: p for p in pairs}
     if mode == "none":
         return [c.replace(response=None) for c in kept]

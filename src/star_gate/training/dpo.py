@@ -58,6 +58,8 @@ def masked_dpo_trainer(**kwargs):
     from trl import DPOTrainer
 
     class MaskedDPOTrainer(DPOTrainer):
+        """DPOTrainer that takes examples tokenized with their loss masks."""
+
         def _prepare_dataset(self, dataset, *args, **kwargs):
             return dataset  # tokenized, with loss masks, by build_preference_examples
 

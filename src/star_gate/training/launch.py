@@ -63,6 +63,7 @@ def read_accelerate_config(dist: DistributedConfig):
 
 
 def machines(dist: DistributedConfig, cluster) -> int:
+    """How many machines take part: the config's override, else the accelerate file's."""
     return dist.num_machines or cluster.num_machines or 1
 
 
@@ -174,6 +175,7 @@ def write_job(
     cluster,
     log_dir: Path | None = None,
 ) -> Path:
+    """Write the examples and the job file that every worker process reads."""
     examples_path = launch_dir / "examples.jsonl"
     with examples_path.open("w", encoding="utf-8") as out:
         out.writelines(json.dumps(example) + "\n" for example in examples)
@@ -196,6 +198,7 @@ def write_job(
 def announce_join_command(
     dist: DistributedConfig, job: Path, machines: int, launch_dir: Path
 ) -> None:
+    """Tell the user the command that machines 1.. must run to join."""
     command = join_command(dist, job)
     (launch_dir / "join_command.txt").write_text(command + "\n", encoding="utf-8")
     print(

@@ -65,6 +65,7 @@ class PipelineLog:
             self._tracker.init(project=PROJECT, name=run_name, **options)
 
     def log(self, metrics: dict[str, float], iteration: int) -> None:
+        """Log one iteration's numbers."""
         if self.report_to == "tensorboard":
             for name, value in metrics.items():
                 self._writer.add_scalar(name, value, global_step=iteration)
@@ -74,6 +75,7 @@ class PipelineLog:
             self._tracker.log({**metrics, "iteration": iteration})
 
     def close(self) -> None:
+        """Flush and close the tracker."""
         if self._writer is not None:
             self._writer.close()
         elif self.report_to in ("wandb", "trackio"):

@@ -20,6 +20,7 @@ from star_gate.training.launch import die_with_parent
 
 
 def read_examples(path: Path) -> list[dict]:
+    """The training examples the pipeline wrote, one JSON object a line."""
     with path.open(encoding="utf-8") as lines:
         return [json.loads(line) for line in lines]
 
@@ -41,6 +42,7 @@ def check_world_size(expected: int, use_cpu: bool, backend: str | None) -> None:
 
 
 def run_job(job_path: Path) -> None:
+    """Train as one process of the group, and (main process) write the metrics file."""
     import torch
 
     from star_gate.training.finetune import finetune
@@ -82,6 +84,7 @@ def run_job(job_path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`python -m star_gate.training.worker JOB.json`."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         raise SystemExit("usage: python -m star_gate.training.worker JOB.json")
