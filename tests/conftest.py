@@ -276,44 +276,57 @@ def dataset(dataset_dir):
     return load_dataset(dataset_dir)
 
 
+def tiny_run_config(root: Path, model: Path, data: Path, **sections):
+    """A run of the tiny model as questioner, scorer and judge, with the fake roleplayer, on the
+    small dataset; each keyword replaces or extends one section (e.g. train={...})."""
+    from star_gate.config import RunConfig
+
+    tree = {
+        "run_dir": str(root / "run"),
+        "seed": 0,
+        "iterations": 2,
+        "data": {"path": str(data)},
+        "roles": {
+            "questioner": {
+                "model": str(model),
+                "backend": "transformers",
+                "device": "cpu",
+                "max_new_tokens": 6,
+                "batch_size": 8,
+            },
+            "roleplayer": {"backend": "fake", "mode": "persona"},
+            "judge": {"model": str(model), "backend": "transformers", "device": "cpu"},
+        },
+        "simulate": {"conversations_per_pair": 2, "max_turns": 2, "chunk_pairs": 2},
+        "select": {"top_k": 1},
+        "regularize": {"max_new_tokens": 6},
+        "train": {
+            "batch_size": 2,
+            "learning_rate": 1e-3,
+            "validation_fraction": 0.25,
+            "max_length": 2048,
+        },
+        "evaluate": {"conversations_per_pair": 1},
+    }
+    for name, value in sections.items():
+        tree[name] = {**tree[name], **value} if isinstance(value, dict) else value
+    return RunConfig.model_validate(tree)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """tiny_run_config(root, model, data, **sections) -> RunConfig."""
+    return tiny_run_config
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tiny_dir, tmp_path_factory, dataset_factory):
-    """A whole 2-iteration run (tiny model as questioner, scorer and judge; fake roleplayer), once.
-
-    Returns (config, eval rows). Tests only read it."""
-    from star_gate.config import RunConfig
+    """A whole 2-iteration run (tiny_run_config), once. Returns (config, eval rows). Tests only
+    read it."""
     from star_gate.pipeline import Pipeline
 
     root = tmp_path_factory.mktemp("tiny-run")
-    config = RunConfig.model_validate(
-        {
-            "run_dir": str(root / "run"),
-            "seed": 0,
-            "iterations": 2,
-            "data": {"path": str(dataset_factory(root / "data"))},
-            "roles": {
-                "questioner": {
-                    "model": str(tiny_dir),
-                    "backend": "transformers",
-                    "device": "cpu",
-                    "max_new_tokens": 6,
-                    "batch_size": 8,
-                },
-                "roleplayer": {"backend": "fake", "mode": "persona"},
-                "judge": {"model": str(tiny_dir), "backend": "transformers", "device": "cpu"},
-            },
-            "simulate": {"conversations_per_pair": 2, "max_turns": 2, "chunk_pairs": 2},
-            "select": {"top_k": 1},
-            "regularize": {"max_new_tokens": 6},
-            "train": {
-                "batch_size": 2,
-                "learning_rate": 1e-3,
-                "validation_fraction": 0.25,
-                "max_length": 2048,
-            },
-            "evaluate": {"conversations_per_pair": 1},
-        }
-    )
+    config = tiny_run_config(root, tiny_dir, dataset_factory(root / "data"))
     rows = Pipeline(config, progress=False).run_all()
     return config, rows
 

@@ -9,7 +9,6 @@ import pytest
 from typer.testing import CliRunner
 
 from star_gate.cli import app
-from star_gate.config import RunConfig
 from star_gate.pipeline import Pipeline
 from star_gate.training import tracking
 
@@ -25,35 +24,16 @@ def scalars(folder) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_tensorboard_holds_the_training_curve_and_each_iterations_numbers(
-    tiny_dir, tmp_path, dataset_factory
+    tiny_dir, tmp_path, dataset_factory, tiny_config
 ):
     pytest.importorskip("tensorboard")
-    config = RunConfig.model_validate(
-        {
-            "run_dir": str(tmp_path / "run"),
-            "seed": 0,
-            "iterations": 1,
-            "data": {"path": str(dataset_factory(tmp_path / "data"))},
-            "roles": {
-                "questioner": {
-                    "model": str(tiny_dir),
-                    "device": "cpu",
-                    "max_new_tokens": 6,
-                    "batch_size": 8,
-                },
-                "roleplayer": {"backend": "fake", "mode": "persona"},
-                "judge": {"model": str(tiny_dir), "device": "cpu"},
-            },
-            "simulate": {"conversations_per_pair": 2, "max_turns": 2},
-            "regularize": {"max_new_tokens": 6},
-            "train": {
-                "batch_size": 2,
-                "learning_rate": 1e-3,
-                "validation_fraction": 0.0,
-                "report_to": "tensorboard",
-            },
-            "evaluate": {"conversations_per_pair": 1, "answer_max_new_tokens": 6},
-        }
+    config = tiny_config(
+        tmp_path,
+        tiny_dir,
+        dataset_factory(tmp_path / "data"),
+        iterations=1,
+        train={"validation_fraction": 0.0, "report_to": "tensorboard"},
+        evaluate={"answer_max_new_tokens": 6},
     )
     with Pipeline(config, progress=False) as pipeline:
         pipeline.run_all()

@@ -308,38 +308,19 @@ def test_dpo_finetune_writes_a_checkpoint_and_preference_metrics(
 
 
 def test_a_dpo_run_trains_on_pairs_and_resumes_without_redoing_anything(
-    tiny_dir, tmp_path, dataset_factory
+    tiny_dir, tmp_path, dataset_factory, tiny_config
 ):
-    from star_gate.config import RunConfig
     from star_gate.pipeline import Pipeline
 
-    config = RunConfig.model_validate(
-        {
-            "run_dir": str(tmp_path / "run"),
-            "seed": 0,
-            "iterations": 1,
-            "data": {"path": str(dataset_factory(tmp_path / "data"))},
-            "roles": {
-                "questioner": {
-                    "model": str(tiny_dir),
-                    "device": "cpu",
-                    "max_new_tokens": 6,
-                    "batch_size": 8,
-                },
-                "roleplayer": {"backend": "fake", "mode": "persona"},
-                "judge": {"backend": "fake"},
-            },
-            "simulate": {"conversations_per_pair": 3, "max_turns": 2},
-            "regularize": {"max_new_tokens": 6},
-            "train": {
-                "objective": "dpo",
-                "batch_size": 2,
-                "learning_rate": 1e-3,
-                "validation_fraction": 0.0,
-                "max_length": 2048,
-            },
-            "evaluate": {"conversations_per_pair": 1, "win_rates": False},
-        }
+    config = tiny_config(
+        tmp_path,
+        tiny_dir,
+        dataset_factory(tmp_path / "data"),
+        iterations=1,
+        roles={"judge": {"backend": "fake"}},
+        simulate={"conversations_per_pair": 3},
+        train={"objective": "dpo", "validation_fraction": 0.0},
+        evaluate={"win_rates": False},
     )
     with Pipeline(config, progress=False) as pipeline:
         for stage in ("simulate", "score", "select", "regularize"):

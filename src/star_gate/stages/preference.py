@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from star_gate.data.records import Conversation, Pair
 from star_gate.roles.prompts import PromptTemplate
-from star_gate.stages.train import tokenize_with_loss_mask, training_chat
+from star_gate.stages.train import conversation_tokenizer
 
 
 def build_preference_examples(
@@ -19,15 +19,12 @@ def build_preference_examples(
     max_length: int,
 ) -> tuple[list[dict], int]:
     """Tokenized (chosen, rejected) examples and how many sequences were truncated."""
-    by_id = {p.pair_id: p for p in pairs}
+    tokenize = conversation_tokenizer(pairs, template, tokenizer, max_length)
     examples, truncated = [], 0
     for chosen, rejected in preference_pairs:
         example = {}
         for side, conversation in (("chosen", chosen), ("rejected", rejected)):
-            messages, trainable = training_chat(
-                template, by_id[conversation.pair_id].task.text, conversation
-            )
-            ids, mask, cut = tokenize_with_loss_mask(tokenizer, messages, trainable, max_length)
+            ids, mask, cut = tokenize(conversation)
             example[f"{side}_ids"], example[f"{side}_mask"] = ids, mask
             truncated += cut
         examples.append(example)

@@ -75,6 +75,20 @@ def tokenize_with_loss_mask(
     return ids, mask, truncated
 
 
+def conversation_tokenizer(
+    pairs: Sequence[Pair], template: PromptTemplate, tokenizer, max_length: int
+):
+    """A function from a kept conversation to (ids, loss mask, truncated), in the questioner's
+    view of it (training_chat) with its pair's task."""
+    tasks = {p.pair_id: p.task.text for p in pairs}
+
+    def tokenize(conversation: Conversation) -> tuple[list[int], list[int], bool]:
+        messages, trainable = training_chat(template, tasks[conversation.pair_id], conversation)
+        return tokenize_with_loss_mask(tokenizer, messages, trainable, max_length)
+
+    return tokenize
+
+
 def build_examples(
     conversations: Sequence[Conversation],
     pairs: Sequence[Pair],
@@ -83,13 +97,10 @@ def build_examples(
     max_length: int,
 ) -> tuple[list[dict], int]:
     """Tokenized training examples and how many were truncated."""
-    by_id = {p.pair_id: p for p in pairs}
+    tokenize = conversation_tokenizer(pairs, template, tokenizer, max_length)
     examples, truncated = [], 0
     for conversation in conversations:
-        messages, trainable = training_chat(
-            template, by_id[conversation.pair_id].task.text, conversation
-        )
-        ids, mask, cut = tokenize_with_loss_mask(tokenizer, messages, trainable, max_length)
+        ids, mask, cut = tokenize(conversation)
         truncated += cut
         examples.append({"input_ids": ids, "assistant_masks": mask})
     return examples, truncated
