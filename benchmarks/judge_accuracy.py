@@ -57,7 +57,7 @@ def main() -> None:
     def backend(model: str, kind: str):
         if (model, kind) not in backends:
             backends[model, kind] = load_backend(
-                RoleConfig(model=model, backend=kind, device=args.device), progress=False
+                RoleConfig.of(model=model, backend=kind, device=args.device), progress=False
             )
         return backends[model, kind]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -166,8 +167,10 @@ def test_shipped_configs_keep_unset_role_defaults(path):
     given = read_config_tree(path).get("roles", {})  # after following `base:`
     loaded, defaults = load_config(path).roles, RunConfig().roles
     for role in type(defaults).model_fields:
+        kept = getattr(loaded, role)
         for field, default in getattr(defaults, role).model_dump().items():
-            if field not in given.get(role, {}):
+            # (a role served by another backend has that backend's fields instead)
+            if field not in given.get(role, {}) and field in type(kept).model_fields:
                 assert getattr(getattr(loaded, role), field) == default, f"roles.{role}.{field}"
 
 
@@ -276,3 +279,64 @@ def test_paper_config_holds_the_papers_settings():
         and config.evaluate.judge_order == "random"
     )
     assert config.evaluate.conversations_per_pair == 10 and config.evaluate.random_persona
+
+
+# -- typed roles ------------------------------------------------------------------------------------
+
+
+def test_each_backend_has_its_own_role_fields():
+    from star_gate.config import OpenAIRole, OtherRole, TransformersRole, TransformersRoleplayer
+
+    config = load_config(
+        None, ["roles.judge.backend=openai", "roles.judge.base_url=http://127.0.0.1:8080/v1"]
+    )
+    assert isinstance(config.roles.judge, OpenAIRole)
+    assert config.roles.judge.temperature == 0.0 and config.roles.judge.prompt == "judge"  # kept
+    assert isinstance(config.roles.questioner, TransformersRole)
+    assert isinstance(config.roles.roleplayer, TransformersRoleplayer)
+    fake = load_config(None, ["roles.roleplayer.backend=fake", "roles.roleplayer.mode=facts"])
+    assert isinstance(fake.roles.roleplayer, OtherRole) and fake.roles.roleplayer.mode == "facts"
+    assert not hasattr(fake.roles.roleplayer, "device")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["roles.judge.base_url=http://x"],
+            "'roles.judge.base_url' is a field of backend openai only",
+        ),
+        (
+            ["roles.questioner.backend=fake", "roles.questioner.device=cpu"],
+            "'roles.questioner.device' is a field of backend transformers only",
+        ),
+        (
+            ["roles.judge.backend=openai", "roles.judge.tensor_parallel_size=2"],
+            "'roles.judge.tensor_parallel_size' is a field of backend vllm only",
+        ),
+        (
+            ["roles.judge.bas_url=1"],
+            "unknown key 'roles.judge.bas_url'; did you mean 'roles.judge.base_url'?",
+        ),
+    ],
+)
+def test_a_field_of_another_backend_is_refused_naming_its_backend(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, overrides)
+
+
+def test_a_config_saved_before_roles_were_typed_still_loads_as_the_same_config():
+    """Saved configs listed every backend's fields for every role, at their defaults."""
+    old_fields = {
+        "device": "auto", "dtype": "auto", "sample_dtype": "", "batch_size": 16,
+        "tensor_parallel_size": 1, "gpu_memory_utilization": 0.85, "base_url": "",
+        "api_key_env": "OPENAI_API_KEY", "max_concurrency": 4, "request_timeout": 60.0,
+        "max_retries": 6, "logprobs": "auto", "chat_template": "",
+    }  # fmt: skip
+    tree = yaml.safe_load(config_to_yaml(load_config(None, [])))
+    for role in tree["roles"].values():
+        role.update(old_fields)
+    assert RunConfig.model_validate(tree) == load_config(None, [])
+    tree["roles"]["judge"]["base_url"] = "http://elsewhere"  # not a default: not silently dropped
+    with pytest.raises(ValueError, match="base_url"):
+        RunConfig.model_validate(tree)

@@ -9,10 +9,20 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from star_gate.roles.prompts import DEFAULT_PROMPTS, TEMPLATES
 from star_gate.secrets import is_secret_name
@@ -23,13 +33,18 @@ class Section(BaseModel):
 
 
 class RoleConfig(Section):
+    """What every role has, whatever serves it. A role's config is one of the subclasses below,
+    chosen by its `backend` (each backend owns its fields; a field of another backend is refused).
+    Build one from fields with RoleConfig.of(...)."""
+
     model: str = Field(
         "bundled", description="'bundled' (SmolLM2-135M-Instruct), a local folder or a hub id"
     )
     backend: str = Field(
         "transformers",
-        description="which backend serves this role; openai: any OpenAI-compatible server; "
-        "vllm: a local model on GPUs through vLLM (pip install 'star-gate[vllm]')",
+        description="which backend serves this role (backends/__init__.py registers them); openai: "
+        "any OpenAI-compatible server; vllm: a local model on GPUs through vLLM (pip install "
+        "'star-gate[vllm]')",
     )
     prompt: str = Field(
         "", description="prompt template name (roles/prompts.py); empty for the role's default"
@@ -37,78 +52,30 @@ class RoleConfig(Section):
     temperature: float = Field(0.9, ge=0, description="sampling temperature; 0 is greedy")
     top_p: float = Field(0.9, gt=0, le=1, description="nucleus sampling mass")
     max_new_tokens: int = Field(48, ge=1, description="longest reply in tokens")
-    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
-    dtype: str = Field(
-        "auto", description="'auto' (bf16 on GPU, fp32 on CPU), 'float32', 'bfloat16'"
-    )
-    sample_dtype: Literal["", "float32", "bfloat16", "float16"] = Field(
-        "",
-        description="backend transformers only: dtype of a copy of the model that generates text "
-        "(scoring keeps dtype); 'bfloat16' decodes faster on a GPU or a CPU with AMX; empty: dtype",
-    )
-    batch_size: int = Field(16, ge=1, description="sequences per forward pass")
     max_context: int = Field(
         2048, ge=64, description="prompts longer than this are cut from the left (counted)"
     )
-    # backend: vllm only
-    tensor_parallel_size: int = Field(
-        1,
-        ge=1,
-        description="backend vllm only: GPUs that split the model's weights (tensor parallel)",
-    )
-    gpu_memory_utilization: float = Field(
-        0.85,
-        gt=0,
-        le=1,
-        description="backend vllm only: share of each GPU's memory this model's vLLM engine "
-        "reserves (weights and KV cache); engines and training on the same GPU need their shares "
-        "to fit together",
-    )
-    # backend: openai only (model is then the name the server knows the model by)
-    base_url: str = Field(
-        "",
-        description="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1; empty: api.openai.com",
-    )
-    api_key_env: str = Field(
-        "OPENAI_API_KEY",
-        description="environment variable holding the API key (never the key itself)",
-    )
-    max_concurrency: int = Field(4, ge=1, description="requests in flight at once")
-    request_timeout: float = Field(
-        60.0, gt=0, description="seconds before a request times out (retried)"
-    )
-    max_retries: int = Field(
-        6,
-        ge=0,
-        description="retries after 429, 5xx, timeouts, refused connections (exponential backoff)",
-    )
-    logprobs: Literal["auto", "echo", "prompt_logprobs", "none"] = Field(
-        "auto",
-        description="how completion log-probs are read: echo (/v1/completions with echo: llama.cpp, "
-        "vLLM), prompt_logprobs (vLLM), auto (the first that passes a check), none (cannot score)",
-    )
-    chat_template: str = Field(
-        "",
-        description="model whose tokenizer renders chats into prompts when scoring; default: model",
-    )
 
-    @field_validator("backend")
     @classmethod
-    def _known_backend(cls, backend: str) -> str:
-        from star_gate.backends import BACKENDS  # the registry: a new backend registers only there
+    def of(cls, **fields) -> RoleConfig:
+        """The role config these fields describe: the class of their backend (default
+        transformers)."""
+        return _adapter(cls).validate_python(fields)
 
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; choose from {sorted(BACKENDS)}")
-        return backend
+    def serving_key(self, model: str) -> tuple:
+        """Roles whose keys are equal share one loaded backend (Players.backend)."""
+        return (self.backend, model)
 
-    @model_validator(mode="after")
-    def _key_env_is_a_name(self):
-        # A key pasted here would be written to config.yaml; a variable name cannot be a secret.
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
-            raise ValueError(
-                "api_key_env must name an environment variable (like OPENAI_API_KEY), not hold the key"
-            )
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_other_backends_defaults(cls, data):
+        """Configs saved before roles were typed list every backend's fields: a field of another
+        backend at its default value is dropped, any other value is refused as unknown."""
+        if isinstance(data, dict) and cls is not RoleConfig:
+            own = set(cls.model_fields)
+            defaults = _foreign_defaults()
+            data = {k: v for k, v in data.items() if k in own or defaults.get(k, _MISSING) != v}
+        return data
 
     @model_validator(mode="after")
     def _known_prompt(self):
@@ -129,11 +96,113 @@ class RoleConfig(Section):
         return self
 
 
+class TransformersRole(RoleConfig):
+    """A model loaded in this process with transformers."""
+
+    backend: Literal["transformers"] = "transformers"
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: str = Field(
+        "auto", description="'auto' (bf16 on GPU, fp32 on CPU), 'float32', 'bfloat16'"
+    )
+    sample_dtype: Literal["", "float32", "bfloat16", "float16"] = Field(
+        "",
+        description="dtype of a copy of the model that generates text (scoring keeps dtype); "
+        "'bfloat16' decodes faster on a GPU or a CPU with AMX; empty: dtype",
+    )
+    batch_size: int = Field(16, ge=1, description="sequences per forward pass")
+
+    def serving_key(self, model: str) -> tuple:
+        return (self.backend, model, self.device, self.dtype, self.sample_dtype)
+
+
+class VllmRole(RoleConfig):
+    """A model on this machine's GPUs through vLLM."""
+
+    backend: Literal["vllm"] = "vllm"
+    dtype: str = Field("auto", description="'auto', 'float32', 'bfloat16', 'float16'")
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs that split the model's weights (tensor parallel)"
+    )
+    gpu_memory_utilization: float = Field(
+        0.85,
+        gt=0,
+        le=1,
+        description="share of each GPU's memory this model's vLLM engine reserves (weights and KV "
+        "cache); engines and training on the same GPU need their shares to fit together",
+    )
+
+    def serving_key(self, model: str) -> tuple:
+        return (self.backend, model, self.dtype, self.tensor_parallel_size)
+
+
+class OpenAIRole(RoleConfig):
+    """A model behind an OpenAI-compatible server (model: the name the server knows it by)."""
+
+    backend: Literal["openai"] = "openai"
+    base_url: str = Field(
+        "",
+        description="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1; empty: "
+        "api.openai.com",
+    )
+    api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        description="environment variable holding the API key (never the key itself)",
+    )
+    max_concurrency: int = Field(4, ge=1, description="requests in flight at once")
+    request_timeout: float = Field(
+        60.0, gt=0, description="seconds before a request times out (retried)"
+    )
+    max_retries: int = Field(
+        6,
+        ge=0,
+        description="retries after 429, 5xx, timeouts, refused connections (exponential backoff)",
+    )
+    logprobs: Literal["auto", "echo", "prompt_logprobs", "none"] = Field(
+        "auto",
+        description="how completion log-probs are read: echo (/v1/completions with echo: "
+        "llama.cpp, vLLM), prompt_logprobs (vLLM), auto (the first that passes a check), none "
+        "(cannot score)",
+    )
+    chat_template: str = Field(
+        "",
+        description="model whose tokenizer renders chats into prompts when scoring; default: model",
+    )
+
+    def serving_key(self, model: str) -> tuple:
+        return (self.backend, model, self.base_url, self.api_key_env, self.logprobs)
+
+    @model_validator(mode="after")
+    def _key_env_is_a_name(self):
+        # A key pasted here would be written to config.yaml; a variable name cannot be a secret.
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
+            raise ValueError(
+                "api_key_env must name an environment variable (like OPENAI_API_KEY), not hold the "
+                "key"
+            )
+        return self
+
+
+class OtherRole(RoleConfig):
+    """A registered backend without fields of its own (fake, or one a user adds)."""
+
+    @field_validator("backend")
+    @classmethod
+    def _registered(cls, backend: str) -> str:
+        from star_gate.backends import BACKENDS  # the registry: a new backend registers only there
+
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose from {sorted(BACKENDS)}")
+        return backend
+
+
 class RoleplayerConfig(RoleConfig):
+    """The roleplayer's own fields, whatever serves it (RoleplayerConfig.of builds one)."""
+
     mode: Literal["persona", "grounded", "facts"] = Field(
         "grounded",
-        description="persona: the model sees the whole persona (paper); grounded: the model answers "
-        "from the m persona facts nearest to the question; facts: those m facts are the answer",
+        description="persona: the model sees the whole persona (paper); grounded: the model "
+        "answers from the m persona facts nearest to the question; facts: those m facts are the "
+        "answer",
     )
     facts_per_answer: int = Field(
         2, ge=1, description="m: facts retrieved per question when grounded"
@@ -143,13 +212,69 @@ class RoleplayerConfig(RoleConfig):
     )
 
 
+class TransformersRoleplayer(RoleplayerConfig, TransformersRole):
+    """A roleplayer loaded with transformers."""
+
+
+class VllmRoleplayer(RoleplayerConfig, VllmRole):
+    """A roleplayer served by vLLM."""
+
+
+class OpenAIRoleplayer(RoleplayerConfig, OpenAIRole):
+    """A roleplayer behind an OpenAI-compatible server."""
+
+
+class OtherRoleplayer(RoleplayerConfig, OtherRole):
+    """A roleplayer on another registered backend."""
+
+
+_MISSING = object()
+_TYPED = {"transformers": 0, "vllm": 1, "openai": 2}  # backends with fields of their own
+_VARIANTS = {
+    RoleConfig: (TransformersRole, VllmRole, OpenAIRole, OtherRole),
+    RoleplayerConfig: (TransformersRoleplayer, VllmRoleplayer, OpenAIRoleplayer, OtherRoleplayer),
+}
+
+
+def _backend_tag(value) -> str:
+    backend = value.get("backend", "transformers") if isinstance(value, dict) else value.backend
+    return backend if backend in _TYPED else "other"
+
+
+def _union(kind: type[RoleConfig]):
+    tags = (*_TYPED, "other")
+    members = tuple(Annotated[cls, Tag(tag)] for cls, tag in zip(_VARIANTS[kind], tags))
+    return Annotated[Union[members], Discriminator(_backend_tag)]  # noqa: UP007
+
+
+def _adapter(kind: type[RoleConfig]) -> TypeAdapter:
+    return TypeAdapter(
+        _union(RoleplayerConfig if issubclass(kind, RoleplayerConfig) else RoleConfig)
+    )
+
+
+def _foreign_defaults() -> dict[str, Any]:
+    """Every backend-specific field with its default (fields that configs once listed for all)."""
+    common = set(RoleplayerConfig.model_fields)
+    return {
+        name: info.default
+        for cls in _VARIANTS[RoleConfig]
+        for name, info in cls.model_fields.items()
+        if name not in common
+    }
+
+
+Role = _union(RoleConfig)
+Roleplayer = _union(RoleplayerConfig)
+
+
 class RolesConfig(Section):
-    questioner: RoleConfig = RoleConfig(
+    questioner: Role = TransformersRole(
         prompt=DEFAULT_PROMPTS["questioner"], temperature=0.9, top_p=0.9
     )
-    roleplayer: RoleplayerConfig = RoleplayerConfig(temperature=0.7, top_p=0.9)
-    oracle: RoleConfig = RoleConfig(prompt="oracle", temperature=0.0, max_new_tokens=200)
-    judge: RoleConfig = RoleConfig(prompt="judge", temperature=0.0, max_new_tokens=4)
+    roleplayer: Roleplayer = TransformersRoleplayer(temperature=0.7, top_p=0.9)
+    oracle: Role = TransformersRole(prompt="oracle", temperature=0.0, max_new_tokens=200)
+    judge: Role = TransformersRole(prompt="judge", temperature=0.0, max_new_tokens=4)
 
     @model_validator(mode="before")
     @classmethod
@@ -445,7 +570,7 @@ class EvaluateConfig(Section):
         False,
         description="also judge Q_BASE's answers after Q_k's conversations (isolates the questions)",
     )
-    roleplayer: RoleplayerConfig | None = Field(
+    roleplayer: Roleplayer | None = Field(
         None,
         description="roleplayer for test conversations (generalization ablation); default: "
         "roles.roleplayer",
@@ -582,22 +707,44 @@ class ConfigError(ValueError):
     """A config that cannot run. The message is one sentence naming the field."""
 
 
+def _models_in(annotation) -> list[type[BaseModel]]:
+    """The config models an annotation holds: itself, or the members of a union (typed roles)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in get_args(annotation) for model in _models_in(arg)]
+
+
 def _field_names(model: type[BaseModel], prefix: str = "") -> list[str]:
     names = []
     for name, info in model.model_fields.items():
         names.append(prefix + name)
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            names += _field_names(annotation, prefix + name + ".")
+        for member in _models_in(info.annotation):
+            names += [n for n in _field_names(member, prefix + name + ".") if n not in names]
     return names
+
+
+def _backends_owning(field: str) -> list[str]:
+    """The backends whose role config has this field (none: a field every role has, or none has)."""
+    owners = [cls for cls in _VARIANTS[RoleConfig] if field in cls.model_fields]
+    if len(owners) == len(_VARIANTS[RoleConfig]):
+        return []
+    return [cls.model_fields["backend"].default for cls in owners]
 
 
 def _explain(error: ValidationError, source: str) -> str:
     """One sentence naming the field. Never the value: it may be a secret put in the wrong place."""
     first = error.errors()[0]
-    location = ".".join(str(part) for part in first["loc"])
+    # A typed role's errors name its variant after the role (roles.judge.openai.base_url): drop it.
+    loc = [str(part) for part in first["loc"] if part not in (*_TYPED, "other")]
+    location = ".".join(loc)
     if first["type"] == "extra_forbidden":
-        if is_secret_name(str(first["loc"][-1])):
+        owners = _backends_owning(loc[-1])
+        if owners:
+            return (
+                f"{source}: '{location}' is a field of backend {' or '.join(owners)} only; set that "
+                f"backend or remove the field"
+            )
+        if is_secret_name(loc[-1]):
             return (
                 f"{source}: unknown key '{location}'; secrets such as API keys are never read from "
                 "a config: set them in the environment (e.g. OPENAI_API_KEY) instead"

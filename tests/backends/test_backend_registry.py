@@ -31,11 +31,11 @@ def test_a_role_takes_every_registered_backend_and_no_other():
     from star_gate.config import RoleConfig
 
     for name in BACKENDS:  # registering a backend is all a config needs to accept it
-        assert RoleConfig(backend=name).backend == name
+        assert RoleConfig.of(backend=name).backend == name
     with pytest.raises(
         ValidationError, match=r"unknown backend 'vllm9'; choose from \['fake', 'openai'"
     ):
-        RoleConfig(backend="vllm9")
+        RoleConfig.of(backend="vllm9")
 
 
 def test_importing_backends_does_not_import_torch_backends():

@@ -397,7 +397,7 @@ def test_logprobs_none_refuses_to_score(make_backend, stand_in):
 
 def test_load_backend_builds_from_the_role(tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    role = RoleConfig(
+    role = RoleConfig.of(
         backend="openai", model="served", base_url="http://127.0.0.1:9/v1", max_concurrency=2
     )
     backend = load_backend(role, cache_path=tmp_path / "c.sqlite")
@@ -427,14 +427,16 @@ def test_a_judge_without_log_probs_cannot_judge_by_log_probs():
 
 def test_a_key_in_api_key_env_is_refused_without_echoing_it():
     with pytest.raises(ConfigError) as caught:
-        load_config(None, ["roles.judge.api_key_env=sk-abc123secretvalue"])
+        load_config(
+            None, ["roles.judge.backend=openai", "roles.judge.api_key_env=sk-abc123secretvalue"]
+        )
     assert "must name an environment variable" in str(caught.value)
     assert "abc123" not in str(caught.value)
 
 
 def test_a_missing_key_is_refused_naming_the_role(monkeypatch):
     monkeypatch.delenv("MY_KEY", raising=False)
-    role = RoleConfig(backend="openai", model="gpt-4o-mini", api_key_env="MY_KEY")
+    role = RoleConfig.of(backend="openai", model="gpt-4o-mini", api_key_env="MY_KEY")
     with pytest.raises(
         ConfigError, match="roles.roleplayer: environment variable MY_KEY is not set"
     ):

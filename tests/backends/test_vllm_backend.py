@@ -373,7 +373,7 @@ def test_long_prompts_are_cut_and_counted_as_in_the_transformers_backend(fake_vl
 
 
 def test_from_role_passes_the_engine_settings(fake_vllm, tiny_dir):
-    role = RoleConfig(
+    role = RoleConfig.of(
         backend="vllm",
         model=str(tiny_dir),
         tensor_parallel_size=2,
@@ -397,7 +397,7 @@ def test_from_role_passes_the_engine_settings(fake_vllm, tiny_dir):
 def test_a_checkpoint_path_replaces_the_role_model(fake_vllm, tiny_dir):
     """The pipeline loads a fine-tuned Q_k as load_backend(role, model=<checkpoint folder>)."""
     backend = load_backend(
-        RoleConfig(backend="vllm", dtype="float32"), model=str(tiny_dir), progress=False
+        RoleConfig.of(backend="vllm", dtype="float32"), model=str(tiny_dir), progress=False
     )
     assert backend.name == str(tiny_dir)
     assert fake_vllm.instances[0].engine_args["model"] == str(tiny_dir)

@@ -52,14 +52,7 @@ def load_backend(role, model: str | None = None, progress: bool = True, cache_pa
     cls = backend_class(role.backend)
     if hasattr(cls, "from_role"):
         return cls.from_role(role, model or role.model, progress, cache_path)
-    return cls(
-        model=model or role.model,
-        device=role.device,
-        dtype=role.dtype,
-        batch_size=role.batch_size,
-        max_context=role.max_context,
-        progress=progress,
-    )
+    return cls(model=model or role.model, max_context=role.max_context, progress=progress)
 
 
 def role_sampling(role) -> SamplingParams:

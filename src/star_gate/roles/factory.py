@@ -37,23 +37,13 @@ class Players:
         self.progress = progress
         self.backends: dict[tuple, Backend] = {}
         self.retriever = None  # the grounded roleplayer's sentence encoder, loaded on first use
-        self._released_work: dict[
-            str, int
-        ] = {}  # counted by backends since released, not yet reported
+        # Work counted by backends since released, not yet reported by new_work.
+        self._released_work: dict[str, int] = {}
 
     def backend(self, role: RoleConfig, model: str | None = None) -> Backend:
         """One backend per (kind, model, device or server); roles naming the same model share it."""
         model = model or role.model
-        key = (
-            role.backend,
-            model,
-            role.device,
-            role.dtype,
-            role.sample_dtype,
-            role.base_url,
-            role.api_key_env,
-            role.logprobs,
-        )
+        key = role.serving_key(model)
         if key not in self.backends:
             self.backends[key] = load_backend(
                 role, model, self.progress, cache_path=self.cache_path
