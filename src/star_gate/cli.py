@@ -354,6 +354,7 @@ def chat(
 
 
 def main() -> None:  # pragma: no cover
+    """The star-gate command (the console script)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()
 

@@ -24,9 +24,11 @@ class FakeBackend:
         self.calls = {"generate": 0, "logprobs": 0}
 
     def counters(self) -> dict[str, int]:
+        """Work since the last call: none (Backend.counters)."""
         return {}  # it never cuts a prompt and calls no API
 
     def generate(self, chats: Sequence[Chat], params: SamplingParams) -> list[list[str]]:
+        """params.n replies per chat, derived from the chat's last message (Backend.generate)."""
         self.calls["generate"] += 1
         out = []
         for chat in chats:
@@ -44,6 +46,7 @@ class FakeBackend:
         return out
 
     def logprobs(self, chats: Sequence[Chat], completions: Sequence[str]) -> list[float]:
+        """A log-prob per completion, derived from its text (Backend.logprobs)."""
         self.calls["logprobs"] += 1
         scores = []
         for chat, completion in zip(chats, completions):

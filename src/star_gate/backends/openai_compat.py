@@ -118,6 +118,8 @@ class RetryPolicy:
     uniform: Callable[[], float] = random.random  # in [0, 1)
 
     def delay(self, retry: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number `retry`: exponential with jitter, at least the
+        server's Retry-After."""
         ceiling = min(self.max_delay, self.base_delay * 2**retry)
         wait = ceiling * (0.5 + 0.5 * self.uniform())
         if retry_after is not None:
@@ -127,6 +129,8 @@ class RetryPolicy:
     def run(
         self, send: Callable[[], T], on_retry: Callable[[BaseException], None] = lambda error: None
     ) -> T:
+        """send() until it succeeds, fails in a way a retry cannot mend, or runs out of retries;
+        on_retry hears of each retry."""
         for retry in itertools.count():
             try:
                 return send()
@@ -264,9 +268,11 @@ class OpenAIBackend:
         return {name: self.work.totals[name] for name in API_COUNTERS}
 
     def counters(self) -> dict[str, int]:
+        """Work since the last call (Backend.counters): API calls, retries, cache hits, tokens."""
         return self.work.take()
 
     def close(self) -> None:
+        """Close the answer cache and the HTTP client."""
         self.cache.close()
         self.client.close()
 
@@ -345,6 +351,7 @@ class OpenAIBackend:
 
     # -- generation -----------------------------------------------------------------------------
     def generate(self, chats: Sequence[Chat], params: SamplingParams) -> list[list[str]]:
+        """params.n replies per chat, each its own cached request (Backend.generate)."""
         if params.temperature == 0:  # greedy is deterministic: ask once per chat, repeat
             replies = self._answer_all(
                 [self._chat_request(chat, params, 0) for chat in chats], "generate"
@@ -410,6 +417,7 @@ class OpenAIBackend:
         return render_chat(self.tokenizer, chat)
 
     def logprobs(self, chats: Sequence[Chat], completions: Sequence[str]) -> list[float]:
+        """log p(completion | chat) per pair, read by the probed log-prob method (Backend.logprobs)."""
         if len(chats) != len(completions):
             raise ValueError("logprobs needs one completion per chat")
         method = self.scoring_method()

@@ -67,6 +67,7 @@ class KVBuffer:
         self._pending = 0
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        """transformers' Cache hook: this forward's keys and values go after the filled columns."""
         width = key_states.shape[2]
         end = self.filled + width
         self.keys[layer_idx][:, :, self.filled : end] = key_states
@@ -80,6 +81,7 @@ class KVBuffer:
         self._pending = 0
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Columns filled so far (transformers' Cache interface)."""
         return self.filled
 
     def select(self, rows: torch.Tensor) -> None:
@@ -108,6 +110,7 @@ class Batch:
         return mask[:, None]
 
     def select(self, rows: torch.Tensor) -> None:
+        """Keep only these rows (those still generating)."""
         self.visible = self.visible.index_select(0, rows)
         self.next_position = self.next_position.index_select(0, rows)
 
@@ -150,6 +153,7 @@ class SharedPrefixRunner:
 
     @property
     def device(self):
+        """Where the model's weights are."""
         return self.model.device
 
     # -- the shared prefix -------------------------------------------------------------------

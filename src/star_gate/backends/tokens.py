@@ -125,7 +125,9 @@ class LocalTokenizerBackend:
         return self.work.totals["truncated_prompts"]
 
     def counters(self) -> dict[str, int]:
+        """Work since the last call (Backend.counters): prompts cut to fit max_context."""
         return self.work.take()
 
     def logprobs(self, chats: Sequence[Chat], completions: Sequence[str]) -> list[float]:
+        """log p(completion | chat) per pair: the sum of token_logprobs (Backend.logprobs)."""
         return [math.fsum(values) for values in self.token_logprobs(chats, completions)]
