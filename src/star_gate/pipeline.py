@@ -29,7 +29,7 @@ from star_gate.results import Estimate, RunResults
 from star_gate.roles.factory import Players
 from star_gate.rundir import STAGES, RunDir
 from star_gate.seeds import derive_seed
-from star_gate.stages import preference_pairs, select_preference_pairs, select_top_k
+from star_gate.stages import select_preference_pairs, select_top_k
 from star_gate.stages.evaluate import random_personas
 
 __all__ = ["STAGES", "Pipeline"]
@@ -291,9 +291,11 @@ class Pipeline:
         key, target, kept = self._open_stage(iteration, "train", needs="regularize")
         if kept is None:
             return
-        from star_gate.training import train_checkpoint
+        from star_gate.training import train_checkpoint, training_examples
 
-        examples, truncated = self._training_examples(iteration, kept)
+        examples, truncated = training_examples(
+            kept, self.pairs(self.split_for(iteration)), self.config
+        )
         # Training needs the memory: launched processes the GPUs', in-process training room for its
         # optimizer state beside nothing else (the policy and scorer load again when next used).
         self.players.release_local_models()
@@ -313,32 +315,6 @@ class Pipeline:
             log_dir=logs,
         )
         self.run.mark_done(key, target, **self._new_work(), truncated_examples=truncated, **metrics)
-
-    def _training_examples(
-        self, iteration: int, kept: list[Conversation]
-    ) -> tuple[list[dict], int]:
-        """Tokenized examples (SFT) or (chosen, rejected) pairs of them (DPO), and how many were cut."""
-        from transformers import AutoTokenizer
-
-        from star_gate.backends.models import resolve_model
-        from star_gate.roles.prompts import get_template
-        from star_gate.stages.preference import build_preference_examples
-        from star_gate.stages.train import build_examples
-
-        cfg = self.config.train
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.config.roles.questioner.model))
-        template = get_template(self.config.questioner_prompt(trained=True))
-        pairs = self.pairs(self.split_for(iteration))
-        if cfg.objective == "sft":
-            return build_examples(kept, pairs, template, tokenizer, cfg.max_length)
-        if not kept:
-            raise RuntimeError(
-                f"no preference pair of iteration {iteration} beats its rejected conversation by more "
-                f"than select.min_margin ({self.config.select.min_margin} nats); lower it"
-            )
-        return build_preference_examples(
-            preference_pairs(kept), pairs, template, tokenizer, cfg.max_length
-        )
 
     def run_stage(self, iteration: int, stage: str) -> None:
         """Run one of STAGES of this iteration (its method is named STAGE_stage)."""

@@ -1,4 +1,4 @@
-"""Fine-tuning: in this process (finetune.py) or in launched worker processes (launch.py,
+"""Training examples for the objective, and fine-tuning: in this process (finetune.py) or in launched worker processes (launch.py,
 worker.py), SFT or DPO (dpo.py), and the checkpoint that appears whole or not at all."""
 
 from __future__ import annotations
@@ -6,8 +6,42 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from star_gate.config import TrainConfig
+from star_gate.config import RunConfig, TrainConfig
+from star_gate.data.records import Conversation, Pair
 from star_gate.faults import crash_point
+
+
+def training_examples(
+    kept: list[Conversation], pairs: list[Pair], config: RunConfig
+) -> tuple[list[dict], int]:
+    """The kept conversations tokenized for train.objective, in the trained questioners' prompt
+    (train.prompt): examples (SFT) or (chosen, rejected) pairs of them (DPO), and how many were
+    cut to train.max_length.
+
+    Raises:
+        RuntimeError: DPO with no pair left (select.min_margin kept none).
+    """
+    from transformers import AutoTokenizer
+
+    from star_gate.backends.models import resolve_model
+    from star_gate.roles.prompts import get_template
+    from star_gate.stages import preference_pairs
+    from star_gate.stages.preference import build_preference_examples
+    from star_gate.stages.train import build_examples
+
+    cfg = config.train
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.roles.questioner.model))
+    template = get_template(config.questioner_prompt(trained=True))
+    if cfg.objective == "sft":
+        return build_examples(kept, pairs, template, tokenizer, cfg.max_length)
+    if not kept:
+        raise RuntimeError(
+            "no preference pair beats its rejected conversation by more than select.min_margin "
+            f"({config.select.min_margin} nats); lower it"
+        )
+    return build_preference_examples(
+        preference_pairs(kept), pairs, template, tokenizer, cfg.max_length
+    )
 
 
 def train_checkpoint(
