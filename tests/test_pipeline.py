@@ -11,7 +11,7 @@ import star_gate.training.finetune as finetune_module
 from star_gate import jobs as jobs_module
 from star_gate.backends.fake import FakeBackend
 from star_gate.config import ConfigError, RunConfig, load_config
-from star_gate.data.records import Conversation, ScoredControl
+from star_gate.data.records import Conversation, QuestionGain, ScoredControl
 from star_gate.pipeline import STAGES, Pipeline
 from star_gate.preflight import limit_splits
 from star_gate.roles.factory import Players
@@ -372,3 +372,26 @@ def test_paired_gain_averages_per_pair_differences(tiny_run):
     assert gain.mean == pytest.approx(sum(diffs) / len(diffs))
     assert gain.mean == pytest.approx(rows[6].mean - rows[2].mean)  # one conversation per pair
     assert p.results().paired_gain(3, 0) is None
+
+
+def test_question_gains_are_recorded_reported_and_resumed(tmp_path, dataset_dir):
+    from star_gate.report import write_report
+
+    config = fake_config(tmp_path / "run", dataset_dir, "evaluate.question_gains=true")
+    with Pipeline(config, progress=False) as p:
+        p.controls_stage()
+        p.evaluate_stage(0)
+        key = p.run.eval_key(0, "question_gains")
+        gains = p.run.records(key, QuestionGain.from_json)
+        scored = p.run.records(p.run.eval_key(0), Conversation.from_json)
+        assert len(gains) == sum(len(c.answers) for c in scored)
+        rows = p.results().question_gains(0)
+        assert [row.label for row in rows] == [
+            f"Q_0 question {q}" for q in range(1, max(len(c.answers) for c in scored) + 1)
+        ]
+        assert rows[0].count == len({c.pair_id for c in scored})
+        before = p.run.path(p.run.eval_output(0, "question_gains")).read_bytes()
+        p.evaluate_stage(0)  # done: nothing is redone
+        assert p.run.path(p.run.eval_output(0, "question_gains")).read_bytes() == before
+        report = write_report([p.run.root]).read_text()
+    assert "## What each question adds" in report and "| Q_0 | " in report

@@ -189,6 +189,17 @@ def _summarise(pipeline, rows) -> None:
     if results.controls("positive") and shares:
         cells = ", ".join(f"Q_{k} {share:.2f} ± {sem:.2f}" for k, (share, sem) in shares)
         console.print(f"share of the persona gap closed: {cells}")
+    gains = [(k, results.question_gains(k)) for k in results.iterations()]
+    if any(rows for _, rows in gains):
+        cells = "; ".join(
+            f"Q_{k} "
+            + ", ".join(f"q{i} {g.mean:+.2f} ± {g.sem:.2f}" for i, g in enumerate(rows, 1))
+            for k, rows in gains
+            if rows
+        )
+        console.print(
+            f"gain in gold log-prob per question, nats (mean ± SEM over test pairs): {cells}"
+        )
     print_answer_table(results)
     rate = results.win_rate(last) if last > 0 else None
     if rate is not None:

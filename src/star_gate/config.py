@@ -570,6 +570,12 @@ class EvaluateConfig(Section):
         False,
         description="also judge Q_BASE's answers after Q_k's conversations (isolates the questions)",
     )
+    question_gains: bool = Field(
+        False,
+        description="also score every test conversation cut before each question: the gain in "
+        "gold log-prob each question (with its answer) brings, averaged per question number for "
+        "each Q_k (which questions help?)",
+    )
     roleplayer: Roleplayer | None = Field(
         None,
         description="roleplayer for test conversations (generalization ablation); default: "

@@ -29,7 +29,12 @@ from star_gate.results import Estimate, RunResults
 from star_gate.roles.factory import Players
 from star_gate.rundir import STAGES, RunDir
 from star_gate.seeds import derive_seed
-from star_gate.stages import select_preference_pairs, select_top_k
+from star_gate.stages import (
+    conversation_prefixes,
+    question_gains,
+    select_preference_pairs,
+    select_top_k,
+)
 from star_gate.stages.evaluate import random_personas
 
 __all__ = ["STAGES", "Pipeline"]
@@ -337,6 +342,8 @@ class Pipeline:
         evaluate = self.config.evaluate
         pairs = self.pairs(self.config.data.test_split)
         self._score_test_conversations(iteration, "experimental", pairs)
+        if evaluate.question_gains:
+            self._question_gains(iteration, pairs)
         if evaluate.random_persona:
             self._score_test_conversations(
                 iteration, "random", pairs, random_personas(pairs, self.config.seed)
@@ -375,6 +382,17 @@ class Pipeline:
         if not self.run.is_done(key):
             conversations = self.run.records(simulate_key, Conversation.from_json)
             self._score_chunked(key, scored_out, conversations, pairs)
+
+    def _question_gains(self, iteration: int, pairs: list[Pair]) -> None:
+        """What each question of Q_iteration's test conversations added to the gold log-prob."""
+        key = self.run.eval_key(iteration, "question_gains")
+        if self.run.is_done(key):
+            return
+        scored = self.run.records(self.run.eval_key(iteration), Conversation.from_json)
+        prefixes = conversation_prefixes(scored)
+        scored_prefixes = self._run_one(ScoreJob(prefixes, pairs_of(prefixes, pairs)))
+        gains = question_gains(scored, scored_prefixes)
+        self._write(key, self.run.eval_output(iteration, "question_gains"), gains)
 
     def _judged_conversations(self, iteration: int) -> list[Conversation]:
         """The first evaluate.judged_conversations_per_pair test conversations of each pair."""

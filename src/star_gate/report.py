@@ -334,6 +334,24 @@ def judge_caveat(runs: Sequence[RunResults]) -> list[str]:
     ]
 
 
+def question_gain_tables(run: RunResults) -> list[str]:
+    """Q_k by question number: what each question added to the gold log-prob."""
+    gains = {k: run.question_gains(k) for k in run.iterations()}
+    width = max((len(rows) for rows in gains.values()), default=0)
+    if not width:
+        return []
+    lines = [
+        f"### {run.name}",
+        "",
+        "| Q_k | " + " | ".join(f"question {i} (pairs)" for i in range(1, width + 1)) + " |",
+        "|---" * (width + 1) + "|",
+    ]
+    for k, rows in gains.items():
+        cells = [f"{fmt(g.mean, g.sem)} ({g.count})" for g in rows] + ["–"] * (width - len(rows))
+        lines.append(f"| Q_{k} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def example_tables(run: RunResults, count: int) -> list[str]:
     """For a few test pairs, each iteration's first test conversation and final answer side by side."""
     dataset = load_dataset(run.config.data.path)
@@ -465,6 +483,21 @@ def write_report(
     ]
     for run in runs:
         lines += answer_tables(run)
+    if any(run.question_gains(k) for run in runs for k in run.iterations()):
+        lines += [
+            "",
+            "## What each question adds",
+            "",
+            (
+                "Each test conversation scored again cut before each of its questions "
+                "(`evaluate.question_gains`): the gain in log p_base(g | ·) that question and its "
+                "answer brought, mean ± SEM over test pairs. Later questions are asked only in the "
+                "longer conversations."
+            ),
+            "",
+        ]
+        for run in runs:
+            lines += question_gain_tables(run)
     lines += [
         "",
         "## Examples",

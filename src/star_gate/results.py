@@ -14,7 +14,7 @@ from pathlib import Path
 
 from star_gate.config import RunConfig, load_config
 from star_gate.data.jsonl import read_jsonl
-from star_gate.data.records import AnswerFit, Conversation, Judgement, ScoredControl
+from star_gate.data.records import AnswerFit, Conversation, Judgement, QuestionGain, ScoredControl
 from star_gate.rundir import Layout
 from star_gate.stats import (
     WinRate,
@@ -176,6 +176,17 @@ class RunResults:
             if count
             else None
         )
+
+    def question_gains(self, iteration: int) -> list[Estimate]:
+        """For question 1, 2, ... of Q_k's test conversations, the gain in gold log-prob it brought:
+        mean ± SEM over test pairs (each pair's mean over its conversations that asked it)."""
+        rows = self._rows(Layout.eval_key(iteration, "question_gains"), QuestionGain.from_json)
+        estimates = []
+        for question in sorted({g.question for g in rows}):
+            means = per_pair_means((g.pair_id, g.gain) for g in rows if g.question == question)
+            label = f"Q_{iteration} question {question}"
+            estimates.append(Estimate(label, *mean_sem(list(means.values())), len(means)))
+        return estimates
 
     def iteration_metrics(self, iteration: int) -> dict[str, float]:
         """The numbers a run logs once per iteration (train.report_to): how much selection raised

@@ -8,7 +8,12 @@ from star_gate.backends.fake import FakeBackend
 from star_gate.data.records import Conversation
 from star_gate.roles import views
 from star_gate.roles.prompts import FINAL_CUE
-from star_gate.stages import score_controls, score_conversations
+from star_gate.stages import (
+    conversation_prefixes,
+    question_gains,
+    score_controls,
+    score_conversations,
+)
 
 
 def conversations(pairs, answers=("I grew up in Cork.", "I love jazz.")):
@@ -81,3 +86,38 @@ def test_controls(dataset, recording):
     # the persona names the user, whom each gold addresses: the positive control scores higher
     for neg, pos in zip(controls[:n], controls[n:]):
         assert pos.logprob > neg.logprob
+
+
+# -- what each question adds -------------------------------------------------------------------------
+
+
+def three_questions(pair, sample_index=0, asked=3):
+    c = Conversation(pair.task.task_id, pair.persona.persona_id, sample_index, target_turns=asked)
+    for q in range(asked):
+        c = c.with_turn("questioner", f"Question {q}?").with_turn("roleplayer", f"Answer {q}.")
+    return c
+
+
+def test_prefixes_cut_before_each_answered_question(dataset):
+    pair = dataset.pairs("A")[0]
+    whole = three_questions(pair).replace(logprob=-5.0, response="Done.")
+    prefixes = conversation_prefixes([whole])
+    assert [len(p.turns) for p in prefixes] == [0, 2, 4]  # none asked, then 1, then 2 questions
+    assert all(p.turns == whole.turns[: len(p.turns)] for p in prefixes)
+    assert all(p.logprob is None and p.response is None for p in prefixes)
+    assert all((p.pair_id, p.sample_index) == (whole.pair_id, 0) for p in prefixes)
+
+
+def test_question_gains_add_up_to_the_whole_conversations_gain(dataset):
+    pairs = dataset.pairs("A")
+    scorer = FakeBackend()
+    convs = [three_questions(p, i, asked=1 + i) for p in pairs[:2] for i in range(3)]
+    scored = score_conversations(convs, pairs, scorer)
+    prefixes = score_conversations(conversation_prefixes(scored), pairs, scorer)
+    gains = question_gains(scored, prefixes)
+    assert len(gains) == sum(len(c.answers) for c in convs) == 2 * (1 + 2 + 3)
+    for c in scored:
+        mine = [g for g in gains if (g.pair_id, g.sample_index) == (c.pair_id, c.sample_index)]
+        assert [g.question for g in mine] == list(range(1, len(c.answers) + 1))
+        empty = score_conversations([c.replace(turns=())], pairs, scorer)[0].logprob
+        assert sum(g.gain for g in mine) == pytest.approx(c.logprob - empty)

@@ -208,6 +208,19 @@ class AnswerFit(PairRecord):
     fit: float
 
 
+@dataclass(frozen=True)
+class QuestionGain(PairRecord):
+    """What one question of a conversation, with its answer, added to log p_base(gold): the score
+    after questions 1..`question` minus the score after questions 1..`question` - 1."""
+
+    task_id: str
+    persona_id: str
+    sample_index: int
+    target_turns: int
+    question: int  # 1 for the first question
+    gain: float
+
+
 @dataclass
 class Dataset:
     """Tasks, personas, gold responses and the splits that group them."""
