@@ -239,6 +239,11 @@ BAD_CONFIG = {
         ["select.min_margin=-1"],
         ["select.min_margin: Input should be greater than or equal to 0"],
     ),
+    "negative turn cost": (
+        "",
+        ["select.turn_cost=-0.5"],
+        ["select.turn_cost: Input should be greater than or equal to 0"],
+    ),
     "unknown training objective": (
         "",
         ["train.objective=ppo"],

@@ -189,6 +189,12 @@ def _summarise(pipeline, rows) -> None:
     if results.controls("positive") and shares:
         cells = ", ".join(f"Q_{k} {share:.2f} ± {sem:.2f}" for k, (share, sem) in shares)
         console.print(f"share of the persona gap closed: {cells}")
+    if pipeline.config.simulate.stop_early:  # the questioner decided when to stop
+        asked = [results.questions_asked(k) for k in results.iterations()]
+        cells = ", ".join(
+            f"Q_{k} {a.mean:.2f} ± {a.sem:.2f}" for k, a in zip(results.iterations(), asked) if a
+        )
+        console.print(f"questions asked per test conversation: {cells}")
     gains = [(k, results.question_gains(k)) for k in results.iterations()]
     if any(rows for _, rows in gains):
         cells = "; ".join(

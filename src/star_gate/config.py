@@ -330,6 +330,12 @@ class SimulateConfig(Section):
         10, ge=1, description="n: conversations sampled per (task, persona)"
     )
     max_turns: int = Field(3, ge=1, description="K: each conversation's length is uniform in 1..K")
+    stop_early: bool = Field(
+        False,
+        description="the questioner decides when to stop: a turn that answers instead of asking "
+        "ends the conversation as its final answer, after at most max_turns questions (training "
+        "and test conversations alike); false: each length drawn uniformly from 1..max_turns (paper)",
+    )
     chunk_pairs: int = Field(
         16, ge=1, description="pairs per saved chunk (a crash loses at most one)"
     )
@@ -341,6 +347,12 @@ class SelectConfig(Section):
         ge=1,
         description="conversations kept per pair, best gold log-prob first; with train.objective "
         "dpo, preference pairs per (task, persona): the i-th best against the i-th worst",
+    )
+    turn_cost: float = Field(
+        0.0,
+        ge=0,
+        description="nats charged per question when ranking conversations: the best conversation "
+        "is the one with the highest gold log-prob minus turn_cost x questions asked",
     )
     min_margin: float = Field(
         0.0,

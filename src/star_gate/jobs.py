@@ -35,6 +35,7 @@ class SimulateJob:
     max_turns: int
     seed: int
     acting: dict[str, Persona] | None = None  # pair id -> the persona played instead of its own
+    stop_early: bool = False  # the questioner may end a conversation by answering
 
     def run(self, players: Players) -> list:
         return simulate(
@@ -45,6 +46,7 @@ class SimulateJob:
             max_turns=self.max_turns,
             seed=self.seed,
             roleplayer_personas=self.acting,
+            stop_early=self.stop_early,
         )
 
 

@@ -198,6 +198,7 @@ class Pipeline:
                 turns,
                 seed=derive_seed(self.config.seed, seed_key or key, index),
                 acting=acting_in(chunk, acting),
+                stop_early=self.config.simulate.stop_early,
             )
             for index, chunk in enumerate(in_chunks(pairs, self.config.simulate.chunk_pairs))
         ]
@@ -271,9 +272,11 @@ class Pipeline:
             return
         select, objective = self.config.select, self.config.train.objective
         if objective == "dpo":  # chosen and rejected, both answered by regularize
-            kept = select_preference_pairs(scored, select.top_k, select.min_margin)
+            kept = select_preference_pairs(
+                scored, select.top_k, select.min_margin, select.turn_cost
+            )
         else:
-            kept = select_top_k(scored, select.top_k)
+            kept = select_top_k(scored, select.top_k, select.turn_cost)
         self._write(key, out, kept, objective=objective)
 
     def regularize_stage(self, iteration: int) -> None:

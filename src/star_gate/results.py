@@ -177,6 +177,17 @@ class RunResults:
             else None
         )
 
+    def questions_asked(self, iteration: int) -> Estimate | None:
+        """Questions Q_k asked per test conversation (answered ones): mean ± SEM over test pairs.
+        With simulate.stop_early the questioner decides; otherwise the sampler does."""
+        means = per_pair_means((c.pair_id, len(c.answers)) for c in self.scored(iteration))
+        values = list(means.values())
+        return (
+            Estimate(f"Q_{iteration} questions asked", *mean_sem(values), len(values))
+            if values
+            else None
+        )
+
     def question_gains(self, iteration: int) -> list[Estimate]:
         """For question 1, 2, ... of Q_k's test conversations, the gain in gold log-prob it brought:
         mean ± SEM over test pairs (each pair's mean over its conversations that asked it)."""
@@ -208,6 +219,7 @@ class RunResults:
             "eval/gain_vs_q0": self.paired_gain(iteration) if iteration > 0 else None,
             "eval/persona_fit": self.persona_fit(iteration),
             "eval/non_answers": self.non_answers(iteration),
+            "eval/questions_asked": self.questions_asked(iteration),
         }
         metrics |= {
             name: estimate.mean for name, estimate in estimates.items() if estimate is not None

@@ -116,3 +116,23 @@ def test_answer_samples_leave_answers_alone(dataset):
     policy = Questioner(backend, QUESTIONER_FEWSHOT, SamplingParams(), answer_samples=4)
     regularize(kept(pairs), pairs, policy, "policy", max_new_tokens=20)
     assert backend.calls["generate"] == 1
+
+
+def test_a_conversation_the_questioner_ended_keeps_its_own_answer(dataset):
+    from star_gate.backends.base import SamplingParams
+    from star_gate.backends.fake import FakeBackend
+    from star_gate.data.records import Conversation
+    from star_gate.roles.players import Questioner
+    from star_gate.roles.prompts import QUESTIONER_FEWSHOT
+    from star_gate.stages import regularize
+
+    pairs = dataset.pairs("A")[:2]
+    ended = Conversation(pairs[0].task.task_id, pairs[0].persona.persona_id, 0, 3, response="Mine.")
+    open_ = (
+        Conversation(pairs[1].task.task_id, pairs[1].persona.persona_id, 0, 1)
+        .with_turn("questioner", "Q?")
+        .with_turn("roleplayer", "A.")
+    )
+    policy = Questioner(FakeBackend(), QUESTIONER_FEWSHOT, SamplingParams(max_new_tokens=8))
+    out = regularize([ended, open_], pairs, policy, "policy", max_new_tokens=8)
+    assert out[0].response == "Mine." and out[1].response not in (None, "Mine.")

@@ -51,3 +51,20 @@ def test_unscored_conversations_are_refused():
 
 def test_empty():
     assert select_top_k([], 1) == []
+
+
+def test_turn_cost_prefers_the_conversation_that_asks_less_for_as_much(dataset):
+    from star_gate.stages import select_preference_pairs
+
+    def asked(c, n):
+        for _ in range(n):
+            c = c.with_turn("questioner", "Q?").with_turn("roleplayer", "A.")
+        return c
+
+    short, long_ = scored("t1", "p1", [-10.0, -9.0])
+    convs = [asked(short, 1), asked(long_, 3)]  # the long one is 1 nat better, for 2 more questions
+    assert [c.sample_index for c in select_top_k(convs, 1)] == [1]
+    assert [c.sample_index for c in select_top_k(convs, 1, turn_cost=0.4)] == [1]  # 1.0 > 0.8
+    assert [c.sample_index for c in select_top_k(convs, 1, turn_cost=0.6)] == [0]  # 1.0 < 1.2
+    pair = select_preference_pairs(convs, 1, turn_cost=0.6)
+    assert [c.sample_index for c in pair] == [0, 1]

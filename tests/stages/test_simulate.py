@@ -149,3 +149,50 @@ def test_max_turns_bounds_lengths(dataset, recording, max_turns):
         seed=0,
     )
     assert {len(c.answers) for c in out} == set(range(1, max_turns + 1))
+
+
+class ScriptedQuestioner:
+    """Asks or answers by a script per (sample index, turn): 'ask' or 'answer'."""
+
+    def __init__(self, script):
+        self.script = script
+        self.turn = 0
+
+    def ask(self, tasks, conversations, seed):
+        replies = []
+        for c in conversations:
+            move = self.script[c.sample_index][len(c.questions)]
+            replies.append(
+                f"What matters most to you, {c.sample_index}?"
+                if move == "ask"
+                else f"Here is my answer for you, number {c.sample_index}."
+            )
+        return replies
+
+
+def test_stop_early_lets_the_questioner_end_by_answering(dataset, recording):
+    pairs = dataset.pairs("A")[:1]
+    _, roleplayer, _, r_backend = players(recording)
+    script = {0: ["answer"], 1: ["ask", "answer"], 2: ["ask", "ask", "ask"]}
+    out = simulate(
+        pairs, ScriptedQuestioner(script), roleplayer, conversations_per_pair=3, max_turns=3,
+        seed=0, stop_early=True,
+    )  # fmt: skip
+    assert [len(c.questions) for c in out] == [0, 1, 3]  # questions asked before stopping (max 3)
+    assert [c.response for c in out] == [
+        "Here is my answer for you, number 0.",
+        "Here is my answer for you, number 1.",
+        None,  # asked all three: no answer of its own; regularize writes one
+    ]
+    assert all(c.target_turns == 3 and c.is_finished for c in out)
+    for c in out:  # every question has its answer, and the answer ending a conversation is no turn
+        assert [t.speaker for t in c.turns] == ["questioner", "roleplayer"] * len(c.questions)
+    # the roleplayer answered only the questions: 2 live at turn 1 of 3, then 1
+    assert [len(chats) for _, chats, _ in r_backend.calls] == [2, 1, 1]
+
+
+def test_without_stop_early_an_answer_is_just_a_turn(dataset, recording):
+    pairs = dataset.pairs("A")[:1]
+    _, roleplayer, _, _ = players(recording)
+    out = simulate(pairs, ScriptedQuestioner({0: ["answer"] * 3}), roleplayer, 1, 3, seed=0)
+    assert out[0].response is None and len(out[0].questions) == out[0].target_turns

@@ -105,7 +105,8 @@ class Conversation(PairRecord):
 
     @property
     def is_finished(self) -> bool:
-        return len(self.answers) >= self.target_turns
+        """All its questions answered, or (simulate.stop_early) ended by the questioner's answer."""
+        return self.response is not None or len(self.answers) >= self.target_turns
 
     def with_turn(self, speaker: Speaker, text: str) -> Conversation:
         return dataclasses.replace(self, turns=(*self.turns, Turn(speaker, text)))

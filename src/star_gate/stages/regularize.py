@@ -28,6 +28,9 @@ def regularize(
         return [c.replace(response=by_id[c.pair_id].gold.text) for c in kept]
     if policy is None:
         raise ValueError("regularize mode 'policy' needs the previous policy")
-    tasks = [by_id[c.pair_id].task.text for c in kept]
-    responses = policy.respond(tasks, kept, max_new_tokens)
-    return [c.replace(response=r) for c, r in zip(kept, responses)]
+    # A conversation the questioner ended by answering (simulate.stop_early) keeps that answer.
+    open_ = [c for c in kept if c.response is None]
+    responses = iter(
+        policy.respond([by_id[c.pair_id].task.text for c in open_], open_, max_new_tokens)
+    )
+    return [c if c.response is not None else c.replace(response=next(responses)) for c in kept]

@@ -1,7 +1,9 @@
 """Simulate conversations between the questioner and the roleplayer.
 
 All live conversations of a turn are generated in one batched call per player, not one
-conversation at a time. Each conversation's length is drawn uniformly from 1..K up front.
+conversation at a time. Each conversation's length is drawn uniformly from 1..K up front (the
+paper's), or, with stop_early, the questioner decides: a turn that answers instead of asking
+(roles/answers.py) ends the conversation and becomes its final answer, at most K questions.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import random
 from collections.abc import Sequence
 
 from star_gate.data.records import Conversation, Pair, Persona
+from star_gate.roles.answers import is_non_answer
 from star_gate.roles.players import Questioner, Roleplayer
 
 
@@ -21,6 +24,7 @@ def simulate(
     max_turns: int,
     seed: int,
     roleplayer_personas: dict[str, Persona] | None = None,
+    stop_early: bool = False,
 ) -> list[Conversation]:
     """Return conversations_per_pair conversations for each pair, in pair order.
 
@@ -36,7 +40,7 @@ def simulate(
             task_id=p.task.task_id,
             persona_id=p.persona.persona_id,
             sample_index=s,
-            target_turns=rng.randint(1, max_turns),
+            target_turns=max_turns if stop_early else rng.randint(1, max_turns),
             roleplayer_persona_id=acting[p.pair_id].persona_id,
         )
         for p in pairs
@@ -50,6 +54,16 @@ def simulate(
         questions = questioner.ask(
             tasks, [conversations[i] for i in live], seed=seed * 1000 + 2 * turn
         )
+        if stop_early:  # an answer instead of a question ends the conversation
+            asking = []
+            for i, question in zip(live, questions):
+                if is_non_answer(question):
+                    asking.append((i, question))
+                else:
+                    conversations[i] = conversations[i].replace(response=question)
+            if not asking:
+                break
+            live, questions = [i for i, _ in asking], [q for _, q in asking]
         for i, question in zip(live, questions):
             conversations[i] = conversations[i].with_turn("questioner", question)
         answers = roleplayer.answer(

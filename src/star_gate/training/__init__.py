@@ -40,7 +40,7 @@ def training_examples(
             f"({config.select.min_margin} nats); lower it"
         )
     return build_preference_examples(
-        preference_pairs(kept), pairs, template, tokenizer, cfg.max_length
+        preference_pairs(kept, config.select.turn_cost), pairs, template, tokenizer, cfg.max_length
     )
 
 
