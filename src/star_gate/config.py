@@ -210,6 +210,11 @@ class RoleplayerConfig(RoleConfig):
     embedder: str = Field(
         "bundled", description="sentence encoder for fact retrieval ('bundled' = all-MiniLM-L6-v2)"
     )
+    repeat_facts: bool = Field(
+        True,
+        description="grounded and facts modes: false leaves the facts already told in this "
+        "conversation out of the retrieval, so each answer tells something new",
+    )
 
 
 class TransformersRoleplayer(RoleplayerConfig, TransformersRole):

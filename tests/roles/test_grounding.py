@@ -94,3 +94,38 @@ def test_embeddings_are_unit_norm_and_cached(retriever):
     assert emb[0] @ emb[1] > emb[0] @ emb[2]
     assert all(t in retriever._cache for t in texts)
     assert torch.equal(retriever.embed(texts[::-1]), emb.flip(0))
+
+
+def test_without_repeats_a_second_question_hears_new_facts(retriever):
+    from star_gate.backends.base import SamplingParams
+    from star_gate.data.records import Conversation, Persona
+    from star_gate.roles.players import GroundedRoleplayer
+    from star_gate.roles.prompts import ROLEPLAYER_GROUNDED
+
+    persona = Persona(
+        "p", "Ana",
+        "I grew up in Lisbon. I love jazz. I work as a nurse. I have two cats. I cannot eat gluten.",
+    )  # fmt: skip
+    same_question = (
+        Conversation("t", "p", 0, 2)
+        .with_turn("questioner", "Where did you grow up?")
+        .with_turn("roleplayer", "(answered)")
+        .with_turn("questioner", "Where did you grow up?")
+    )
+
+    def answer(repeat_facts):
+        player = GroundedRoleplayer(
+            None, ROLEPLAYER_GROUNDED, SamplingParams(), retriever, 2, verbatim=True,
+            repeat_facts=repeat_facts,
+        )  # fmt: skip
+        first = player.answer([persona], ["task"], [Conversation("t", "p", 0, 1).with_turn(
+            "questioner", "Where did you grow up?")], seed=0)[0]  # fmt: skip
+        return first, player.answer([persona], ["task"], [same_question], seed=0)[0]
+
+    first, again = answer(repeat_facts=True)
+    assert again == first and "I grew up in Lisbon." in first  # the same question, the same facts
+    first, second = answer(repeat_facts=False)
+    assert first == answer(repeat_facts=True)[0]  # the first answer is unchanged
+    told = {f.strip() + "." for f in first.split(".") if f.strip()}
+    heard = {f.strip() + "." for f in second.split(".") if f.strip()}
+    assert len(heard) == 2 and not told & heard  # two facts, none told before

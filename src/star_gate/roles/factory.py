@@ -106,6 +106,7 @@ class Players:
             self.retriever,
             role.facts_per_answer,
             verbatim=role.mode == "facts",
+            repeat_facts=role.repeat_facts,
         )
 
     def judge(self) -> Judge:

@@ -107,11 +107,26 @@ class GroundedRoleplayer:
     retriever: FactRetriever
     facts_per_answer: int = 2
     verbatim: bool = False  # answer with the retrieved first-person facts themselves, no model call
+    repeat_facts: bool = True  # False: a fact already told in this conversation is not told again
 
-    def facts_for(self, persona: Persona, question: str) -> list[str]:
-        return self.retriever.top_facts(
-            question, split_facts(persona.description), self.facts_per_answer
+    def facts_for(self, persona: Persona, question: str, told: Sequence[str] = ()) -> list[str]:
+        """The facts_per_answer persona facts nearest to the question, among those not yet told
+        (all of them once every fact has been told)."""
+        facts = [f for f in split_facts(persona.description) if f not in told] or split_facts(
+            persona.description
         )
+        return self.retriever.top_facts(question, facts, self.facts_per_answer)
+
+    def facts_for_last(self, persona: Persona, conversation: Conversation) -> list[str]:
+        """The facts behind the answer to the conversation's last question: with repeat_facts
+        off, those retrieved for the earlier questions (retrieval is deterministic) are left out."""
+        if self.repeat_facts:
+            return self.facts_for(persona, conversation.questions[-1])
+        told: list[str] = []
+        for question in conversation.questions:
+            facts = self.facts_for(persona, question, told)
+            told += facts
+        return facts
 
     def answer(
         self,
@@ -121,7 +136,7 @@ class GroundedRoleplayer:
         seed: int,
     ) -> list[str]:
         questions = [c.questions[-1] for c in conversations]
-        facts = [self.facts_for(p, q) for p, q in zip(personas, questions)]
+        facts = [self.facts_for_last(p, c) for p, c in zip(personas, conversations)]
         if self.verbatim:
             return [" ".join(f) for f in facts]
         chats = [
