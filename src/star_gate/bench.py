@@ -187,15 +187,12 @@ def bench_config(quick: bool) -> RunConfig:
 
 
 def run_bench(quick: bool = False, present_batch_size: int = 32, say=print) -> dict:
-    from star_gate.data.loaders import load_dataset
-    from star_gate.preflight import limit_splits
+    from star_gate.preflight import runnable_dataset
     from star_gate.roles.factory import Players
     from star_gate.stages import regularize, score_conversations, select_top_k, simulate
 
     cfg = bench_config(quick)
-    dataset = limit_splits(
-        load_dataset(cfg.data.path), cfg.data.max_tasks, cfg.data.max_personas, cfg.data
-    )
+    dataset = runnable_dataset(cfg)
     pairs = dataset.pairs(cfg.data.train_splits[0])
     players = Players(cfg)
     questioner, roleplayer = players.questioner(None), players.roleplayer()

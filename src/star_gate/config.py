@@ -7,6 +7,7 @@ name), and cross-field rules are checked here, before any model is loaded.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
@@ -252,12 +253,14 @@ def _union(kind: type[RoleConfig]):
     return Annotated[Union[members], Discriminator(_backend_tag)]  # noqa: UP007
 
 
+@functools.cache
 def _adapter(kind: type[RoleConfig]) -> TypeAdapter:
     return TypeAdapter(
         _union(RoleplayerConfig if issubclass(kind, RoleplayerConfig) else RoleConfig)
     )
 
 
+@functools.cache
 def _foreign_defaults() -> dict[str, Any]:
     """Every backend-specific field with its default (fields that configs once listed for all)."""
     common = set(RoleplayerConfig.model_fields)

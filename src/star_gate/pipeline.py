@@ -70,9 +70,8 @@ class Pipeline:
         """checkpoints: iteration -> a policy checkpoint made elsewhere (`star-gate eval`)."""
         self.config = config
         self.external_checkpoints = dict(checkpoints or {})
-        self.dataset = check_runnable(
-            config
-        )  # before the run directory is touched or any model loads
+        # Every check before the run directory is touched or any model loads.
+        self.dataset = check_runnable(config)
         self.run = RunDir(config, restart=restart, branch_from=branch_from)
         # API backends keep their answers in the run directory: a rerun never pays twice.
         cache = self.run.path("api_cache.sqlite")
@@ -309,7 +308,7 @@ class Pipeline:
         self.players.release_local_models()
         target = self.run.path(target)
         logs = (
-            self.run.path(self.run.LOGS, "train", f"iter_{iteration}")
+            self.run.path(self.run.train_logs(iteration))
             if self.config.train.report_to != "none"
             else None
         )
@@ -498,7 +497,7 @@ class Pipeline:
             from star_gate.training.tracking import PipelineLog
 
             self._log = PipelineLog(
-                report_to, self.run.path(self.run.LOGS, "pipeline"), self.run.root.name
+                report_to, self.run.path(self.run.PIPELINE_LOGS), self.run.root.name
             )
         self._log.log(self.results().iteration_metrics(iteration), iteration)
 

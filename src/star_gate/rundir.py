@@ -60,7 +60,7 @@ class Layout:
     """
 
     CONTROLS_KEY = "eval/controls"
-    LOGS = "logs"  # train.report_to's logs: logs/train/iter_k (the trainer's), logs/pipeline
+    PIPELINE_LOGS = "logs/pipeline"  # train.report_to: the pipeline's numbers, per iteration
     CONTROLS_OUTPUT = "eval/controls.jsonl"
 
     @staticmethod
@@ -70,6 +70,11 @@ class Layout:
     @staticmethod
     def stage_output(iteration: int, stage: str) -> str:
         return f"iter_{iteration}/{_STAGE_OUTPUTS[stage]}"
+
+    @staticmethod
+    def train_logs(iteration: int) -> str:
+        """train.report_to: the trainer's curves of iteration k."""
+        return f"logs/train/iter_{iteration}"
 
     @staticmethod
     def eval_key(iteration: int, part: str = "") -> str:

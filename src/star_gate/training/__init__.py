@@ -1,5 +1,6 @@
-"""Training examples for the objective, and fine-tuning: in this process (finetune.py) or in launched worker processes (launch.py,
-worker.py), SFT or DPO (dpo.py), and the checkpoint that appears whole or not at all."""
+"""Training examples for the objective, and fine-tuning: in this process (finetune.py) or in
+launched worker processes (launch.py, worker.py), SFT or DPO (dpo.py), and the checkpoint that
+appears whole or not at all."""
 
 from __future__ import annotations
 

@@ -84,15 +84,16 @@ def _finetune(examples, base_model, output_dir, cfg, seed, ddp_backend, report_t
         "processing_class": tokenizer,
         "peft_config": _peft_config(cfg.lora) if cfg.lora.enabled else None,
     }
-    if cfg.objective == "dpo":
-        trainer = _dpo_trainer(cfg, path, common, trainer_kwargs)
-    else:
-        from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig, SFTTrainer
 
-        args = SFTConfig(**common, padding_free=cfg.padding_free)
-        # Loaded after the arguments, which tell transformers whether DeepSpeed ZeRO-3 is on: then
-        # each process loads only its shard of the weights.
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    dpo = cfg.objective == "dpo"
+    args = _dpo_args(cfg, common) if dpo else SFTConfig(**common, padding_free=cfg.padding_free)
+    # Loaded after the arguments, which tell transformers whether DeepSpeed ZeRO-3 is on: then
+    # each process loads only its shard of the weights.
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if dpo:
+        trainer = _dpo_trainer(cfg, model, args, trainer_kwargs)
+    else:
         trainer = SFTTrainer(model=model, args=args, **trainer_kwargs)
     trainable = _trainable_params(trainer.model)  # before training wraps or shards the model
     result = trainer.train()
@@ -113,13 +114,8 @@ def _finetune(examples, base_model, output_dir, cfg, seed, ddp_backend, report_t
     return metrics
 
 
-def _dpo_trainer(cfg: TrainConfig, path: str, common: dict, trainer_kwargs: dict):
-    import torch
-    from transformers import AutoModelForCausalLM
+def _dpo_args(cfg: TrainConfig, common: dict):
     from trl import DPOConfig
-
-    from star_gate.backends.models import resolve_model
-    from star_gate.training.dpo import PreferenceCollator, masked_dpo_trainer
 
     weight = cfg.dpo.sft_weight
     args = DPOConfig(
@@ -134,7 +130,16 @@ def _dpo_trainer(cfg: TrainConfig, path: str, common: dict, trainer_kwargs: dict
     )
     if args.world_size > 1:
         args.precompute_ref_log_probs = False
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return args
+
+
+def _dpo_trainer(cfg: TrainConfig, model, args, trainer_kwargs: dict):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from star_gate.backends.models import resolve_model
+    from star_gate.training.dpo import PreferenceCollator, masked_dpo_trainer
+
     reference = None
     if cfg.dpo.reference:
         reference = AutoModelForCausalLM.from_pretrained(
