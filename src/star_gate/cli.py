@@ -403,6 +403,9 @@ def data_check(
     for problem in report.problems:
         console.print(f"[red]problem:[/red] {problem}")
     failed = not report.ok
+    if not dataset.gold:
+        no_model = True
+        console.print("no gold answers (scored by missing details): no control check to run")
     if not no_model:
         from star_gate.backends.hf import TransformersBackend
         from star_gate.stages import score_controls
@@ -422,6 +425,40 @@ def data_check(
         failed |= share < min_share
     console.print("[red]FAILED[/red]" if failed else "[green]passed[/green]")
     raise typer.Exit(1 if failed else 0)
+
+
+@data_app.command("import-in3")
+def data_import_in3(
+    source: Annotated[
+        str, typer.Argument(help="an IN3 .jsonl file, or 'bundled' (the packaged training split)")
+    ],
+    folder: Annotated[str, typer.Argument(help="the dataset folder to write (new or empty)")],
+    users_per_task: Annotated[
+        int, typer.Option(help="simulated users per task: one option drawn per missing detail")
+    ] = 2,
+    splits: Annotated[
+        str, typer.Option(help="training splits the non-held-out tasks are dealt into")
+    ] = "A,B",
+    held_out_split: Annotated[
+        str, typer.Option(help="the split of the validation fifth (tasks fixed by their text)")
+    ] = "test",
+    seed: SeedOpt = 0,
+) -> None:
+    """Import IN3 (Tell Me More!) tasks with their missing details as a dataset folder that the loop
+    runs with `score.reward: details` (no gold answers needed)."""
+    from star_gate.data.checks import details_summary
+    from star_gate.data.in3 import import_in3
+    from star_gate.data.loaders import load_dataset
+
+    names = tuple(name.strip() for name in splits.split(",") if name.strip())
+    try:
+        summary = import_in3(source, folder, users_per_task, names, held_out_split, seed)
+    except (DataError, ValueError) as err:
+        _fail(err)
+    console.print(details_summary(load_dataset(folder)))
+    for name, count in summary["tasks"].items():
+        console.print(f"split {name}: {count} tasks, {summary['pairs'][name]} pairs")
+    console.print(f"wrote {folder}")
 
 
 FolderArg = Annotated[str, typer.Argument(help="the dataset folder being built")]

@@ -58,8 +58,10 @@ def labelled_comparisons(
     for split in splits:
         if split not in dataset.splits:
             raise ValueError(f"the dataset has no split {split!r}; it has {sorted(dataset.splits)}")
-        personas = dataset.splits[split]["personas"]
+        personas = dataset.split_personas(split)
         for pair in dataset.pairs(split):
+            if pair.gold is None:  # a dataset scored by missing details has no answers to judge
+                continue
             for other in personas:
                 gold = dataset.gold.get((pair.task.task_id, other))
                 if other == pair.persona.persona_id or gold is None:

@@ -38,19 +38,25 @@ def limit_splits(
     dataset: Dataset, max_tasks: int | None, max_personas: int | None, data=None
 ) -> Dataset:
     """Keep the first N tasks and personas of each split (demos and smoke tests); with a DataConfig
-    `data`, each split's own limits (data.limits: training splits may keep more)."""
+    `data`, each split's own limits (data.limits: training splits may keep more). In a split of
+    listed pairs: its first N tasks, and the first N personas of each."""
     limits = {
         name: data.limits(name) if data is not None else (max_tasks, max_personas)
         for name in dataset.splits
     }
-    dataset.splits = {
-        name: {
-            "tasks": spec["tasks"][: limits[name][0]],
-            "personas": spec["personas"][: limits[name][1]],
-        }
-        for name, spec in dataset.splits.items()
-    }
+    dataset.splits = {name: _limited(spec, *limits[name]) for name, spec in dataset.splits.items()}
     return dataset
+
+
+def _limited(spec: dict, max_tasks: int | None, max_personas: int | None) -> dict:
+    if "pairs" not in spec:
+        return {"tasks": spec["tasks"][:max_tasks], "personas": spec["personas"][:max_personas]}
+    tasks = list(dict.fromkeys(t for t, _ in spec["pairs"]))[:max_tasks]
+    kept: dict[str, list] = {t: [] for t in tasks}
+    for task_id, persona_id in spec["pairs"]:
+        if task_id in kept and (max_personas is None or len(kept[task_id]) < max_personas):
+            kept[task_id].append([task_id, persona_id])
+    return {"pairs": [pair for t in tasks for pair in kept[t]]}
 
 
 def runnable_dataset(config: RunConfig) -> Dataset:
@@ -65,10 +71,7 @@ def runnable_dataset(config: RunConfig) -> Dataset:
         if split not in dataset.splits:
             raise ValueError(f"data.path has no split {split!r}; it has {sorted(dataset.splits)}")
     dataset = limit_splits(dataset, config.data.max_tasks, config.data.max_personas, config.data)
-    if (
-        config.evaluate.random_persona
-        and len(dataset.splits[config.data.test_split]["personas"]) < 2
-    ):
+    if config.evaluate.random_persona and len(dataset.split_personas(config.data.test_split)) < 2:
         raise ValueError(
             "evaluate.random_persona needs at least 2 test personas; set it to false or use more personas"
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 from star_gate.data.records import Dataset, pair_id
@@ -55,16 +56,16 @@ def check_texts(
     near_duplicate: float = 0.5,
 ) -> CheckReport:
     report = CheckReport()
-    split_pairs = {
-        (t, p) for spec in dataset.splits.values() for t in spec["tasks"] for p in spec["personas"]
-    }
+    split_pairs = {key for name in dataset.splits for key in dataset.pair_ids(name)}
     for key in sorted(set(dataset.gold) - split_pairs):
         report.problems.append(f"gold for {key} belongs to no split pair")
-    for name, spec in dataset.splits.items():
-        for other, other_spec in dataset.splits.items():
+    for name in dataset.splits:
+        for other in dataset.splits:
             if name < other:
-                for kind in ("tasks", "personas"):
-                    shared = set(spec[kind]) & set(other_spec[kind])
+                for kind, index in (("tasks", 0), ("personas", 1)):
+                    shared = {key[index] for key in dataset.pair_ids(name)} & {
+                        key[index] for key in dataset.pair_ids(other)
+                    }
                     if shared:
                         report.problems.append(
                             f"splits {name} and {other} share {kind}: {sorted(shared)}"
@@ -74,11 +75,17 @@ def check_texts(
         "persona": {k: p.description for k, p in dataset.personas.items()},
         "gold": {pair_id(*k): g.text for k, g in dataset.gold.items()},
     }
+    if dataset.details:
+        # Simulated users are draws of one option per detail: two alike are no defect.
+        del collections["persona"]
     for kind, texts in collections.items():
         for a, b, score in near_duplicates(texts, near_duplicate):
             report.problems.append(
                 f"near-duplicate {kind}s {a} and {b} (trigram Jaccard {score:.2f})"
             )
+    if not dataset.gold:  # scored by missing details: nothing to say about gold answers
+        report.facts.append(details_summary(dataset))
+        return report
     lengths = {k: len(v.split()) for k, v in collections["gold"].items()}
     for key, words in sorted(lengths.items()):
         if not min_words <= words <= max_words:
@@ -88,3 +95,15 @@ def check_texts(
         f"gold length {min(lengths.values())}-{max(lengths.values())} words"
     )
     return report
+
+
+def details_summary(dataset: Dataset) -> str:
+    """One line on a dataset scored by missing details: its pairs, and the details by importance."""
+    pairs = list(dataset.details.values())
+    vague = sum(p.vague for p in pairs)
+    by_importance = Counter(d.importance for p in pairs for d in p.details)
+    return (
+        f"{len(dataset.tasks)} tasks, {len(dataset.personas)} simulated users, {len(pairs)} pairs "
+        f"({vague} vague, {len(pairs) - vague} clear); missing details by importance "
+        + ", ".join(f"{level}: {by_importance[level]}" for level in (1, 2, 3))
+    )

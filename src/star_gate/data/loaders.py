@@ -1,10 +1,19 @@
-"""Load and validate a dataset folder: tasks.jsonl, personas.jsonl, gold.jsonl, splits.json.
+"""Load and validate a dataset folder: tasks.jsonl, personas.jsonl, gold.jsonl, splits.json,
+and, for a dataset scored by missing details (IN3), details.jsonl.
 
 Schemas (one JSON object per line):
     tasks.jsonl     {"task_id": str, "text": str}
     personas.jsonl  {"persona_id": str, "name": str, "description": str}
     gold.jsonl      {"task_id": str, "persona_id": str, "text": str, "oracle": str}
+    details.jsonl   {"task_id": str, "persona_id": str, "vague": bool, "category": str,
+                     "details": [{"description": str, "importance": 1-3, "inquiry": str,
+                                  "options": [str], "choice": str (one of the options)}]}
     splits.json     {"A": {"tasks": [ids], "personas": [ids]}, "B": {...}, "test": {...}}
+                    or, per split, {"pairs": [[task_id, persona_id], ...]}
+
+gold.jsonl may be left out when details.jsonl is there (`score.reward: details` needs no gold).
+Every pair of a split needs its gold when gold.jsonl exists, and its details when details.jsonl
+does.
 """
 
 from __future__ import annotations
@@ -14,7 +23,15 @@ import json
 from pathlib import Path
 
 from star_gate.data.jsonl import DataError, read_jsonl
-from star_gate.data.records import Dataset, Gold, Persona, Task
+from star_gate.data.records import (
+    Dataset,
+    Gold,
+    MissingDetail,
+    PairDetails,
+    Persona,
+    Task,
+    split_pair_ids,
+)
 
 BUNDLED = "bundled"
 
@@ -109,14 +126,108 @@ def load_dataset(path: str | Path = BUNDLED) -> Dataset:
     if not root.is_dir():
         raise DataError(root, None, "dataset folder not found")
     tasks_path, personas_path, gold_path = (root / n for n in _SCHEMAS)
+    details_path = root / DETAILS
     tasks = load_tasks(tasks_path)
     personas = load_personas(personas_path)
-    gold = load_gold(gold_path, tasks, personas)
-    splits = _load_splits(root / "splits.json", tasks, personas, gold)
-    return Dataset(tasks, personas, gold, splits)
+    has_gold = gold_path.exists() or not details_path.exists()  # no details: gold is required
+    gold = load_gold(gold_path, tasks, personas) if has_gold else {}
+    details = load_details(details_path, tasks, personas) if details_path.exists() else {}
+    splits = _load_splits(root / "splits.json", tasks, personas)
+    for name, spec in splits.items():
+        for key in split_pair_ids(spec):
+            if has_gold and key not in gold:
+                raise DataError(
+                    root / "splits.json",
+                    None,
+                    f"split '{name}': no gold response for pair ({key[0]}, {key[1]})",
+                )
+            if details_path.exists() and key not in details:
+                raise DataError(
+                    root / "splits.json",
+                    None,
+                    f"split '{name}': no missing details for pair ({key[0]}, {key[1]})",
+                )
+    return Dataset(tasks, personas, gold, splits, details)
 
 
-def _load_splits(path: Path, tasks, personas, gold) -> dict[str, dict[str, list[str]]]:
+DETAILS = "details.jsonl"
+_DETAIL_FIELDS = {
+    "description": str,
+    "importance": int,
+    "inquiry": str,
+    "options": list,
+    "choice": str,
+}
+
+
+def load_details(
+    path: Path, tasks: dict[str, Task], personas: dict[str, Persona]
+) -> dict[tuple[str, str], PairDetails]:
+    """Missing details keyed by (task_id, persona_id), each checked field by field."""
+    found: dict[tuple[str, str], PairDetails] = {}
+    first_line: dict[tuple[str, str], int] = {}
+    for number, row in read_jsonl(path):
+        record = _pair_details(path, number, row, tasks, personas)
+        key = (record.task_id, record.persona_id)
+        if key in found:
+            raise DataError(
+                path,
+                number,
+                f"fields 'task_id', 'persona_id': duplicate id {key!r} "
+                f"(first on line {first_line[key]})",
+            )
+        found[key], first_line[key] = record, number
+    return found
+
+
+def _pair_details(path, number, row, tasks, personas) -> PairDetails:
+    schema = {"task_id": str, "persona_id": str, "vague": bool, "category": str, "details": list}
+    for key, kind in schema.items():
+        if key not in row:
+            raise DataError(path, number, f"missing field '{key}'")
+        if not isinstance(row[key], kind):
+            raise DataError(path, number, f"field '{key}' must be a {kind.__name__}")
+    for key in row.keys() - schema.keys():
+        raise DataError(path, number, f"unknown field '{key}'")
+    if row["task_id"] not in tasks:
+        raise DataError(path, number, f"field 'task_id': unknown task {row['task_id']!r}")
+    if row["persona_id"] not in personas:
+        raise DataError(path, number, f"field 'persona_id': unknown persona {row['persona_id']!r}")
+    if not row["vague"] and row["details"]:
+        raise DataError(path, number, "field 'details': a clear task (vague false) has none")
+    details = tuple(
+        _missing_detail(path, number, f"details[{i}]", item)
+        for i, item in enumerate(row["details"])
+    )
+    return PairDetails(row["task_id"], row["persona_id"], row["vague"], row["category"], details)
+
+
+def _missing_detail(path, number, where: str, item) -> MissingDetail:
+    if not isinstance(item, dict):
+        raise DataError(path, number, f"field '{where}' must be an object")
+    for key, kind in _DETAIL_FIELDS.items():
+        value = item.get(key)
+        if value is None:
+            raise DataError(path, number, f"field '{where}.{key}' is missing")
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise DataError(path, number, f"field '{where}.{key}' must be a {kind.__name__}")
+    for key in item.keys() - _DETAIL_FIELDS.keys():
+        raise DataError(path, number, f"field '{where}': unknown field '{key}'")
+    if item["importance"] not in (1, 2, 3):
+        raise DataError(path, number, f"field '{where}.importance' must be 1, 2 or 3")
+    options = item["options"]
+    if not options or not all(isinstance(o, str) and o.strip() for o in options):
+        raise DataError(path, number, f"field '{where}.options' must be non-empty strings")
+    if item["choice"] not in options:
+        raise DataError(path, number, f"field '{where}.choice' is not one of its options")
+    if not item["description"].strip():
+        raise DataError(path, number, f"field '{where}.description' is empty")
+    return MissingDetail(
+        item["description"], item["importance"], item["inquiry"], tuple(options), item["choice"]
+    )
+
+
+def _load_splits(path: Path, tasks, personas) -> dict[str, dict[str, list]]:
     try:
         raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a byte-order mark is no error
     except FileNotFoundError:
@@ -135,8 +246,13 @@ def _load_splits(path: Path, tasks, personas, gold) -> dict[str, dict[str, list[
             path, None, "expected an object mapping split names to task and persona ids"
         )
     for name, spec in splits.items():
+        if isinstance(spec, dict) and set(spec) == {"pairs"}:
+            _check_pair_list(path, name, spec["pairs"], tasks, personas)
+            continue
         if not isinstance(spec, dict) or set(spec) != {"tasks", "personas"}:
-            raise DataError(path, None, f"split '{name}' must have exactly 'tasks' and 'personas'")
+            raise DataError(
+                path, None, f"split '{name}' must have exactly 'tasks' and 'personas', or 'pairs'"
+            )
         for field_name, known in (("tasks", tasks), ("personas", personas)):
             ids = spec[field_name]
             if not isinstance(ids, list) or not ids:
@@ -148,12 +264,24 @@ def _load_splits(path: Path, tasks, personas, gold) -> dict[str, dict[str, list[
                     raise DataError(
                         path, None, f"split '{name}' field '{field_name}': unknown id {ident!r}"
                     )
-        for task_id in spec["tasks"]:
-            for persona_id in spec["personas"]:
-                if (task_id, persona_id) not in gold:
-                    raise DataError(
-                        path,
-                        None,
-                        f"split '{name}': no gold response for pair ({task_id}, {persona_id})",
-                    )
     return splits
+
+
+def _check_pair_list(path: Path, name: str, pairs, tasks, personas) -> None:
+    if not isinstance(pairs, list) or not pairs:
+        raise DataError(path, None, f"split '{name}' field 'pairs' must be a non-empty list")
+    for index, item in enumerate(pairs):
+        if not (
+            isinstance(item, list) and len(item) == 2 and all(isinstance(i, str) for i in item)
+        ):
+            raise DataError(
+                path, None, f"split '{name}' field 'pairs[{index}]' must be [task_id, persona_id]"
+            )
+        if item[0] not in tasks:
+            raise DataError(
+                path, None, f"split '{name}' field 'pairs[{index}]': unknown task {item[0]!r}"
+            )
+        if item[1] not in personas:
+            raise DataError(
+                path, None, f"split '{name}' field 'pairs[{index}]': unknown persona {item[1]!r}"
+            )

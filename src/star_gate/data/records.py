@@ -62,12 +62,55 @@ class Gold:
 
 
 @dataclass(frozen=True)
+class MissingDetail:
+    """One detail a vague request leaves out (IN3), and the simulated user's answer to it."""
+
+    description: str  # e.g. "Duration of the trip"
+    importance: int  # 1 (nice to know) to 3 (cannot answer without it)
+    inquiry: str  # an example question that asks for it
+    options: tuple[str, ...]
+    choice: str  # this user's option
+
+    @property
+    def fact(self) -> str:
+        """How the user states it, e.g. "Duration of the trip: 1 week"."""
+        return f"{self.description}: {self.choice}"
+
+
+@dataclass(frozen=True)
+class PairDetails(PairRecord):
+    """What a request leaves out and this user's answers (IN3): the key that the `details` reward
+    and the IN3 roleplayer read. A clear request has no missing details."""
+
+    task_id: str
+    persona_id: str
+    vague: bool
+    category: str
+    details: tuple[MissingDetail, ...] = ()
+
+    def to_json(self) -> dict:
+        return {
+            **dataclasses.asdict(self),
+            "details": [dataclasses.asdict(d) for d in self.details],
+        }
+
+    @classmethod
+    def from_json(cls, row: dict) -> PairDetails:
+        details = tuple(
+            MissingDetail(**{**d, "options": tuple(d["options"])}) for d in row.get("details", ())
+        )
+        return cls(**{**row, "details": details})
+
+
+@dataclass(frozen=True)
 class Pair:
-    """One (task, persona) cell of a split, with its gold response."""
+    """One (task, persona) cell of a split, with its gold response (None in a dataset scored by
+    missing details instead) and, in such a dataset, its missing details."""
 
     task: Task
     persona: Persona
-    gold: Gold
+    gold: Gold | None
+    details: PairDetails | None = None
 
     @property
     def pair_id(self) -> str:
@@ -224,17 +267,35 @@ class QuestionGain(PairRecord):
 
 @dataclass
 class Dataset:
-    """Tasks, personas, gold responses and the splits that group them."""
+    """Tasks, personas, gold responses (or missing details) and the splits that group them.
+
+    A split is either every pairing of its tasks and personas (`{"tasks": [...], "personas":
+    [...]}`) or a list of pairs (`{"pairs": [[task_id, persona_id], ...]}`), for personas that
+    belong to one task, as IN3's simulated users do."""
 
     tasks: dict[str, Task]
     personas: dict[str, Persona]
     gold: dict[tuple[str, str], Gold]
-    splits: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    splits: dict[str, dict[str, list]] = field(default_factory=dict)
+    details: dict[tuple[str, str], PairDetails] = field(default_factory=dict)
+
+    def pair_ids(self, split: str) -> list[tuple[str, str]]:
+        """The (task_id, persona_id) pairs of a split, task by task."""
+        return split_pair_ids(self.splits[split])
+
+    def split_personas(self, split: str) -> list[str]:
+        """The persona ids a split uses, in order of first use."""
+        return list(dict.fromkeys(p for _, p in self.pair_ids(split)))
 
     def pairs(self, split: str) -> list[Pair]:
-        spec = self.splits[split]
         return [
-            Pair(self.tasks[t], self.personas[p], self.gold[(t, p)])
-            for t in spec["tasks"]
-            for p in spec["personas"]
+            Pair(self.tasks[t], self.personas[p], self.gold.get((t, p)), self.details.get((t, p)))
+            for t, p in self.pair_ids(split)
         ]
+
+
+def split_pair_ids(spec: dict[str, list]) -> list[tuple[str, str]]:
+    """A split's (task_id, persona_id) pairs, whichever of its two forms it has."""
+    if "pairs" in spec:
+        return [(t, p) for t, p in spec["pairs"]]
+    return [(t, p) for t in spec["tasks"] for p in spec["personas"]]
