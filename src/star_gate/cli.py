@@ -237,9 +237,19 @@ def evaluate(
 ) -> None:
     """Run the evaluation alone (all conditions, win rates) on Q_0 and the given checkpoints, into the
     config's run_dir. Resumes when rerun, like `run`."""
-    from pathlib import Path
 
     cfg = _load(config, overrides)
+    found = _checkpoints(from_run, checkpoint)
+    if not found:
+        _fail("no checkpoints: give --from RUN_DIR (with iter_k/checkpoint) or --checkpoint PATH")
+    with _pipeline(cfg, checkpoints=found) as pipeline:
+        _summarise(pipeline, pipeline.evaluate_checkpoints())
+
+
+def _checkpoints(from_run: str | None, checkpoint: list[str] | None) -> dict[int, str]:
+    """Q_k -> checkpoint: a run's iter_k checkpoints in order, then the given ones."""
+    from pathlib import Path
+
     found: dict[int, str] = {}
     if from_run:
         iteration = 1
@@ -250,10 +260,7 @@ def evaluate(
         if not Path(path).exists():
             _fail(f"checkpoint {path} not found")
         found[iteration] = path
-    if not found:
-        _fail("no checkpoints: give --from RUN_DIR (with iter_k/checkpoint) or --checkpoint PATH")
-    with _pipeline(cfg, checkpoints=found) as pipeline:
-        _summarise(pipeline, pipeline.evaluate_checkpoints())
+    return found
 
 
 @app.command()
@@ -333,6 +340,100 @@ def bench(
         from star_gate.bench import main as bench_main
 
         bench_main(quick, as_json)
+
+
+# What `bench in3` sets, whatever the config says: IN3's protocol.
+IN3_SETTINGS = [
+    "score.reward=details",
+    "roles.roleplayer.mode=details",
+    "evaluate.roleplayer=null",
+    "simulate.stop_early=true",
+    "evaluate.random_persona=false",
+    "evaluate.win_rates=false",
+]
+
+
+@bench_app.command("in3")
+def bench_in3(
+    config: ConfigArg,
+    data: Annotated[str, typer.Option(help="a dataset folder from `star-gate data import-in3`")],
+    overrides: OverridesArg = None,
+    from_run: Annotated[
+        str | None,
+        typer.Option("--from", help="a run directory whose iter_k checkpoints to measure"),
+    ] = None,
+    checkpoint: Annotated[
+        list[str] | None,
+        typer.Option(help="a checkpoint to measure as Q_1, Q_2, ... (repeatable)"),
+    ] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(help="run directory of the conversations; default: the config's + '-in3'"),
+    ] = None,
+) -> None:
+    """IN3 (Tell Me More!) measures for Q_0 and each checkpoint on the dataset's held-out split:
+    vagueness accuracy, missing details recovered (by importance), rounds, details per question;
+    beside the published rows. Resumes when rerun."""
+    from star_gate.in3_bench import HOW_OURS_DIFFER, in3_measures
+    from star_gate.roles.detail_matcher import DetailMatcher
+
+    base = _load(config, overrides)
+    run_dir = out or f"{base.run_dir.rstrip('/')}-in3"
+    cfg = _load(
+        config, [*(overrides or []), *IN3_SETTINGS, f"data.path={data}", f"run_dir={run_dir}"]
+    )
+    found = _checkpoints(from_run, checkpoint)
+    with _pipeline(cfg, checkpoints=found) as pipeline:
+        pipeline.evaluate_checkpoints()
+        results = pipeline.results()
+        pairs = pipeline.pairs(cfg.data.test_split)
+        matcher = DetailMatcher()
+        rows = [
+            in3_measures(f"Q_{k}", results.scored(k), pairs, matcher) for k in results.iterations()
+        ]
+        gains = {k: results.paired_gain(k, 0) for k in results.iterations() if k > 0}
+    print_in3_table(rows, gains, cfg)
+    console.print(HOW_OURS_DIFFER)
+
+
+def print_in3_table(rows, gains, cfg) -> None:
+    from star_gate.in3_bench import PUBLISHED
+
+    table = Table(title=f"IN3 on {cfg.data.path} split {cfg.data.test_split}")
+    for name in (
+        "questioner", "vague acc.", "recovered", "imp. 1", "imp. 2", "imp. 3",
+        "weighted (vs Q_0)", "rounds", "details/question",
+    ):  # fmt: skip
+        table.add_column(name, justify="left" if name == "questioner" else "right")
+    for row in rows:
+        gain = gains.get(int(row.label[2:]))
+        weighted = f"{row.weighted:.3f} ± {row.weighted_sem:.3f}"
+        if gain is not None:
+            weighted += f" ({gain.mean:+.3f} ± {gain.sem:.3f})"
+        table.add_row(
+            f"{row.label} ({row.conversations} conv.)",
+            f"{row.vagueness_accuracy:.2f}",
+            f"{row.recovered:.2f}",
+            *(f"{v:.2f}" for v in row.by_importance),
+            weighted,
+            f"{row.rounds:.2f}",
+            f"{row.details_per_question:.2f}",
+        )
+    for name, published in PUBLISHED.items():
+        levels = published.get("by_importance", ("", "", ""))
+        table.add_row(
+            f"{name} (published)",
+            f"{published['vagueness_accuracy']:.2f}",
+            f"{published['recovered']:.2f}",
+            *(f"{v:.2f}" if v != "" else "" for v in levels),
+            "", "", "",
+        )  # fmt: skip
+    console.print(table)
+    if rows:
+        console.print(
+            f"a questioner that always asks would score vagueness accuracy "
+            f"{rows[0].always_ask_accuracy:.2f} on these pairs"
+        )
 
 
 @app.command()

@@ -199,11 +199,12 @@ class OtherRole(RoleConfig):
 class RoleplayerConfig(RoleConfig):
     """The roleplayer's own fields, whatever serves it (RoleplayerConfig.of builds one)."""
 
-    mode: Literal["persona", "grounded", "facts"] = Field(
+    mode: Literal["persona", "grounded", "facts", "details"] = Field(
         "grounded",
         description="persona: the model sees the whole persona (paper); grounded: the model "
         "answers from the m persona facts nearest to the question; facts: those m facts are the "
-        "answer",
+        "answer; details (datasets with missing details, e.g. IN3): the facts of the missing "
+        "details the question asks about, or that it has no preference when it asks about none",
     )
     facts_per_answer: int = Field(
         2, ge=1, description="m: facts retrieved per question when grounded"
@@ -216,6 +217,11 @@ class RoleplayerConfig(RoleConfig):
         description="grounded and facts modes: false leaves the facts already told in this "
         "conversation out of the retrieval, so each answer tells something new",
     )
+
+    @property
+    def uses_model(self) -> bool:
+        """Whether a model writes the answers (facts and details modes quote the data)."""
+        return self.mode not in ("facts", "details")
 
 
 class TransformersRoleplayer(RoleplayerConfig, TransformersRole):
@@ -367,6 +373,15 @@ class SelectConfig(Section):
         ge=0,
         description="train.objective dpo only: a preference pair is kept only when its chosen "
         "conversation beats the rejected one by more than this many nats of gold log-prob",
+    )
+
+
+class ScoreConfig(Section):
+    reward: Literal["gold_logprob", "details"] = Field(
+        "gold_logprob",
+        description="what a conversation scores: gold_logprob, log p_base(gold | task, "
+        "conversation) (paper); details, the importance-weighted share of the pair's missing "
+        "details its questions asked about (datasets with details.jsonl, e.g. IN3; no gold needed)",
     )
 
 
@@ -664,6 +679,7 @@ class RunConfig(Section):
     data: DataConfig = DataConfig()
     roles: RolesConfig = RolesConfig()
     simulate: SimulateConfig = SimulateConfig()
+    score: ScoreConfig = ScoreConfig()
     select: SelectConfig = SelectConfig()
     regularize: RegularizeConfig = RegularizeConfig()
     train: TrainConfig = TrainConfig()
@@ -672,6 +688,23 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _cross_field(self):
+        if self.score.reward == "details" and self.regularize.mode == "gold":
+            raise ValueError(
+                "regularize.mode gold needs gold answers, which score.reward details does without"
+            )
+        details_roleplayers = [
+            label
+            for label, role in (
+                ("roles.roleplayer", self.roles.roleplayer),
+                ("evaluate.roleplayer", self.evaluate.roleplayer),
+            )
+            if role is not None and role.mode == "details"
+        ]
+        if details_roleplayers and self.evaluate.random_persona:
+            raise ValueError(
+                f"{details_roleplayers[0]} mode details plays users who belong to one task: "
+                "set evaluate.random_persona to false"
+            )
         n, top_k = self.simulate.conversations_per_pair, self.select.top_k
         if self.train.objective == "dpo" and 2 * top_k > n:
             raise ValueError(

@@ -14,8 +14,10 @@ from typing import Literal
 from star_gate.config import RoleplayerConfig
 from star_gate.data.records import Conversation, Pair, Persona
 from star_gate.roles.factory import Players
+from star_gate.roles.players import DetailsRoleplayer
 from star_gate.stages import regularize, score_controls, score_conversations, simulate
 from star_gate.stages.evaluate import answer_fits, judge_answers, judge_answers_by_fit
+from star_gate.stages.score import details_controls, score_details
 
 
 def pairs_of(conversations: Sequence[Conversation], pairs: Sequence[Pair]) -> list[Pair]:
@@ -38,10 +40,13 @@ class SimulateJob:
     stop_early: bool = False  # the questioner may end a conversation by answering
 
     def run(self, players: Players) -> list:
+        roleplayer = players.roleplayer(self.roleplayer)
+        if isinstance(roleplayer, DetailsRoleplayer):  # it answers from these pairs' details
+            roleplayer = roleplayer.knowing(self.pairs)
         return simulate(
             self.pairs,
             players.questioner(self.policy),
-            players.roleplayer(self.roleplayer),
+            roleplayer,
             conversations_per_pair=self.conversations_per_pair,
             max_turns=self.max_turns,
             seed=self.seed,
@@ -52,12 +57,17 @@ class SimulateJob:
 
 @dataclass(frozen=True)
 class ScoreJob:
-    """log p_base(gold | task, conversation) for each conversation."""
+    """Each conversation's score: log p_base(gold | task, conversation), or (score.reward details)
+    the share of missing details it recovered."""
 
     conversations: list[Conversation]
     pairs: list[Pair]
 
     def run(self, players: Players) -> list:
+        if players.config.score.reward == "details":
+            from star_gate.roles.detail_matcher import DetailMatcher
+
+            return score_details(self.conversations, self.pairs, DetailMatcher())
         return score_conversations(self.conversations, self.pairs, players.scorer())
 
 
@@ -78,11 +88,14 @@ class AnswerJob:
 
 @dataclass(frozen=True)
 class ControlsJob:
-    """The negative and positive controls of each pair, scored by Q_BASE."""
+    """The negative and positive controls of each pair, scored by Q_BASE (or, with score.reward
+    details, exact: 0 and 1)."""
 
     pairs: list[Pair]
 
     def run(self, players: Players) -> list:
+        if players.config.score.reward == "details":
+            return details_controls(self.pairs)
         return score_controls(self.pairs, players.scorer())
 
 

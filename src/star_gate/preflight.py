@@ -27,7 +27,7 @@ def used_roles(config: RunConfig) -> dict[str, RoleConfig]:
         ("roles.roleplayer", config.roles.roleplayer),
         ("evaluate.roleplayer", config.evaluate.roleplayer),
     ):
-        if role is not None and role.mode != "facts":
+        if role is not None and role.uses_model:
             roles[label] = role
     if config.evaluate.uses_judge:
         roles["roles.judge"] = config.roles.judge
@@ -71,11 +71,31 @@ def runnable_dataset(config: RunConfig) -> Dataset:
         if split not in dataset.splits:
             raise ValueError(f"data.path has no split {split!r}; it has {sorted(dataset.splits)}")
     dataset = limit_splits(dataset, config.data.max_tasks, config.data.max_personas, config.data)
+    _check_reward_data(config, dataset)
     if config.evaluate.random_persona and len(dataset.split_personas(config.data.test_split)) < 2:
         raise ValueError(
             "evaluate.random_persona needs at least 2 test personas; set it to false or use more personas"
         )
     return dataset
+
+
+def _check_reward_data(config: RunConfig, dataset: Dataset) -> None:
+    """What score.reward and a details roleplayer need of the dataset: gold answers, or missing
+    details (details.jsonl)."""
+    if config.score.reward == "gold_logprob" and not dataset.gold:
+        raise ValueError(
+            "score.reward gold_logprob needs gold answers, and data.path has no gold.jsonl; "
+            "score it by missing details with score.reward: details"
+        )
+    needs_details = config.score.reward == "details" or any(
+        role is not None and role.mode == "details"
+        for role in (config.roles.roleplayer, config.evaluate.roleplayer)
+    )
+    if needs_details and not dataset.details:
+        raise ValueError(
+            "score.reward details and roleplayer mode details need missing details, and data.path "
+            "has no details.jsonl (import one with `star-gate data import-in3`)"
+        )
 
 
 def check_runnable(config: RunConfig, probe_roles: bool = True) -> Dataset:

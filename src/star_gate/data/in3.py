@@ -64,11 +64,15 @@ def read_in3(path: Path) -> list[In3Task]:
 
 
 def _in3_task(path: Path, number: int, row: dict) -> In3Task:
-    for key, kind in (("task", str), ("vague", bool), ("missing_details", list)):
+    for key, kind, name in (
+        ("task", str, "a string"),
+        ("vague", bool, "true or false"),
+        ("missing_details", list, "a list"),
+    ):
         if key not in row:
             raise DataError(path, number, f"missing field '{key}'")
         if not isinstance(row[key], kind):
-            raise DataError(path, number, f"field '{key}' must be a {kind.__name__}")
+            raise DataError(path, number, f"field '{key}' must be {name}")
     if not row["task"].strip():
         raise DataError(path, number, "field 'task' is empty")
     if not isinstance(row.get("category", ""), str):

@@ -151,6 +151,7 @@ def load_dataset(path: str | Path = BUNDLED) -> Dataset:
 
 
 DETAILS = "details.jsonl"
+_KIND_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list"}
 _DETAIL_FIELDS = {
     "description": str,
     "importance": int,
@@ -186,7 +187,7 @@ def _pair_details(path, number, row, tasks, personas) -> PairDetails:
         if key not in row:
             raise DataError(path, number, f"missing field '{key}'")
         if not isinstance(row[key], kind):
-            raise DataError(path, number, f"field '{key}' must be a {kind.__name__}")
+            raise DataError(path, number, f"field '{key}' must be {_KIND_NAMES[kind]}")
     for key in row.keys() - schema.keys():
         raise DataError(path, number, f"unknown field '{key}'")
     if row["task_id"] not in tasks:
@@ -210,7 +211,7 @@ def _missing_detail(path, number, where: str, item) -> MissingDetail:
         if value is None:
             raise DataError(path, number, f"field '{where}.{key}' is missing")
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise DataError(path, number, f"field '{where}.{key}' must be a {kind.__name__}")
+            raise DataError(path, number, f"field '{where}.{key}' must be {_KIND_NAMES[kind]}")
     for key in item.keys() - _DETAIL_FIELDS.keys():
         raise DataError(path, number, f"field '{where}': unknown field '{key}'")
     if item["importance"] not in (1, 2, 3):

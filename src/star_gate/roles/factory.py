@@ -13,6 +13,7 @@ from pathlib import Path
 from star_gate.backends import REMOTE_BACKENDS, Backend, load_backend, role_sampling
 from star_gate.config import RoleConfig, RoleplayerConfig, RunConfig
 from star_gate.roles.players import (
+    DetailsRoleplayer,
     GroundedRoleplayer,
     Judge,
     PersonaRoleplayer,
@@ -89,7 +90,11 @@ class Players:
     def roleplayer(self, role: RoleplayerConfig | None = None) -> Roleplayer:
         role = role or self.config.roles.roleplayer
         params = role_sampling(role)
-        backend = self.backend(role) if role.mode != "facts" else None
+        if role.mode == "details":
+            from star_gate.roles.detail_matcher import DetailMatcher
+
+            return DetailsRoleplayer(DetailMatcher())
+        backend = self.backend(role) if role.uses_model else None
         if role.mode == "persona":
             return PersonaRoleplayer(
                 backend, template_for("roleplayer_persona", role.prompt), params

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from star_gate.backends.base import Backend, SamplingParams
-from star_gate.data.records import Conversation, Persona
+from star_gate.data.records import Conversation, Pair, PairDetails, Persona
 from star_gate.roles import views
 from star_gate.roles.answers import is_non_answer
 from star_gate.roles.grounding import FactRetriever, split_facts
@@ -146,7 +146,42 @@ class GroundedRoleplayer:
         return [first_paragraph(r[0]) for r in replies]
 
 
-Roleplayer = PersonaRoleplayer | GroundedRoleplayer
+NO_PREFERENCE = "I have no particular preference about that."
+
+
+@dataclass
+class DetailsRoleplayer:
+    """A simulated user of a dataset with missing details (IN3): it tells the fact of each missing
+    detail that the question asks about (`matcher.asked`), and that it has no preference when the
+    question asks about none. No model: what a question recovers depends on the question only.
+    It answers for the users of the pairs it was told about (`knowing`)."""
+
+    matcher: object  # a DetailMatcher (roles/detail_matcher.py)
+    details: dict[str, PairDetails] = field(default_factory=dict)  # persona id -> its details
+
+    def knowing(self, pairs: Sequence[Pair]) -> DetailsRoleplayer:
+        """This roleplayer, able to answer for the users of these pairs."""
+        known = {p.persona.persona_id: p.details for p in pairs if p.details is not None}
+        return DetailsRoleplayer(self.matcher, {**self.details, **known})
+
+    def facts_asked(self, persona: Persona, question: str) -> list[str]:
+        if persona.persona_id not in self.details:
+            raise ValueError(f"no missing details known for user {persona.persona_id!r}")
+        details = self.details[persona.persona_id].details
+        return [details[i].fact for i in self.matcher.asked(question, details)]
+
+    def answer(
+        self,
+        personas: Sequence[Persona],
+        tasks: Sequence[str],
+        conversations: Sequence[Conversation],
+        seed: int,
+    ) -> list[str]:
+        facts = [self.facts_asked(p, c.questions[-1]) for p, c in zip(personas, conversations)]
+        return [" ".join(f"{fact}." for fact in told) or NO_PREFERENCE for told in facts]
+
+
+Roleplayer = PersonaRoleplayer | GroundedRoleplayer | DetailsRoleplayer
 
 
 _VERDICT = re.compile(r"\b([AB])\b")

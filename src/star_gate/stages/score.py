@@ -1,11 +1,16 @@
-"""Score gold responses with the frozen base model: log p_base(g | t, s) and the controls."""
+"""Score conversations: the gold response's log-prob under the frozen base model, log p_base(g |
+t, s), and its controls (score.reward gold_logprob, the paper's); or the share of the pair's missing
+details that the conversation's questions asked about (score.reward details), which needs no gold
+and no model.
+
+Both rewards are stored in the records' `logprob` field, the conversation's score."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from star_gate.backends.base import Backend
-from star_gate.data.records import Conversation, Pair, QuestionGain, ScoredControl
+from star_gate.data.records import Conversation, Pair, PairDetails, QuestionGain, ScoredControl
 from star_gate.roles import views
 
 
@@ -31,6 +36,45 @@ def score_controls(pairs: Sequence[Pair], scorer: Backend) -> list[ScoredControl
         ScoredControl(p.task.task_id, p.persona.persona_id, condition, scores[offset + i])
         for offset, condition in ((0, "negative"), (n, "positive"))
         for i, p in enumerate(pairs)
+    ]
+
+
+def details_reward(details: PairDetails, questions: Sequence[str], matcher) -> float:
+    """The importance-weighted share of the missing details that some question asked about. A
+    clear request (no missing details) scores 1 when answered at once and 0 once anything is
+    asked: asking is then the mistake."""
+    if not details.details:
+        return 0.0 if questions else 1.0
+    asked = recovered_details(details, questions, matcher)
+    total = sum(d.importance for d in details.details)
+    return sum(details.details[i].importance for i in asked) / total
+
+
+def recovered_details(details: PairDetails, questions: Sequence[str], matcher) -> set[int]:
+    """Indices of the missing details that at least one of the questions asked about."""
+    return {i for question in questions for i in matcher.asked(question, details.details)}
+
+
+def score_details(
+    conversations: Sequence[Conversation], pairs: Sequence[Pair], matcher
+) -> list[Conversation]:
+    """Set each conversation's score (`logprob`) to its details_reward."""
+    by_id = {p.pair_id: p for p in pairs}
+    return [
+        c.replace(logprob=details_reward(by_id[c.pair_id].details, c.questions, matcher))
+        for c in conversations
+    ]
+
+
+def details_controls(pairs: Sequence[Pair]) -> list[ScoredControl]:
+    """The controls under score.reward details, exact without a model: nothing recovered without a
+    conversation (negative; 1 for a clear request, where not asking is right), everything when the
+    whole persona is known (positive)."""
+    return [
+        ScoredControl(p.task.task_id, p.persona.persona_id, condition, score)
+        for condition in ("negative", "positive")
+        for p in pairs
+        for score in [1.0 if condition == "positive" or not p.details.details else 0.0]
     ]
 
 
