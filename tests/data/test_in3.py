@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from in3_samples import in3_rows, write_in3
 from typer.testing import CliRunner
 
 from star_gate.cli import app
@@ -16,52 +17,6 @@ from star_gate.data.jsonl import DataError
 from star_gate.data.loaders import load_dataset
 from star_gate.data.records import PairDetails
 from star_gate.preflight import limit_splits
-
-TRIP = {
-    "category": "Travel",
-    "task": "I would like to plan a trip to Paris next month.",
-    "vague": True,
-    "thought": "lacks details",
-    "missing_details": [
-        {
-            "description": "Duration of the trip",
-            "importance": "3",
-            "inquiry": "How long do you plan to stay?",
-            "options": ["3-5 days", "1 week"],
-        },
-        {
-            "description": "Budget for the trip",
-            "importance": "2",
-            "inquiry": "What is your budget?",
-            "options": ["Economy", "Luxury"],
-        },
-    ],
-}
-
-
-def in3_rows(count: int = 12) -> list[dict]:
-    """Vague trip tasks and clear ones, each task text distinct enough not to be a duplicate."""
-    cities = "Paris Rome Oslo Lima Cairo Tokyo Quito Dakar Hanoi Perth Porto Seoul".split()
-    rows = []
-    for index, city in enumerate(cities[:count]):
-        if index % 3 == 2:
-            rows.append(
-                {
-                    "category": "Math",
-                    "task": f"Convert {index * 7 + 3} degrees Celsius in {city} to Fahrenheit.",
-                    "vague": False,
-                    "thought": "clear",
-                    "missing_details": [],
-                }
-            )
-        else:
-            rows.append({**TRIP, "task": f"Plan my {city} holiday with {index} friends, please."})
-    return rows
-
-
-def write_in3(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def test_import_draws_users_and_loads_as_a_dataset(tmp_path):
