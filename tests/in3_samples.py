@@ -29,7 +29,20 @@ TRIP = {
 
 def in3_rows(count: int = 12) -> list[dict]:
     """Vague trip tasks and clear ones, each task text distinct enough not to be a duplicate."""
-    cities = ["Paris", "Rome", "Oslo", "Lima", "Cairo", "Tokyo", "Quito", "Dakar", "Hanoi", "Perth", "Porto", "Seoul"]
+    cities = [
+        "Paris",
+        "Rome",
+        "Oslo",
+        "Lima",
+        "Cairo",
+        "Tokyo",
+        "Quito",
+        "Dakar",
+        "Hanoi",
+        "Perth",
+        "Porto",
+        "Seoul",
+    ]
     rows = []
     for index, city in enumerate(cities[:count]):
         if index % 3 == 2:

@@ -368,6 +368,12 @@ class SelectConfig(Section):
         description="nats charged per question when ranking conversations: the best conversation "
         "is the one with the highest gold log-prob minus turn_cost x questions asked",
     )
+    min_score: float | None = Field(
+        None,
+        description="SFT: keep a conversation only when its score reaches this (e.g. 0.01 with "
+        "score.reward details: only conversations that recovered a detail, or answered a clear "
+        "request at once); None keeps the best of every pair",
+    )
     min_margin: float = Field(
         0.0,
         ge=0,

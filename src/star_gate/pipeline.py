@@ -275,7 +275,12 @@ class Pipeline:
                 scored, select.top_k, select.min_margin, select.turn_cost
             )
         else:
-            kept = select_top_k(scored, select.top_k, select.turn_cost)
+            kept = select_top_k(scored, select.top_k, select.turn_cost, select.min_score)
+            if not kept:
+                raise ValueError(
+                    f"iteration {iteration}: no conversation reached select.min_score "
+                    f"({select.min_score}); lower it or sample more conversations per pair"
+                )
         self._write(key, out, kept, objective=objective)
 
     def regularize_stage(self, iteration: int) -> None:

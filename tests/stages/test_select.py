@@ -68,3 +68,10 @@ def test_turn_cost_prefers_the_conversation_that_asks_less_for_as_much(dataset):
     assert [c.sample_index for c in select_top_k(convs, 1, turn_cost=0.6)] == [0]  # 1.0 < 1.2
     pair = select_preference_pairs(convs, 1, turn_cost=0.6)
     assert [c.sample_index for c in pair] == [0, 1]
+
+
+def test_min_score_drops_pairs_whose_best_did_no_good():
+    convs = scored("t1", "p1", [0.0, 0.0, 0.0]) + scored("t2", "p1", [0.0, 0.5, 0.25])
+    kept = select_top_k(convs, 2, min_score=0.01)
+    assert [(c.pair_id, c.sample_index) for c in kept] == [("t2|p1", 1), ("t2|p1", 2)]
+    assert len(select_top_k(convs, 1)) == 2, "without min_score every pair keeps its best"

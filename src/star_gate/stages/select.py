@@ -31,10 +31,19 @@ def _ranked_groups(
 
 
 def select_top_k(
-    conversations: Sequence[Conversation], k: int, turn_cost: float = 0.0
+    conversations: Sequence[Conversation],
+    k: int,
+    turn_cost: float = 0.0,
+    min_score: float | None = None,
 ) -> list[Conversation]:
-    """Best k per pair."""
-    return [c for group in _ranked_groups(conversations, turn_cost) for c in group[:k]]
+    """Best k per pair; with min_score, only those whose score reaches it (a pair whose best
+    conversation did no good teaches nothing, and would teach whatever it happened to do)."""
+    return [
+        c
+        for group in _ranked_groups(conversations, turn_cost)
+        for c in group[:k]
+        if min_score is None or c.logprob >= min_score
+    ]
 
 
 def select_preference_pairs(
