@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean-demo
+.PHONY: demo in3 test install clean-demo
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ $(BIN)/.test-extras-installed: $(BIN)/.installed
 
 demo: install
 	$(BIN)/star-gate run configs/demo.yaml
+
+# IN3 (Tell Me More!): import the bundled training split, train with the details reward, measure.
+in3: install
+	test -d runs/in3-data || $(BIN)/star-gate data import-in3 bundled runs/in3-data
+	$(BIN)/star-gate run configs/in3.yaml
+	$(BIN)/star-gate bench in3 configs/in3.yaml --data runs/in3-data --from runs/in3 --out runs/in3
 
 test: install $(BIN)/.test-extras-installed
 	$(BIN)/ruff format --check src tests benchmarks

@@ -175,7 +175,14 @@ def _summarise(pipeline, rows) -> None:
     from star_gate.report import write_report
 
     console.print(f"run directory: {pipeline.run.root}")
-    print_eval_table(rows)
+    details = pipeline.config.score.reward == "details"
+    unit = "of the weighted missing details" if details else "nats"
+    print_eval_table(
+        rows,
+        "test score: share of missing details recovered (score.reward details), mean ± SEM"
+        if details
+        else "test gold log-prob, log p_base(g | ...), mean ± SEM",
+    )
     results = pipeline.results()
     last = max(results.iterations())
     for k in results.iterations():
@@ -183,7 +190,7 @@ def _summarise(pipeline, rows) -> None:
         if gain is not None:
             sems = gain.mean / gain.sem if gain.sem > 0 else float("nan")
             console.print(
-                f"{gain.label}: {gain.mean:+.2f} ± {gain.sem:.2f} nats over {gain.count} pairs ({sems:+.1f} SEMs)"
+                f"{gain.label}: {gain.mean:+.2f} ± {gain.sem:.2f} {unit} over {gain.count} pairs ({sems:+.1f} SEMs)"
             )
     shares = [(k, results.gap_share(k)) for k in results.iterations()]
     if results.controls("positive") and shares:
@@ -204,7 +211,8 @@ def _summarise(pipeline, rows) -> None:
             if rows
         )
         console.print(
-            f"gain in gold log-prob per question, nats (mean ± SEM over test pairs): {cells}"
+            f"gain in {'the details recovered' if details else 'gold log-prob'} per question, {unit} "
+            f"(mean ± SEM over test pairs): {cells}"
         )
     print_answer_table(results)
     rate = results.win_rate(last) if last > 0 else None

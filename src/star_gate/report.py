@@ -36,6 +36,36 @@ def fmt(mean: float, sem: float, digits: int = 2) -> str:
 
 
 # -- plots -----------------------------------------------------------------------------------------
+DETAILS_SECTION = (
+    "## Missing details recovered on the test split",
+    "",
+    (
+        "score.reward details: the importance-weighted share of each pair's missing details that "
+        "the questions of Q_k's conversation asked about (a clear request: 1 when answered at once, "
+        "0 once anything is asked). The controls are exact: the negative (no conversation) is 0 on "
+        "a vague request, the positive (the whole persona) 1, so the share of the gap closed is the "
+        "share recovered. Q_k − Q_0 is paired by test pair. The IN3 measures: `star-gate bench in3`."
+    ),
+)
+GOLD_SECTION = (
+    "## Gold log-probabilities on the test split",
+    "",
+    (
+        "log p_base(g | ·): how likely the frozen base model finds the oracle's "
+        "persona-tailored gold answer. Negative control: the task alone; positive control: the "
+        "persona written into the task; true persona: after Q_k's conversation with the "
+        "roleplayer playing the pair's persona; random persona: after a conversation with "
+        "another test persona. Share of persona gap closed = (true − negative) / (positive − "
+        "negative) over pair means (bootstrap SEM). Q_k − Q_0 is paired by test pair."
+    ),
+)
+
+
+def score_section(runs) -> list[str]:
+    """The heading and explanation of the test scores: gold log-probs, or details recovered."""
+    return list(DETAILS_SECTION if runs[0].config.score.reward == "details" else GOLD_SECTION)
+
+
 def plot_logprobs(runs: Sequence[RunResults], path: Path) -> Path:
     """Figure 4: test gold log-prob per iteration for each condition, controls as bands."""
     fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4), sharey=True, squeeze=False)
@@ -428,16 +458,7 @@ def write_report(
         "",
         *describe_runs(runs),
         "",
-        "## Gold log-probabilities on the test split",
-        "",
-        (
-            "log p_base(g | ·): how likely the frozen base model finds the oracle's "
-            "persona-tailored gold answer. Negative control: the task alone; positive control: the "
-            "persona written into the task; true persona: after Q_k's conversation with the "
-            "roleplayer playing the pair's persona; random persona: after a conversation with "
-            "another test persona. Share of persona gap closed = (true − negative) / (positive − "
-            "negative) over pair means (bootstrap SEM). Q_k − Q_0 is paired by test pair."
-        ),
+        *score_section(runs),
         "",
     ]
     for run in runs:
