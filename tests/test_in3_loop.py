@@ -19,7 +19,8 @@ from star_gate.in3_bench import in3_measures
 from star_gate.pipeline import Pipeline
 from star_gate.roles.detail_matcher import DetailMatcher
 from star_gate.roles.players import NO_PREFERENCE, DetailsRoleplayer
-from star_gate.stages.score import details_controls, details_reward
+from star_gate.stages import select_preference_pairs
+from star_gate.stages.score import details_controls, details_reward, score_details
 
 TRIP = PairDetails(
     "t1",
@@ -195,3 +196,19 @@ def test_details_reward_needs_details(tmp_path, dataset_dir, monkeypatch):
     assert result.exit_code == 2, result.output
     assert "has no details.jsonl" in " ".join(result.output.split())
     assert isinstance(load_config(path, []), RunConfig)
+
+
+def test_dpo_pairs_form_from_the_details_reward():
+    """Selection for DPO ranks by the details reward like by a gold log-prob: no gold needed."""
+    pair = type("P", (), {"pair_id": TRIP.pair_id, "details": TRIP})
+    asked = [("Budget?",), ("Duration?",), (), ("Budget?", "Duration?")]
+    conversations = []
+    for index, questions in enumerate(asked):
+        c = Conversation("t1", "u1", index, 2)
+        for q in questions:
+            c = c.with_turn("questioner", q).with_turn("roleplayer", "ok")
+        conversations.append(c)
+    scored = score_details(conversations, [pair], KeywordMatcher())
+    assert [c.logprob for c in scored] == [0.25, 0.75, 0.0, 1.0]
+    kept = select_preference_pairs(scored, k=2)
+    assert [c.sample_index for c in kept] == [3, 2, 1, 0]
