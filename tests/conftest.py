@@ -309,7 +309,7 @@ def tiny_run_config(root: Path, model: Path, data: Path, **sections):
         "evaluate": {"conversations_per_pair": 1},
     }
     for name, value in sections.items():
-        tree[name] = {**tree[name], **value} if isinstance(value, dict) else value
+        tree[name] = {**tree.get(name, {}), **value} if isinstance(value, dict) else value
     return RunConfig.model_validate(tree)
 
 

@@ -562,6 +562,36 @@ class TrainConfig(Section):
         return self
 
 
+class OnlineConfig(Section):
+    """loop online: on-policy rounds, each a small batch of fresh conversations and one update."""
+
+    rounds: int = Field(8, ge=1, description="policy updates per iteration")
+    pairs_per_round: int = Field(
+        4,
+        ge=1,
+        description="(task, persona) pairs sampled per round, each a group of "
+        "simulate.conversations_per_pair conversations; rounds cycle through the split",
+    )
+    learning_rate: float = Field(1e-5, gt=0, description="AdamW learning rate of each update")
+    kl_coef: float = Field(
+        0.05,
+        ge=0,
+        description="weight of the per-token KL penalty to Q_BASE (the k3 estimator on the "
+        "trained tokens); 0: none",
+    )
+    per_turn: bool = Field(
+        False,
+        description="credit per question: each question's tokens get the reward still to come "
+        "from it (from the prefix scores) against its group's mean at that question; false: one "
+        "advantage per conversation (GRPO)",
+    )
+    normalize: bool = Field(
+        True,
+        description="divide the advantages of a group by the standard deviation of its rewards",
+    )
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping of each update")
+
+
 class EvaluateConfig(Section):
     conversations_per_pair: int = Field(
         10, ge=1, description="conversations per test pair per model"
@@ -682,6 +712,13 @@ class RunConfig(Section):
     )
     seed: int = Field(0, description="all randomness derives from this")
     iterations: int = Field(3, ge=1, description="N: expert-iteration rounds (paper: 3)")
+    loop: Literal["offline", "online"] = Field(
+        "offline",
+        description="offline: each iteration samples with Q_{k-1}, keeps the best and fine-tunes "
+        "Q_BASE (paper); online: each iteration is `online.rounds` on-policy updates of the "
+        "current policy on group-relative advantages of the score, with a KL penalty to Q_BASE",
+    )
+    online: OnlineConfig = Field(OnlineConfig(), description="settings of loop online")
     data: DataConfig = DataConfig()
     roles: RolesConfig = RolesConfig()
     simulate: SimulateConfig = SimulateConfig()
@@ -691,6 +728,27 @@ class RunConfig(Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     parallel: ParallelConfig = ParallelConfig()
+
+    @model_validator(mode="after")
+    def _online_loop(self):
+        if self.loop != "online":
+            return self
+        if self.simulate.conversations_per_pair < 2:
+            raise ValueError(
+                "loop online compares the conversations of a group: simulate.conversations_per_pair "
+                "must be at least 2"
+            )
+        if self.train.distributed.launcher != "none" or self.train.lora.enabled:
+            raise ValueError(
+                "loop online updates the policy in this process with all its weights: set "
+                "train.distributed.launcher to none and train.lora.enabled to false"
+            )
+        if self.questioner_prompt(trained=True) != self.questioner_prompt(trained=False):
+            raise ValueError(
+                "loop online samples and trains one policy with one prompt: leave train.prompt "
+                "empty or equal to roles.questioner.prompt"
+            )
+        return self
 
     @model_validator(mode="after")
     def _cross_field(self):

@@ -8,6 +8,7 @@ skipped when rerun.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -36,6 +37,8 @@ from star_gate.stages import (
     select_top_k,
 )
 from star_gate.stages.evaluate import random_personas
+from star_gate.stages.select import worth as select_worth
+from star_gate.stats import mean_sem
 
 __all__ = ["STAGES", "Pipeline"]
 
@@ -328,6 +331,115 @@ class Pipeline:
         )
         self.run.mark_done(key, target, **self._new_work(), truncated_examples=truncated, **metrics)
 
+    # -- loop online ------------------------------------------------------------------------------
+    def online_stage(self, iteration: int) -> None:
+        """Q_k from Q_{k-1} by online.rounds on-policy updates: each round samples a group of
+        conversations per pair from the current policy, scores them, and takes one step on their
+        group-relative advantages with a KL penalty to Q_BASE (training/online.py). Each round's
+        records and policy are saved, so a rerun continues from the last finished round."""
+        key = self.run.stage_key(iteration, "online")
+        if self.run.is_done(key):
+            return
+        policy = self.policy_model(iteration - 1) or self.config.roles.questioner.model
+        rewards = []
+        for round_index in range(1, self.config.online.rounds + 1):
+            round_key, _, _, policy_dir = self.run.online_round(iteration, round_index)
+            if not self.run.is_done(round_key):
+                self._online_round(iteration, round_index, policy)
+            rewards.append(self.run.manifest["stages"][round_key]["reward"])
+            self._drop_policy(policy)
+            policy = str(self.run.path(policy_dir))
+        target = self.run.path(self.run.stage_output(iteration, "train"))
+        staging = target.with_name("checkpoint.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(policy, staging)
+        if target.exists():  # renamed by a run that crashed before listing it
+            shutil.rmtree(target)
+        staging.rename(target)
+        self.run.mark_done(
+            key, target, rounds=len(rewards), reward_first=rewards[0], reward_last=rewards[-1]
+        )
+        self._drop_policy(policy)  # only now: a rerun before the mark copies it again
+
+    def _drop_policy(self, policy: str) -> None:
+        """Free a round's policy, in memory and (when it is a round's folder) on disk."""
+        self.players.release(policy)
+        self.runner.release(policy)
+        if "/online/round_" in policy:
+            shutil.rmtree(policy, ignore_errors=True)
+
+    def _online_round(self, iteration: int, round_index: int, policy: str) -> None:
+        from star_gate.roles.prompts import get_template
+        from star_gate.stages.online import (
+            conversation_advantages,
+            policy_examples,
+            round_pairs,
+            turn_advantages,
+        )
+        from star_gate.training.online import policy_update
+
+        online, select = self.config.online, self.config.select
+        key, out, prefixes_out, policy_dir = self.run.online_round(iteration, round_index)
+        split_pairs = self.pairs(self.split_for(iteration))
+        order_seed = derive_seed(self.config.seed, self.run.stage_key(iteration, "online"))
+        pairs = round_pairs(split_pairs, round_index, online.pairs_per_round, order_seed)
+        base = self.config.roles.questioner.model
+        conversations = self._run_one(
+            SimulateJob(
+                pairs,
+                None if policy == base else policy,
+                None,
+                self.config.simulate.conversations_per_pair,
+                self.config.simulate.max_turns,
+                seed=derive_seed(self.config.seed, key),
+                stop_early=self.config.simulate.stop_early,
+            )
+        )
+        scored = self._run_one(ScoreJob(conversations, pairs))
+        if online.per_turn:
+            prefixes = self._run_one(ScoreJob(conversation_prefixes(scored), pairs))
+            self._write(f"{key}/prefixes", prefixes_out, prefixes)
+            by_prefix = {(p.pair_id, p.sample_index, len(p.questions)): p.logprob for p in prefixes}
+            advantages = turn_advantages(scored, by_prefix, select.turn_cost, online.normalize)
+        else:
+            advantages = conversation_advantages(scored, select.turn_cost, online.normalize)
+        from transformers import AutoTokenizer
+
+        from star_gate.backends.models import resolve_model
+
+        examples, truncated = policy_examples(
+            scored,
+            advantages,
+            pairs,
+            get_template(self.config.questioner_prompt(trained=True)),
+            AutoTokenizer.from_pretrained(resolve_model(policy)),
+            self.config.train.max_length,
+        )
+        self.players.release_local_models()  # room for the update's two models and moments
+        staging = self.run.path(policy_dir + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        metrics = policy_update(
+            examples,
+            policy,
+            base,
+            staging,
+            online,
+            self.config.train,
+            derive_seed(self.config.seed, key),
+        )
+        shutil.rmtree(self.run.path(policy_dir), ignore_errors=True)
+        staging.rename(self.run.path(policy_dir))
+        reward, reward_sem = mean_sem([select_worth(c, select.turn_cost) for c in scored])
+        self._write(
+            key,
+            out,
+            scored,
+            reward=reward,
+            reward_sem=reward_sem,
+            truncated_examples=truncated,
+            **metrics,
+        )
+
     def run_stage(self, iteration: int, stage: str) -> None:
         """Run one of STAGES of this iteration (its method is named STAGE_stage)."""
         if stage not in STAGES:
@@ -486,8 +598,11 @@ class Pipeline:
         self.evaluate_stage(0)
         self._log_iteration(0)
         for iteration in range(1, self.config.iterations + 1):
-            for stage in STAGES:
-                self.run_stage(iteration, stage)
+            if self.config.loop == "online":
+                self.online_stage(iteration)
+            else:
+                for stage in STAGES:
+                    self.run_stage(iteration, stage)
             self.evaluate_stage(iteration)
             self._log_iteration(iteration)
             self.release_policy(iteration - 1)

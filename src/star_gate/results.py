@@ -88,6 +88,17 @@ class RunResults:
         """The kept conversations of training iteration k with the final answers Q_{k-1} wrote."""
         return self._rows(Layout.stage_key(iteration, "regularize"), Conversation.from_json)
 
+    def online_rounds(self) -> list[tuple[int, int, dict]]:
+        """loop online: (iteration, round, its manifest entry: reward, reward_sem, kl, loss, ...)
+        for every finished round, in order: the reward curve."""
+        rounds = []
+        for iteration in range(1, self.config.iterations + 1):
+            for index in range(1, self.config.online.rounds + 1):
+                key = Layout.online_round(iteration, index)[0]
+                if key in self.stages:
+                    rounds.append((iteration, index, self.stages[key]))
+        return rounds
+
     def training_iterations(self) -> list[int]:
         """Iterations whose regularization answers were written, in order."""
         return Layout.trained_iterations(self.stages)

@@ -72,6 +72,14 @@ class Layout:
         return f"iter_{iteration}/{_STAGE_OUTPUTS[stage]}"
 
     @staticmethod
+    def online_round(iteration: int, round_index: int) -> tuple[str, str, str, str]:
+        """loop online, round r of iteration k: (key, scored conversations file, prefix-scores
+        file, policy folder). The iteration's own key is stage_key(k, "online"), its output the
+        checkpoint folder, as in the offline loop."""
+        stem = f"iter_{iteration}/online/round_{round_index:03d}"
+        return stem, f"{stem}.jsonl", f"{stem}_prefixes.jsonl", f"{stem}_policy"
+
+    @staticmethod
     def train_logs(iteration: int) -> str:
         """train.report_to: the trainer's curves of iteration k."""
         return f"logs/train/iter_{iteration}"

@@ -52,6 +52,16 @@ def tokenize_with_loss_mask(
     Raises:
         ValueError: if the chat template does not render conversations prefix by prefix.
     """
+    ids, turns, truncated = tokenize_with_turns(tokenizer, messages, trainable, max_length)
+    return ids, [int(turn > 0) for turn in turns], truncated
+
+
+def tokenize_with_turns(
+    tokenizer, messages: list[Message], trainable: Sequence[int], max_length: int
+) -> tuple[list[int], list[int], bool]:
+    """As tokenize_with_loss_mask, but each token is marked with the number of the trainable
+    message it belongs to (1 for the first, ...; 0 for context), so that each turn can carry its
+    own weight (loop online, per-question credit)."""
     full = _render(tokenizer, messages)
     spans = []
     for index in trainable:
@@ -65,14 +75,14 @@ def tokenize_with_loss_mask(
         spans.append((start, len(upto)))
     encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids = encoded["input_ids"]
-    mask = [
-        int(any(start <= token_start < end for start, end in spans))
+    turns = [
+        next((n for n, (start, end) in enumerate(spans, 1) if start <= token_start < end), 0)
         for token_start, _ in encoded["offset_mapping"]
     ]
     truncated = len(ids) > max_length
     if truncated:
-        ids, mask = ids[-max_length:], mask[-max_length:]
-    return ids, mask, truncated
+        ids, turns = ids[-max_length:], turns[-max_length:]
+    return ids, turns, truncated
 
 
 def conversation_tokenizer(
