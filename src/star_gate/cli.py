@@ -202,6 +202,10 @@ def _summarise(pipeline, rows) -> None:
             f"Q_{k} {a.mean:.2f} ± {a.sem:.2f}" for k, a in zip(results.iterations(), asked) if a
         )
         console.print(f"questions asked per test conversation: {cells}")
+    rounds = results.online_rounds()
+    if rounds:
+        cells = ", ".join(f"{k}.{r} {entry['reward']:+.2f}" for k, r, entry in rounds)
+        console.print(f"online training reward per round (iteration.round): {cells}")
     gains = [(k, results.question_gains(k)) for k in results.iterations()]
     if any(rows for _, rows in gains):
         cells = "; ".join(

@@ -178,6 +178,26 @@ def plot_win_rates_by_length(run: RunResults, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_online_rewards(runs: Sequence[RunResults], path: Path) -> Path:
+    """loop online: each round's mean training reward ± SEM, rounds numbered across iterations."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run in runs:
+        rounds = run.online_rounds()
+        if rounds:
+            ax.errorbar(
+                range(1, len(rounds) + 1),
+                [entry["reward"] for _, _, entry in rounds],
+                yerr=[entry.get("reward_sem", 0.0) for _, _, entry in rounds],
+                fmt="o-",
+                capsize=3,
+                label=run.name,
+            )
+    ax.set_xlabel("online round (all iterations)")
+    ax.set_ylabel("training reward, mean ± SEM")
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     partial = path.with_name(f".{path.name}.partial.png")
@@ -364,6 +384,18 @@ def judge_caveat(runs: Sequence[RunResults]) -> list[str]:
     ]
 
 
+def online_round_table(run: RunResults) -> list[str]:
+    rounds = run.online_rounds()
+    if not rounds:
+        return []
+    lines = [f"### {run.name}", "", "| iteration | round | reward ± SEM | KL / token | loss |"]
+    lines.append("|---|---|---|---|---|")
+    for k, index, entry in rounds:
+        reward = fmt(entry["reward"], entry.get("reward_sem", float("nan")))
+        lines.append(f"| {k} | {index} | {reward} | {entry['kl']:.4f} | {entry['loss']:+.4f} |")
+    return [*lines, ""]
+
+
 def question_gain_tables(run: RunResults) -> list[str]:
     """Q_k by question number: what each question added to the gold log-prob."""
     gains = {k: run.question_gains(k) for k in run.iterations()}
@@ -519,6 +551,22 @@ def write_report(
         ]
         for run in runs:
             lines += question_gain_tables(run)
+    if any(run.online_rounds() for run in runs):
+        plot = plot_online_rewards(runs, out / "online_rewards.png")
+        lines += [
+            "",
+            "## Online rounds",
+            "",
+            (
+                "`loop: online`: the mean training reward (score less select.turn_cost per "
+                "question) of each round's fresh conversations, sampled from the policy of that "
+                "moment, and the KL to Q_BASE per trained token after its update."
+            ),
+            "",
+        ]
+        for run in runs:
+            lines += online_round_table(run)
+        lines.append(f"![reward per online round]({plot.name})")
     lines += [
         "",
         "## Examples",

@@ -167,10 +167,15 @@ def test_online_run_resumes_after_a_crash_between_rounds_with_equal_records(
 ):
     from star_gate.pipeline import Pipeline
 
+    from star_gate.report import write_report
+
     whole = _online_config(tiny_config, tmp_path, tiny_dir, dataset_dir, "whole")
     with Pipeline(whole) as pipeline:
-        pipeline.online_stage(1)
+        pipeline.run_all()  # the rounds, then Q_1's evaluation on its checkpoint
         rounds = pipeline.results().online_rounds()
+        assert pipeline.results().iterations() == [0, 1]
+    report = write_report([tmp_path / "whole" / "run"]).read_text()
+    assert "## Online rounds" in report and "online_rewards.png" in report
     assert [(k, r) for k, r, _ in rounds] == [(1, 1), (1, 2)]
     assert all({"reward", "kl", "loss", "grad_norm"} <= entry.keys() for _, _, entry in rounds)
     crashed = _online_config(tiny_config, tmp_path, tiny_dir, dataset_dir, "crashed")
