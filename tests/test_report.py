@@ -64,7 +64,13 @@ def test_several_runs_share_one_report(results, tmp_path):
     single = tmp_path / "single"
     write_report([results.root], single)
     assert wide.shape[1] > 1.7 * matplotlib.image.imread(single / "logprobs.png").shape[1]
-    assert (tmp_path / "report.md").read_text(encoding="utf-8").count(f"### {results.name}") >= 4
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert text.count(f"### {results.name}") >= 4
+    side_by_side = text.split("## Side by side")[1].split("##")[0]
+    rows = [line for line in side_by_side.splitlines() if line.startswith(f"| `{results.name}`")]
+    gain = results.paired_gain(2, 0)
+    assert len(rows) == 2 and "SFT, final answer: policy" in rows[0]
+    assert fmt(gain.mean, gain.sem) in rows[0] and " min |" in rows[0]
 
 
 def test_report_of_a_non_run_is_exit_2(tmp_path):

@@ -403,25 +403,24 @@ def bench_in3(
         rows = [
             in3_measures(f"Q_{k}", results.scored(k), pairs, matcher) for k in results.iterations()
         ]
-        gains = {k: results.paired_gain(k, 0) for k in results.iterations() if k > 0}
-    print_in3_table(rows, gains, cfg)
+    print_in3_table(rows, cfg)
     console.print(HOW_OURS_DIFFER)
 
 
-def print_in3_table(rows, gains, cfg) -> None:
-    from star_gate.in3_bench import PUBLISHED
+def print_in3_table(rows, cfg) -> None:
+    from star_gate.in3_bench import PUBLISHED, paired_gain
 
     table = Table(title=f"IN3 on {cfg.data.path} split {cfg.data.test_split}")
     for name in (
         "questioner", "vague acc.", "recovered", "imp. 1", "imp. 2", "imp. 3",
-        "weighted (vs Q_0)", "rounds", "details/question",
+        "weighted, vague (- Q_0, paired)", "rounds", "details/question",
     ):  # fmt: skip
         table.add_column(name, justify="left" if name == "questioner" else "right")
     for row in rows:
-        gain = gains.get(int(row.label[2:]))
         weighted = f"{row.weighted:.3f} ± {row.weighted_sem:.3f}"
-        if gain is not None:
-            weighted += f" ({gain.mean:+.3f} ± {gain.sem:.3f})"
+        if row is not rows[0]:
+            mean, sem, _ = paired_gain(row, rows[0])
+            weighted += f" ({mean:+.3f} ± {sem:.3f})"
         table.add_row(
             f"{row.label} ({row.conversations} conv.)",
             f"{row.vagueness_accuracy:.2f}",

@@ -13,6 +13,7 @@ questions. From them, per questioner:
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,6 +47,19 @@ class In3Measures:
     weighted_sem: float
     rounds: float  # questions per vague request
     details_per_question: float
+    vague_rewards: dict[str, float]  # pair id -> mean details reward over its conversations
+
+
+def paired_gain(later: In3Measures, earlier: In3Measures) -> tuple[float, float, int]:
+    """Mean ± SEM over vague pairs of later's details reward minus earlier's."""
+    diffs = [
+        v - earlier.vague_rewards[k]
+        for k, v in later.vague_rewards.items()
+        if k in earlier.vague_rewards
+    ]
+    if len(diffs) < 2:
+        return float("nan"), float("nan"), len(diffs)
+    return (*mean_sem(diffs), len(diffs))
 
 
 def _share(hits: int, total: int) -> float:
@@ -60,7 +74,7 @@ def in3_measures(
     correct = vague_count = questions = 0
     found = {1: 0, 2: 0, 3: 0}
     total = {1: 0, 2: 0, 3: 0}
-    rewards = []
+    rewards, by_pair = [], defaultdict(list)
     for c in conversations:
         details = by_id[c.pair_id].details
         asked = bool(c.questions)
@@ -74,6 +88,7 @@ def in3_measures(
             total[detail.importance] += 1
             found[detail.importance] += i in recovered
         rewards.append(details_reward(details, c.questions, matcher))
+        by_pair[c.pair_id].append(rewards[-1])
     weighted, weighted_sem = mean_sem(rewards) if rewards else (float("nan"), float("nan"))
     return In3Measures(
         label=label,
@@ -86,4 +101,5 @@ def in3_measures(
         weighted_sem=weighted_sem,
         rounds=_share(questions, vague_count),
         details_per_question=_share(sum(found.values()), questions),
+        vague_rewards={k: sum(v) / len(v) for k, v in by_pair.items()},
     )

@@ -228,6 +228,42 @@ def describe_runs(runs: Sequence[RunResults]) -> list[str]:
     return lines
 
 
+def comparison_table(runs: Sequence[RunResults]) -> list[str]:
+    """Runs side by side at their last evaluated iteration N: the gain over Q_0 (in SEMs), the
+    share of the persona gap, the win rate against Q_0, the persona fit, the questions asked and
+    the wall time. Meant for runs on the same data, seed and evaluation budget."""
+    lines = [
+        (
+            "| run | method | Q_N − Q_0, paired (SEMs) | gap share Q_0 → Q_N | win rate vs Q_0 "
+            "(bias) | persona fit Q_N − Q_0 | questions asked Q_0 → Q_N | wall |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        last = max(run.iterations(), default=0)
+        if last == 0:
+            continue
+        gain = run.paired_gain(last, 0)
+        sems = f" ({gain.mean / gain.sem:+.1f})" if gain and gain.sem > 0 else ""
+        shares = [run.gap_share(k) for k in (0, last)]
+        rate = run.win_rate(last)
+        fit = run.persona_fit_gain(last, 0)
+        asked = [run.questions_asked(k) for k in (0, last)]
+        wall = run.wall_seconds
+        cells = [
+            f"`{run.name}`",
+            run.method,
+            (fmt(gain.mean, gain.sem) + sems) if gain else "–",
+            " → ".join(fmt(*share) for share in shares),
+            f"{fmt(rate.mean, rate.sem, 3)} ({bias_cell(rate.position_bias)})" if rate else "–",
+            fmt(fit.mean, fit.sem, 3) if fit else "–",
+            " → ".join(fmt(a.mean, a.sem) if a else "–" for a in asked),
+            f"{wall / 60:.1f} min" if wall is not None else "–",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def describe_judge(cfg) -> str:
     evaluate = cfg.evaluate
     if evaluate.judge_method == "persona_fit":
@@ -490,6 +526,7 @@ def write_report(
         "",
         *describe_runs(runs),
         "",
+        *(["## Side by side", "", *comparison_table(runs), ""] if len(runs) > 1 else []),
         *score_section(runs),
         "",
     ]

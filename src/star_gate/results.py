@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 
@@ -44,6 +45,27 @@ class RunResults:
         self._records: dict[
             str, list
         ] = {}  # each file parsed once: a report asks for it many times
+
+    @property
+    def wall_seconds(self) -> float | None:
+        """From the run directory's creation to its last finished stage (a resumed run's pauses
+        included)."""
+        manifest = json.loads((self.root / "manifest.json").read_text(encoding="utf-8"))
+        finished = [entry["finished"] for entry in self.stages.values() if "finished" in entry]
+        if "created" not in manifest or not finished:
+            return None
+        start = datetime.fromisoformat(manifest["created"])
+        return (datetime.fromisoformat(max(finished)) - start).total_seconds()
+
+    @property
+    def method(self) -> str:
+        """What trained this run's questioners, in a few words (for comparison tables)."""
+        config = self.config
+        if config.loop == "online":
+            credit = "per question" if config.online.per_turn else "per conversation"
+            return f"online (GRPO, credit {credit}, KL {config.online.kl_coef:g})"
+        objective = "DPO" if config.train.objective == "dpo" else "SFT"
+        return f"{objective}, final answer: {config.regularize.mode}"
 
     @cached_property
     def config(self) -> RunConfig:

@@ -166,7 +166,6 @@ def test_online_run_resumes_after_a_crash_between_rounds_with_equal_records(
     tiny_config, tmp_path, tiny_dir, dataset_dir
 ):
     from star_gate.pipeline import Pipeline
-
     from star_gate.report import write_report
 
     whole = _online_config(tiny_config, tmp_path, tiny_dir, dataset_dir, "whole")
