@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo in3 test install clean-demo
+.PHONY: demo in3 compare test install clean-demo
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,13 @@ $(BIN)/.test-extras-installed: $(BIN)/.installed
 
 demo: install
 	$(BIN)/star-gate run configs/demo.yaml
+
+# The training objectives side by side: SFT, its two ablations, DPO, online; one report.
+compare: install
+	for objective in sft no_regularization gold_response dpo online; do \
+		$(BIN)/star-gate run configs/compare/$$objective.yaml || exit 1; done
+	$(BIN)/star-gate report runs/compare-sft runs/compare-no-regularization \
+		runs/compare-gold-response runs/compare-dpo runs/compare-online --out runs/compare
 
 # IN3 (Tell Me More!): import the bundled training split, train with the details reward, measure.
 in3: install
