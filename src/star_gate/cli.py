@@ -305,9 +305,12 @@ def validate(config: ConfigArg, overrides: OverridesArg = None) -> None:
         dataset = check_runnable(cfg, probe_roles=False)
     except (DataError, ConfigError, ValueError) as err:
         _fail(err)
-    console.print(
-        f"ok: {len(dataset.tasks)} tasks, {len(dataset.personas)} personas, {len(dataset.gold)} gold"
+    scored_by = (
+        f"{len(dataset.details)} pairs with missing details"
+        if dataset.details
+        else f"{len(dataset.gold)} gold"
     )
+    console.print(f"ok: {len(dataset.tasks)} tasks, {len(dataset.personas)} personas, {scored_by}")
 
 
 def _stage_command(stage: str):
