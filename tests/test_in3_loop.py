@@ -168,21 +168,21 @@ def test_bench_in3_prints_the_measures_beside_the_published_rows(tmp_path, in3_d
 
 
 @pytest.mark.parametrize(
-    ("changes", "message"),
+    ("overrides", "message"),
     [
-        ({"score": {"reward": "gold_logprob"}}, "needs gold answers"),
-        ({"evaluate": {"random_persona": True}}, "set evaluate.random_persona to false"),
-        ({"regularize": {"mode": "gold"}}, "regularize.mode gold needs gold answers"),
+        (["score.reward=gold_logprob"], "needs gold answers"),
+        (["loop=online", "score.reward=gold_logprob"], "needs gold answers"),  # no reward
+        (["evaluate.random_persona=true"], "set evaluate.random_persona to false"),
+        (["regularize.mode=gold"], "regularize.mode gold needs gold answers"),
     ],
 )
-def test_refusals_before_any_model_loads(tmp_path, in3_data, changes, message, monkeypatch):
+def test_refusals_before_any_model_loads(tmp_path, in3_data, overrides, message, monkeypatch):
     monkeypatch.setenv("COLUMNS", "500")
+    monkeypatch.setattr(
+        "star_gate.roles.factory.load_backend",
+        lambda *a, **k: pytest.fail("a model was loaded before the input was checked"),
+    )
     path = in3_config(tmp_path, in3_data)
-    overrides = [
-        f"{section}.{key}={value}"
-        for section, fields in changes.items()
-        for key, value in fields.items()
-    ]
     result = CliRunner().invoke(app, ["run", str(path), *overrides])
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
