@@ -738,10 +738,10 @@ class RunConfig(Section):
                 "loop online compares the conversations of a group: simulate.conversations_per_pair "
                 "must be at least 2"
             )
-        if self.train.distributed.launcher != "none" or self.train.lora.enabled:
+        if self.train.distributed.launcher != "none":
             raise ValueError(
-                "loop online updates the policy in this process with all its weights: set "
-                "train.distributed.launcher to none and train.lora.enabled to false"
+                "loop online updates the policy in this process: set train.distributed.launcher "
+                "to none"
             )
         if self.questioner_prompt(trained=True) != self.questioner_prompt(trained=False):
             raise ValueError(

@@ -149,6 +149,27 @@ def test_an_update_moves_the_policy_toward_its_advantages(tiny_dir, tiny_tokeniz
     assert next(iter(state["state"].values()))["step"].item() == 2, "the moments were continued"
 
 
+def test_a_lora_update_continues_its_adapter_against_the_base_without_it(
+    tiny_dir, tiny_tokenizer, tmp_path
+):
+    from star_gate.config import LoraConfig
+
+    ids = (tiny_tokenizer("hello world friend", add_special_tokens=False)["input_ids"] * 4)[:12]
+    good = {"input_ids": ids, "weights": [0.0] + [1.0] * 11, "trained": [0] + [1] * 11}
+    online = OnlineConfig(learning_rate=1e-2, kl_coef=0.1)
+    train = TrainConfig(batch_size=1, bf16=False, lora=LoraConfig(enabled=True, r=4))
+    first = policy_update([good], str(tiny_dir), str(tiny_dir), tmp_path / "p1", online, train, 0)
+    assert first["kl"] == pytest.approx(0.0, abs=1e-6), "a new adapter starts at the reference"
+    assert (tmp_path / "p1" / "adapter" / "adapter_config.json").exists()
+    assert (tmp_path / "p1" / "model.safetensors").exists(), "sampling loads the merged model"
+    second = policy_update(
+        [good], str(tmp_path / "p1"), str(tiny_dir), tmp_path / "p2", online, train, 0
+    )
+    assert second["kl"] > 0, "the adapter was continued, not started anew"
+    state = torch.load(tmp_path / "p2" / OPTIMIZER_STATE, weights_only=True)
+    assert next(iter(state["state"].values()))["step"].item() == 2
+
+
 def _online_config(tiny_config, tmp_path, tiny_dir, dataset_dir, name):
     return tiny_config(
         tmp_path / name,
@@ -199,7 +220,13 @@ def test_online_run_resumes_after_a_crash_between_rounds_with_equal_records(
     ("overrides", "message"),
     [
         (["simulate.conversations_per_pair=1"], "must be at least 2"),
-        (["train.lora.enabled=true"], "train.lora.enabled to false"),
+        (
+            [
+                "train.distributed.launcher=accelerate",
+                "train.distributed.accelerate_config=configs/accelerate/ddp.yaml",
+            ],
+            "launcher to none",
+        ),
         (["train.prompt=questioner_plain"], "leave train.prompt empty"),
         (["online.kl_coef=-0.1"], "online.kl_coef"),
         (["select.turn_cost=-1"], "select.turn_cost"),

@@ -82,7 +82,7 @@ def _finetune(examples, base_model, output_dir, cfg, seed, ddp_backend, report_t
         "train_dataset": dataset,
         "eval_dataset": eval_dataset,
         "processing_class": tokenizer,
-        "peft_config": _peft_config(cfg.lora) if cfg.lora.enabled else None,
+        "peft_config": peft_config(cfg.lora) if cfg.lora.enabled else None,
     }
     from trl import SFTConfig, SFTTrainer
 
@@ -192,7 +192,7 @@ def _save(trainer, tokenizer, base_path: str, output_dir: Path, lora: bool) -> N
     if not lora:
         trainer.save_model(str(output_dir))
     elif in_process:
-        _save_adapter_and_merged(trainer.model, output_dir)
+        save_adapter_and_merged(trainer.model, output_dir)
     else:
         # A sharded or wrapped PEFT model cannot be merged in place: save the gathered adapters,
         # then merge them into a fresh copy of the base model on the main process.
@@ -204,7 +204,7 @@ def _save(trainer, tokenizer, base_path: str, output_dir: Path, lora: bool) -> N
     accelerator.wait_for_everyone()  # no process leaves before the checkpoint is whole
 
 
-def _peft_config(lora: LoraConfig):
+def peft_config(lora: LoraConfig):
     from peft import LoraConfig as PeftLoraConfig
 
     return PeftLoraConfig(
@@ -216,7 +216,7 @@ def _peft_config(lora: LoraConfig):
     )
 
 
-def _save_adapter_and_merged(peft_model, output_dir: Path) -> None:
+def save_adapter_and_merged(peft_model, output_dir: Path) -> None:
     # The adapter is kept for inspection or reuse; the merged model is what the pipeline loads, so
     # later stages need neither PEFT nor the adapter. Not under output_dir/trainer: that is deleted.
     peft_model.save_pretrained(str(output_dir / "adapter"))

@@ -11,6 +11,10 @@ clipping never acts), the loss over the trained tokens t is
 divided by the number of trained tokens: the policy gradient of the advantages A_t
 (stages/online.py) and the k3 estimate of KL(pi || pi_ref), pi_ref being Q_BASE. The AdamW state
 is saved beside the weights, so the next round (or a resumed run) continues it exactly.
+
+With train.lora the update trains LoRA adapters on Q_BASE: the policy folder keeps the adapter
+(adapter/, continued round after round) beside the merged model that sampling loads, and the
+reference is the same model with its adapter switched off, so no second copy is held.
 """
 
 from __future__ import annotations
@@ -60,6 +64,28 @@ def online_loss(logp, ref_logp, weights, trained, kl_coef: float, tokens: int):
     return (policy + kl_coef * kl) / tokens, policy.detach(), kl.detach()
 
 
+def _lora_policy(policy_path: str, base_path: str, train: TrainConfig):
+    """Q_BASE with the policy's adapter (trainable), or a new adapter in the first round."""
+    import torch
+    from peft import PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from star_gate.training.finetune import peft_config
+
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    adapter = Path(policy_path) / "adapter"
+    if adapter.is_dir():
+        return PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
+    return get_peft_model(base, peft_config(train.lora))
+
+
+def _reference_logprobs(model, ref, ids, attention, autocast: bool):
+    if ref is not None:
+        return token_logprobs(ref, ids, attention, autocast)
+    with model.disable_adapter():  # LoRA: Q_BASE is the policy without its adapter
+        return token_logprobs(model, ids, attention, autocast)
+
+
 def policy_update(
     examples: list[dict],
     policy: str,
@@ -80,10 +106,15 @@ def policy_update(
     torch.manual_seed(seed)
     policy_path = resolve_model(policy)
     tokenizer = AutoTokenizer.from_pretrained(policy_path)
-    model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32)
-    ref = AutoModelForCausalLM.from_pretrained(resolve_model(reference), dtype=torch.float32)
-    ref.eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=online.learning_rate, weight_decay=0.0)
+    if train.lora.enabled:
+        model = _lora_policy(policy_path, resolve_model(reference), train)
+        ref = None  # the same model with its adapter off
+    else:
+        model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32)
+        ref = AutoModelForCausalLM.from_pretrained(resolve_model(reference), dtype=torch.float32)
+        ref.eval().requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=online.learning_rate, weight_decay=0.0)
     state = Path(policy_path) / OPTIMIZER_STATE
     if state.exists():  # the previous round's moments: the update continues them
         optimizer.load_state_dict(torch.load(state, weights_only=True))
@@ -96,17 +127,22 @@ def policy_update(
         ids, attention, weights, trained = _padded(batch, pad_id)
         logp = token_logprobs(model, ids, attention, autocast)
         with torch.no_grad():
-            ref_logp = token_logprobs(ref, ids, attention, autocast)
+            ref_logp = _reference_logprobs(model, ref, ids, attention, autocast)
         loss, policy_part, kl_part = online_loss(
             logp, ref_logp, weights[:, 1:], trained[:, 1:].float(), online.kl_coef, tokens
         )
         loss.backward()
         policy_sum += policy_part.item()
         kl_sum += kl_part.item()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), online.max_grad_norm).item()
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, online.max_grad_norm).item()
     optimizer.step()
     output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output_dir)
+    if train.lora.enabled:
+        from star_gate.training.finetune import save_adapter_and_merged
+
+        save_adapter_and_merged(model, output_dir)
+    else:
+        model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     torch.save(optimizer.state_dict(), output_dir / OPTIMIZER_STATE)
     return {
