@@ -43,8 +43,10 @@ DETAILS_SECTION = (
         "score.reward details: the importance-weighted share of each pair's missing details that "
         "the questions of Q_k's conversation asked about (a clear request: 1 when answered at once, "
         "0 once anything is asked). The controls are exact: the negative (no conversation) is 0 on "
-        "a vague request, the positive (the whole persona) 1, so the share of the gap closed is the "
-        "share recovered. Q_k − Q_0 is paired by test pair. The IN3 measures: `star-gate bench in3`."
+        "a vague request and 1 on a clear one, the positive (the whole persona) 1. So the share of "
+        "the gap closed is the share recovered on the vague requests, less one for each clear "
+        "request where Q_k asked, over the number of vague requests. Q_k − Q_0 is paired by test "
+        "pair. The IN3 measures: `star-gate bench in3`."
     ),
 )
 GOLD_SECTION = (
