@@ -738,11 +738,6 @@ class RunConfig(Section):
                 "loop online compares the conversations of a group: simulate.conversations_per_pair "
                 "must be at least 2"
             )
-        if self.train.distributed.launcher != "none":
-            raise ValueError(
-                "loop online updates the policy in this process: set train.distributed.launcher "
-                "to none"
-            )
         if self.questioner_prompt(trained=True) != self.questioner_prompt(trained=False):
             raise ValueError(
                 "loop online samples and trains one policy with one prompt: leave train.prompt "

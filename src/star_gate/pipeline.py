@@ -376,6 +376,7 @@ class Pipeline:
             round_pairs,
             turn_advantages,
         )
+        from star_gate.training.launch import online_update_launched
         from star_gate.training.online import policy_update
 
         online, select = self.config.online, self.config.select
@@ -418,7 +419,9 @@ class Pipeline:
         self.players.release_local_models()  # room for the update's two models and moments
         staging = self.run.path(policy_dir + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
-        metrics = policy_update(
+        launched = self.config.train.distributed.launcher != "none"
+        update = online_update_launched if launched else policy_update
+        metrics = update(
             examples,
             policy,
             base,

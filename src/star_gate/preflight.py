@@ -113,6 +113,7 @@ def check_runnable(config: RunConfig, probe_roles: bool = True) -> Dataset:
         for label, role in used_roles(config).items():
             preflight_role(role, label, config, cache)
     check_parallel(config)  # the ray package, and the GPUs a local Ray instance is asked for
-    check_launcher(config.train)  # the accelerate config of a launched training, and its packages
+    # the accelerate config of a launched training, and its packages
+    check_launcher(config.train, online=config.loop == "online")
     check_tracker(config.train.report_to)  # the package of the logs' tracker
     return dataset

@@ -5,6 +5,8 @@ records equal to an uninterrupted one."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -19,6 +21,9 @@ from star_gate.stages.online import (
     turn_advantages,
 )
 from star_gate.training.online import OPTIMIZER_STATE, online_loss, policy_update, token_logprobs
+
+
+ACCELERATE = Path(__file__).resolve().parents[2] / "configs" / "accelerate"
 
 
 def talk(task, persona, sample_index, score, questions, response=None):
@@ -220,13 +225,6 @@ def test_online_run_resumes_after_a_crash_between_rounds_with_equal_records(
     ("overrides", "message"),
     [
         (["simulate.conversations_per_pair=1"], "must be at least 2"),
-        (
-            [
-                "train.distributed.launcher=accelerate",
-                "train.distributed.accelerate_config=configs/accelerate/ddp.yaml",
-            ],
-            "launcher to none",
-        ),
         (["train.prompt=questioner_plain"], "leave train.prompt empty"),
         (["online.kl_coef=-0.1"], "online.kl_coef"),
         (["select.turn_cost=-1"], "select.turn_cost"),
@@ -241,3 +239,19 @@ def test_impossible_online_settings_are_refused(
     with pytest.raises(ConfigError, match=message):
         load_config(path, ["loop=online", *overrides])
     load_config(path, ["loop=online"])  # the same config without the override is fine
+
+
+def test_a_launched_online_update_takes_no_sharded_config(fake_config_file, dataset_dir, tmp_path):
+    from star_gate.config import ConfigError, load_config
+    from star_gate.training.launch import check_launcher
+
+    path = fake_config_file(tmp_path, dataset_dir)
+    sharded = [
+        "loop=online",
+        "train.distributed.launcher=accelerate",
+        f"train.distributed.accelerate_config={ACCELERATE / 'fsdp.yaml'}",
+    ]
+    config = load_config(path, sharded)
+    with pytest.raises(ConfigError, match="data parallel"):
+        check_launcher(config.train, online=True)
+    check_launcher(config.train, online=False)  # the offline loop's fine-tune can shard

@@ -557,3 +557,45 @@ def test_shipped_accelerate_configs_are_read(path):
     cluster = read_accelerate_config(dist)
     assert cluster.num_processes >= 2
     assert path.read_text().startswith("#")  # each explains when to use it
+
+
+def test_online_update_in_two_processes_steps_like_one(examples, tiny_dir, tmp_path):
+    """loop online, launched: each process takes half the examples and the gradients are summed,
+    so the one AdamW step (and the KL, after it) is the in-process one."""
+    from safetensors.torch import load_file
+
+    from star_gate.config import OnlineConfig
+    from star_gate.training.launch import online_update_launched
+    from star_gate.training.online import policy_update
+
+    weighted = [
+        {
+            "input_ids": e["input_ids"],
+            "weights": [(-1.0) ** i * m for m in e["assistant_masks"]],
+            "trained": e["assistant_masks"],
+        }
+        for i, e in enumerate(examples)
+    ]
+    online = OnlineConfig(learning_rate=1e-3, kl_coef=0.1)
+    alone = policy_update(
+        weighted, str(tiny_dir), str(tiny_dir), tmp_path / "alone", online, train_config(2), 0
+    )
+    out = tmp_path / "launched"
+    launched = online_update_launched(
+        weighted, str(tiny_dir), str(tiny_dir), out, online, train_config(2, CPU_2PROC), 0
+    )
+    assert launched["processes"] == 2
+    assert launched["grad_norm"] == pytest.approx(alone["grad_norm"], rel=1e-4)
+    assert launched["loss"] == pytest.approx(alone["loss"], rel=1e-4, abs=1e-6)
+    one, two = (
+        load_file(tmp_path / "alone" / "model.safetensors"),
+        load_file(out / "model.safetensors"),
+    )
+    # Adam's first step moves each weight by about the learning rate (1e-3); summing the gradients
+    # in another order leaves differences a hundred times smaller.
+    assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-5
+    moved = max(
+        (one[k] - load_file(tiny_dir / "model.safetensors")[k]).abs().max().item() for k in one
+    )
+    assert moved > 5e-4
+    assert (out / "optimizer.pt").exists() and not (out / "launch").exists()

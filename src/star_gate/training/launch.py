@@ -21,7 +21,7 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from star_gate.config import ConfigError, DistributedConfig, TrainConfig
+from star_gate.config import ConfigError, DistributedConfig, OnlineConfig, TrainConfig
 
 TAIL_LINES = 40  # of the workers' output, quoted when they fail
 WORKER_MODULE = "star_gate.training.worker"
@@ -84,10 +84,20 @@ def check_machine_address(dist: DistributedConfig, cluster) -> None:
         )
 
 
-def check_launcher(train: TrainConfig) -> None:
-    """Refuse a launched training that cannot start (Pipeline calls this before any model loads)."""
-    if train.distributed.launcher == "accelerate":
-        read_accelerate_config(train.distributed)
+def check_launcher(train: TrainConfig, online: bool = False) -> None:
+    """Refuse a launched training that cannot start (Pipeline calls this before any model loads).
+    online: the loop online's update, which sums its processes' gradients itself (data parallel)
+    and so takes no sharded (FSDP, DeepSpeed) config."""
+    if train.distributed.launcher != "accelerate":
+        return
+    cluster = read_accelerate_config(train.distributed)
+    from accelerate.utils import DistributedType
+
+    if online and cluster.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ConfigError(
+            f"train.distributed.accelerate_config: loop online's launched update is data parallel; "
+            f"{cluster.distributed_type.value} is not: use a DDP config (configs/accelerate/ddp.yaml)"
+        )
 
 
 def accelerate_args(dist: DistributedConfig, job: Path, machine_rank: int | str) -> list[str]:
@@ -227,6 +237,37 @@ def finetune_launched(
     launch_dir = output_dir / "launch"
     launch_dir.mkdir(parents=True)
     job = write_job(launch_dir, examples, base_model, output_dir, cfg, seed, cluster, log_dir)
+    return _run_launch(dist, cluster, job, launch_dir, output_dir)
+
+
+def online_update_launched(
+    examples: list[dict],
+    policy: str,
+    reference: str,
+    output_dir: Path,
+    online: OnlineConfig,
+    cfg: TrainConfig,
+    seed: int,
+) -> dict:
+    """training/online.policy_update in worker processes (loop online): each takes its share of
+    the examples and the gradients are summed, so the step is the one a single process takes."""
+    dist = cfg.distributed
+    cluster = read_accelerate_config(dist)
+    launch_dir = output_dir / "launch"
+    launch_dir.mkdir(parents=True)
+    job = write_job(launch_dir, examples, reference, output_dir, cfg, seed, cluster)
+    fields = json.loads(job.read_text(encoding="utf-8"))
+    fields |= {
+        "kind": "online",
+        "policy": model_for_workers(policy),
+        "online": online.model_dump(mode="json"),
+    }
+    job.write_text(json.dumps(fields, indent=1), encoding="utf-8")
+    return _run_launch(dist, cluster, job, launch_dir, output_dir)
+
+
+def _run_launch(dist: DistributedConfig, cluster, job: Path, launch_dir: Path, output_dir: Path):
+    """Start the workers on the job, wait, and return the metrics the main worker wrote."""
     if machines(dist, cluster) > 1:
         announce_join_command(dist, job, machines(dist, cluster), launch_dir)
     log_path = launch_dir / "workers.log"

@@ -12,6 +12,10 @@ divided by the number of trained tokens: the policy gradient of the advantages A
 (stages/online.py) and the k3 estimate of KL(pi || pi_ref), pi_ref being Q_BASE. The AdamW state
 is saved beside the weights, so the next round (or a resumed run) continues it exactly.
 
+Launched (train.distributed, `accelerate launch`, worker.py) each process takes every n-th
+example and the processes sum their gradients before the one step, so n processes take the step
+one process would; the main process saves.
+
 With train.lora the update trains LoRA adapters on Q_BASE: the policy folder keeps the adapter
 (adapter/, continued round after round) beside the merged model that sampling loads, and the
 reference is the same model with its adapter switched off, so no second copy is held.
@@ -51,7 +55,7 @@ def token_logprobs(model, ids, attention, autocast: bool):
     """log p(token i | tokens < i) for i >= 1, shape (batch, length - 1)."""
     import torch
 
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast and ids.device.type == "cpu"):
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=autocast):
         logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
 
@@ -86,6 +90,30 @@ def _reference_logprobs(model, ref, ids, attention, autocast: bool):
         return token_logprobs(model, ids, attention, autocast)
 
 
+def _process_group() -> tuple[int, int]:
+    """(rank, world size) of a launched update; (0, 1) in this process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _sum_over_processes(parameters, policy_sum: float, kl_sum: float, device):
+    """Sum the gradients (each process's loss is already over the global token count) and the
+    two loss parts over the processes."""
+    import torch
+    import torch.distributed as dist
+
+    for parameter in parameters:
+        if parameter.grad is None:  # no example reached it here: it still joins the sum
+            parameter.grad = torch.zeros_like(parameter)
+        dist.all_reduce(parameter.grad)
+    parts = torch.tensor([policy_sum, kl_sum], device=device, dtype=torch.float64)
+    dist.all_reduce(parts)
+    return parts[0].item(), parts[1].item()
+
+
 def policy_update(
     examples: list[dict],
     policy: str,
@@ -104,6 +132,10 @@ def policy_update(
     from star_gate.backends.models import resolve_model
 
     torch.manual_seed(seed)
+    rank, world = _process_group()
+    device = torch.device(
+        f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    )
     policy_path = resolve_model(policy)
     tokenizer = AutoTokenizer.from_pretrained(policy_path)
     if train.lora.enabled:
@@ -112,7 +144,8 @@ def policy_update(
     else:
         model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32)
         ref = AutoModelForCausalLM.from_pretrained(resolve_model(reference), dtype=torch.float32)
-        ref.eval().requires_grad_(False)
+        ref.eval().requires_grad_(False).to(device)
+    model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=online.learning_rate, weight_decay=0.0)
     state = Path(policy_path) / OPTIMIZER_STATE
@@ -123,8 +156,8 @@ def policy_update(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     autocast = bool(train.bf16)
     policy_sum = kl_sum = 0.0
-    for batch in _batches(examples, train.batch_size):
-        ids, attention, weights, trained = _padded(batch, pad_id)
+    for batch in _batches(examples[rank::world], train.batch_size):
+        ids, attention, weights, trained = (t.to(device) for t in _padded(batch, pad_id))
         logp = token_logprobs(model, ids, attention, autocast)
         with torch.no_grad():
             ref_logp = _reference_logprobs(model, ref, ids, attention, autocast)
@@ -134,8 +167,12 @@ def policy_update(
         loss.backward()
         policy_sum += policy_part.item()
         kl_sum += kl_part.item()
+    if world > 1:
+        policy_sum, kl_sum = _sum_over_processes(trainable, policy_sum, kl_sum, device)
     grad_norm = torch.nn.utils.clip_grad_norm_(trainable, online.max_grad_norm).item()
     optimizer.step()
+    if rank != 0:  # every process took the same step; the main one saves it
+        return {}
     output_dir.mkdir(parents=True, exist_ok=True)
     if train.lora.enabled:
         from star_gate.training.finetune import save_adapter_and_merged

@@ -45,8 +45,6 @@ def run_job(job_path: Path) -> None:
     """Train as one process of the group, and (main process) write the metrics file."""
     import torch
 
-    from star_gate.training.finetune import finetune
-
     job = json.loads(job_path.read_text(encoding="utf-8"))
     if job["use_cpu"]:
         # The Trainer reads this when it sets up its processes; accelerate's torchrun launcher
@@ -58,6 +56,24 @@ def run_job(job_path: Path) -> None:
     examples = read_examples(Path(job["examples"]))
     cfg = TrainConfig.model_validate(job["train"])
     output_dir = Path(job["output_dir"])
+    if job.get("kind") == "online":
+        metrics, is_main = _online_update(job, examples, cfg, output_dir)
+    else:
+        metrics, is_main = _finetune(job, examples, cfg, output_dir, backend)
+    if is_main:
+        metrics_path = Path(job["metrics"])
+        partial = metrics_path.with_suffix(".partial")
+        partial.write_text(json.dumps(metrics), encoding="utf-8")
+        partial.rename(metrics_path)
+
+
+def _finetune(
+    job: dict, examples, cfg: TrainConfig, output_dir: Path, backend
+) -> tuple[dict, bool]:
+    from accelerate.state import AcceleratorState
+
+    from star_gate.training.finetune import finetune
+
     log_dir = Path(job["log_dir"]) if job.get("log_dir") else None
     metrics = finetune(
         examples,
@@ -68,19 +84,29 @@ def run_job(job_path: Path) -> None:
         ddp_backend=backend,
         log_dir=log_dir,
     )
-    from accelerate.state import AcceleratorState
-
     state = AcceleratorState()  # as the Trainer set it up: says whether FSDP or DeepSpeed ran
     metrics.update(
         processes=state.num_processes, distributed_type=str(state.distributed_type.value)
     )
     if state.deepspeed_plugin is not None:
         metrics["zero_stage"] = state.deepspeed_plugin.zero_stage
-    if state.is_main_process:
-        metrics_path = Path(job["metrics"])
-        partial = metrics_path.with_suffix(".partial")
-        partial.write_text(json.dumps(metrics), encoding="utf-8")
-        partial.rename(metrics_path)
+    return metrics, state.is_main_process
+
+
+def _online_update(job: dict, examples, cfg: TrainConfig, output_dir: Path) -> tuple[dict, bool]:
+    """loop online's update, this process's share of it (check_world_size set up the group)."""
+    from accelerate import PartialState
+
+    from star_gate.config import OnlineConfig
+    from star_gate.training.online import policy_update
+
+    online = OnlineConfig.model_validate(job["online"])
+    metrics = policy_update(
+        examples, job["policy"], job["base_model"], output_dir, online, cfg, seed=job["seed"]
+    )
+    state = PartialState()
+    metrics.update(processes=state.num_processes)
+    return metrics, state.is_main_process
 
 
 def main(argv: list[str] | None = None) -> None:
