@@ -22,7 +22,6 @@ from star_gate.stages.online import (
 )
 from star_gate.training.online import OPTIMIZER_STATE, online_loss, policy_update, token_logprobs
 
-
 ACCELERATE = Path(__file__).resolve().parents[2] / "configs" / "accelerate"
 
 
