@@ -22,16 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from star_gate.backends.base import Backend, SamplingParams
-from star_gate.data.checks import jaccard, shingles
+from star_gate.data.checks import NEAR_DUPLICATE, jaccard, shingles
 from star_gate.data.jsonl import DataError, atomic_write_text, read_jsonl, write_jsonl
 from star_gate.data.loaders import load_gold, load_personas, load_tasks
 from star_gate.data.records import Gold, Persona, Task
 from star_gate.roles.prompts import PromptTemplate
 from star_gate.roles.views import oracle_chat, persona_writer_chat
 
-NEAR_DUPLICATE = (
-    0.5  # word-trigram Jaccard at or above which two texts count as one (as `data check`)
-)
 _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 _NAME = re.compile(
     r"(?:[Mm]y name is|I am|I'm|Meet|[Nn]ame:|named)\s+([A-Z][\w'-]+(?:\s+[A-Z][\w'-]+)?)"

@@ -392,11 +392,8 @@ def bench_in3(
     from star_gate.in3_bench import HOW_OURS_DIFFER, in3_measures
     from star_gate.roles.detail_matcher import DetailMatcher
 
-    base = _load(config, overrides)
-    run_dir = out or f"{base.run_dir.rstrip('/')}-in3"
-    cfg = _load(
-        config, [*(overrides or []), *IN3_SETTINGS, f"data.path={data}", f"run_dir={run_dir}"]
-    )
+    cfg = _load(config, [*(overrides or []), *IN3_SETTINGS, f"data.path={data}"])
+    cfg = cfg.model_copy(update={"run_dir": out or f"{cfg.run_dir.rstrip('/')}-in3"})
     found = _checkpoints(from_run, checkpoint)
     with _pipeline(cfg, checkpoints=found) as pipeline:
         pipeline.evaluate_checkpoints()

@@ -13,13 +13,12 @@ questions. From them, per questioner:
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from star_gate.data.records import Conversation, Pair
 from star_gate.stages.score import details_reward, recovered_details
-from star_gate.stats import mean_sem
+from star_gate.stats import mean_sem, paired_differences, per_pair_means
 
 # Qian et al. 2024, Table 3, IN3 test split (108 tasks), judged by people.
 PUBLISHED = {
@@ -52,11 +51,7 @@ class In3Measures:
 
 def paired_gain(later: In3Measures, earlier: In3Measures) -> tuple[float, float, int]:
     """Mean ± SEM over vague pairs of later's details reward minus earlier's."""
-    diffs = [
-        v - earlier.vague_rewards[k]
-        for k, v in later.vague_rewards.items()
-        if k in earlier.vague_rewards
-    ]
+    diffs = paired_differences(later.vague_rewards, earlier.vague_rewards)
     if len(diffs) < 2:
         return float("nan"), float("nan"), len(diffs)
     return (*mean_sem(diffs), len(diffs))
@@ -74,7 +69,7 @@ def in3_measures(
     correct = vague_count = questions = 0
     found = {1: 0, 2: 0, 3: 0}
     total = {1: 0, 2: 0, 3: 0}
-    rewards, by_pair = [], defaultdict(list)
+    rewards, by_pair = [], []
     for c in conversations:
         details = by_id[c.pair_id].details
         asked = bool(c.questions)
@@ -87,8 +82,8 @@ def in3_measures(
         for i, detail in enumerate(details.details):
             total[detail.importance] += 1
             found[detail.importance] += i in recovered
-        rewards.append(details_reward(details, c.questions, matcher))
-        by_pair[c.pair_id].append(rewards[-1])
+        rewards.append(details_reward(details, c.questions, matcher, recovered))
+        by_pair.append((c.pair_id, rewards[-1]))
     weighted, weighted_sem = mean_sem(rewards) if rewards else (float("nan"), float("nan"))
     return In3Measures(
         label=label,
@@ -101,5 +96,5 @@ def in3_measures(
         weighted_sem=weighted_sem,
         rounds=_share(questions, vague_count),
         details_per_question=_share(sum(found.values()), questions),
-        vague_rewards={k: sum(v) / len(v) for k, v in by_pair.items()},
+        vague_rewards=per_pair_means(by_pair),
     )

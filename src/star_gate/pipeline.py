@@ -37,8 +37,10 @@ from star_gate.stages import (
     select_top_k,
 )
 from star_gate.stages.evaluate import random_personas
+from star_gate.stages.score import prefix_scores
 from star_gate.stages.select import worth as select_worth
 from star_gate.stats import mean_sem
+from star_gate.training import replace_folder
 
 __all__ = ["STAGES", "Pipeline"]
 
@@ -347,25 +349,24 @@ class Pipeline:
             if not self.run.is_done(round_key):
                 self._online_round(iteration, round_index, policy)
             rewards.append(self.run.manifest["stages"][round_key]["reward"])
-            self._drop_policy(policy)
+            # From round 2 on, the policy before this round is a round's folder: not needed now.
+            self._drop_policy(policy, from_disk=round_index > 1)
             policy = str(self.run.path(policy_dir))
         target = self.run.path(self.run.stage_output(iteration, "train"))
         staging = target.with_name("checkpoint.partial")
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(policy, staging)
-        if target.exists():  # renamed by a run that crashed before listing it
-            shutil.rmtree(target)
-        staging.rename(target)
+        replace_folder(staging, target)
         self.run.mark_done(
             key, target, rounds=len(rewards), reward_first=rewards[0], reward_last=rewards[-1]
         )
-        self._drop_policy(policy)  # only now: a rerun before the mark copies it again
+        self._drop_policy(policy, from_disk=True)  # only now: a rerun before the mark copies it
 
-    def _drop_policy(self, policy: str) -> None:
-        """Free a round's policy, in memory and (when it is a round's folder) on disk."""
+    def _drop_policy(self, policy: str, from_disk: bool) -> None:
+        """Free a policy's memory, here and on workers, and with from_disk its folder."""
         self.players.release(policy)
         self.runner.release(policy)
-        if "/online/round_" in policy:
+        if from_disk:
             shutil.rmtree(policy, ignore_errors=True)
 
     def _online_round(self, iteration: int, round_index: int, policy: str) -> None:
@@ -400,8 +401,9 @@ class Pipeline:
         if online.per_turn:
             prefixes = self._run_one(ScoreJob(conversation_prefixes(scored), pairs))
             self._write(f"{key}/prefixes", prefixes_out, prefixes)
-            by_prefix = {(p.pair_id, p.sample_index, len(p.questions)): p.logprob for p in prefixes}
-            advantages = turn_advantages(scored, by_prefix, select.turn_cost, online.normalize)
+            advantages = turn_advantages(
+                scored, prefix_scores(prefixes), select.turn_cost, online.normalize
+            )
         else:
             advantages = conversation_advantages(scored, select.turn_cost, online.normalize)
         from transformers import AutoTokenizer
@@ -430,8 +432,7 @@ class Pipeline:
             self.config.train,
             derive_seed(self.config.seed, key),
         )
-        shutil.rmtree(self.run.path(policy_dir), ignore_errors=True)
-        staging.rename(self.run.path(policy_dir))
+        replace_folder(staging, self.run.path(policy_dir))
         reward, reward_sem = mean_sem([select_worth(c, select.turn_cost) for c in scored])
         self._write(
             key,

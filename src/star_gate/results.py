@@ -21,6 +21,7 @@ from star_gate.stats import (
     WinRate,
     mean_sem,
     non_answer_share,
+    paired_differences,
     per_pair_means,
     persona_gap_share,
     win_rate,
@@ -41,7 +42,9 @@ class RunResults:
         manifest = self.root / "manifest.json"
         if not manifest.exists():
             raise FileNotFoundError(f"{self.root} is not a run directory (no manifest.json)")
-        self.stages: dict = json.loads(manifest.read_text(encoding="utf-8"))["stages"]
+        contents = json.loads(manifest.read_text(encoding="utf-8"))
+        self.stages: dict = contents["stages"]
+        self.created: str | None = contents.get("created")
         self._records: dict[
             str, list
         ] = {}  # each file parsed once: a report asks for it many times
@@ -50,11 +53,10 @@ class RunResults:
     def wall_seconds(self) -> float | None:
         """From the run directory's creation to its last finished stage (a resumed run's pauses
         included)."""
-        manifest = json.loads((self.root / "manifest.json").read_text(encoding="utf-8"))
         finished = [entry["finished"] for entry in self.stages.values() if "finished" in entry]
-        if "created" not in manifest or not finished:
+        if self.created is None or not finished:
             return None
-        start = datetime.fromisoformat(manifest["created"])
+        start = datetime.fromisoformat(self.created)
         return (datetime.fromisoformat(max(finished)) - start).total_seconds()
 
     @property
@@ -147,7 +149,7 @@ class RunResults:
         a, b = (
             per_pair_means((c.pair_id, c.logprob) for c in self.scored(k)) for k in (later, earlier)
         )
-        diffs = [a[k] - b[k] for k in a if k in b]
+        diffs = paired_differences(a, b)
         return (
             Estimate(f"Q_{later} - Q_{earlier}, paired by test pair", *mean_sem(diffs), len(diffs))
             if diffs
@@ -188,7 +190,7 @@ class RunResults:
             per_pair_means((f.pair_id, f.fit) for f in self.answer_fits(k))
             for k in (later, earlier)
         )
-        diffs = [a[k] - b[k] for k in a if k in b]
+        diffs = paired_differences(a, b)
         label = f"Q_{later} - Q_{earlier} persona fit, paired by test pair"
         return Estimate(label, *mean_sem(diffs), len(diffs)) if diffs else None
 

@@ -67,6 +67,11 @@ def per_pair_means(values: Iterable[tuple[str, float]]) -> dict[str, float]:
     return {pair_id: statistics.fmean(v) for pair_id, v in groups.items()}
 
 
+def paired_differences(later: dict[str, float], earlier: dict[str, float]) -> list[float]:
+    """later - earlier for each pair id both have (per_pair_means of two conditions)."""
+    return [later[k] - earlier[k] for k in later if k in earlier]
+
+
 def persona_gap_share(
     experimental: dict[str, float],
     negative: dict[str, float],

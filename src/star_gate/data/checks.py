@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from star_gate.data.records import Dataset, pair_id
 
 _WORD = re.compile(r"[a-z0-9']+")
+NEAR_DUPLICATE = 0.5  # word-trigram Jaccard at or above which two texts count as one
 
 
 def shingles(text: str, size: int = 3) -> set[tuple[str, ...]]:
@@ -53,7 +54,7 @@ def check_texts(
     dataset: Dataset,
     min_words: int = 60,
     max_words: int = 140,
-    near_duplicate: float = 0.5,
+    near_duplicate: float = NEAR_DUPLICATE,
 ) -> CheckReport:
     report = CheckReport()
     split_pairs = {key for name in dataset.splits for key in dataset.pair_ids(name)}

@@ -20,15 +20,14 @@ import os
 import random
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from star_gate.data.checks import near_duplicates
+from star_gate.data.checks import NEAR_DUPLICATE, near_duplicates
 from star_gate.data.jsonl import DataError, read_jsonl, write_jsonl
 from star_gate.data.records import MissingDetail, PairDetails, Persona, Task
 
 BUNDLED_IN3 = "bundled"
-NEAR_DUPLICATE = 0.5  # as `data check`
 NO_DETAILS = "No further preferences beyond the request."
 
 
@@ -221,16 +220,8 @@ def _write_folder(folder: Path, tasks, personas, details, splits, summary) -> No
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
-        write_jsonl(
-            staging / "tasks.jsonl", ({"task_id": t.task_id, "text": t.text} for t in tasks)
-        )
-        write_jsonl(
-            staging / "personas.jsonl",
-            (
-                {"persona_id": p.persona_id, "name": p.name, "description": p.description}
-                for p in personas
-            ),
-        )
+        write_jsonl(staging / "tasks.jsonl", map(asdict, tasks))
+        write_jsonl(staging / "personas.jsonl", map(asdict, personas))
         write_jsonl(staging / "details.jsonl", (d.to_json() for d in details))
         (staging / "splits.json").write_text(json.dumps(splits, indent=1) + "\n", encoding="utf-8")
         (staging / "import.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")

@@ -165,20 +165,12 @@ def load_details(
     path: Path, tasks: dict[str, Task], personas: dict[str, Persona]
 ) -> dict[tuple[str, str], PairDetails]:
     """Missing details keyed by (task_id, persona_id), each checked field by field."""
-    found: dict[tuple[str, str], PairDetails] = {}
-    first_line: dict[tuple[str, str], int] = {}
-    for number, row in read_jsonl(path):
-        record = _pair_details(path, number, row, tasks, personas)
-        key = (record.task_id, record.persona_id)
-        if key in found:
-            raise DataError(
-                path,
-                number,
-                f"fields 'task_id', 'persona_id': duplicate id {key!r} "
-                f"(first on line {first_line[key]})",
-            )
-        found[key], first_line[key] = record, number
-    return found
+    rows = list(read_jsonl(path))
+    records = {number: _pair_details(path, number, row, tasks, personas) for number, row in rows}
+    return {
+        key: records[number]
+        for key, (number, _) in _unique(path, rows, "task_id", "persona_id").items()
+    }
 
 
 def _pair_details(path, number, row, tasks, personas) -> PairDetails:

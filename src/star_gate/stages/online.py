@@ -18,7 +18,7 @@ from star_gate.data.records import Conversation, Pair
 from star_gate.roles import views
 from star_gate.roles.prompts import Message, PromptTemplate
 from star_gate.stages.select import worth
-from star_gate.stages.train import tokenize_with_turns
+from star_gate.stages.train import questioner_turns, tokenize_with_turns
 
 Key = tuple[str, int]  # (pair id, sample index)
 
@@ -108,9 +108,7 @@ def online_chat(
     messages = views.questioner_chat(template, task, conversation)
     if conversation.response is not None:
         messages.append({"role": "assistant", "content": conversation.response})
-    first_real = len(template.opening()) + 1  # after the opening and the task
-    trainable = [i for i in range(first_real, len(messages)) if messages[i]["role"] == "assistant"]
-    return messages, trainable
+    return messages, questioner_turns(template, messages)
 
 
 def policy_examples(

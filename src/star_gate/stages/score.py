@@ -39,15 +39,18 @@ def score_controls(pairs: Sequence[Pair], scorer: Backend) -> list[ScoredControl
     ]
 
 
-def details_reward(details: PairDetails, questions: Sequence[str], matcher) -> float:
+def details_reward(
+    details: PairDetails, questions: Sequence[str], matcher, recovered: set[int] | None = None
+) -> float:
     """The importance-weighted share of the missing details that some question asked about. A
     clear request (no missing details) scores 1 when answered at once and 0 once anything is
-    asked: asking is then the mistake."""
+    asked: asking is then the mistake. recovered: recovered_details(...), when already known."""
     if not details.details:
         return 0.0 if questions else 1.0
-    asked = recovered_details(details, questions, matcher)
+    if recovered is None:
+        recovered = recovered_details(details, questions, matcher)
     total = sum(d.importance for d in details.details)
-    return sum(details.details[i].importance for i in asked) / total
+    return sum(details.details[i].importance for i in recovered) / total
 
 
 def recovered_details(details: PairDetails, questions: Sequence[str], matcher) -> set[int]:
@@ -88,12 +91,18 @@ def conversation_prefixes(conversations: Sequence[Conversation]) -> list[Convers
     ]
 
 
+def prefix_scores(scored_prefixes: Sequence[Conversation]) -> dict[tuple[str, int, int], float]:
+    """(pair id, sample index, questions asked) -> the score of that conversation cut there, from
+    conversation_prefixes scored like whole conversations."""
+    return {(p.pair_id, p.sample_index, len(p.turns) // 2): p.logprob for p in scored_prefixes}
+
+
 def question_gains(
     scored: Sequence[Conversation], scored_prefixes: Sequence[Conversation]
 ) -> list[QuestionGain]:
     """Per conversation and question, the gain in log p_base(gold) that question and its answer
     brought: the scores of conversation_prefixes(scored), then the whole conversation's."""
-    by_prefix = {(p.pair_id, p.sample_index, len(p.turns) // 2): p.logprob for p in scored_prefixes}
+    by_prefix = prefix_scores(scored_prefixes)
     gains = []
     for c in scored:
         asked = len(c.answers)

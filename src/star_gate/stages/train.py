@@ -32,9 +32,14 @@ def training_chat(
     else:
         messages = views.final_answer_chat(template, task, conversation)
         messages.append({"role": "assistant", "content": conversation.response})
-    first_real = len(template.opening()) + 1  # after the opening and the task
-    trainable = [i for i in range(first_real, len(messages)) if messages[i]["role"] == "assistant"]
-    return messages, trainable
+    return messages, questioner_turns(template, messages)
+
+
+def questioner_turns(template: PromptTemplate, messages: list[Message]) -> list[int]:
+    """Indices of the questioner's own messages: the assistant ones after the template's opening
+    (system prompt and few-shot examples) and the task."""
+    first_real = len(template.opening()) + 1
+    return [i for i in range(first_real, len(messages)) if messages[i]["role"] == "assistant"]
 
 
 def _render(tokenizer, messages: list[Message], add_generation_prompt: bool = False) -> str:

@@ -70,7 +70,13 @@ def train_checkpoint(
     metrics = train(examples, base_model, staging, cfg, seed=seed, log_dir=log_dir)
     shutil.rmtree(staging / "trainer", ignore_errors=True)
     crash_point("before_rename", key)
-    if target.exists():  # renamed by a run that crashed before listing it in the manifest
+    replace_folder(staging, target)
+    return metrics
+
+
+def replace_folder(staging: Path, target: Path) -> None:
+    """Put a finished folder in place of target with one rename. A target already there was
+    renamed by a run that crashed before the manifest listed it: it is replaced whole."""
+    if target.exists():
         shutil.rmtree(target)
     staging.rename(target)
-    return metrics

@@ -184,8 +184,10 @@ def write_job(
     seed: int,
     cluster,
     log_dir: Path | None = None,
+    extra: dict | None = None,
 ) -> Path:
-    """Write the examples and the job file that every worker process reads."""
+    """Write the examples and the job file that every worker process reads (extra: fields of
+    another kind of job, as loop online's update)."""
     examples_path = launch_dir / "examples.jsonl"
     with examples_path.open("w", encoding="utf-8") as out:
         out.writelines(json.dumps(example) + "\n" for example in examples)
@@ -199,6 +201,7 @@ def write_job(
         "metrics": str((launch_dir / "metrics.json").resolve()),
         "num_processes": cfg.distributed.num_processes or cluster.num_processes or 1,
         "use_cpu": bool(cluster.use_cpu),
+        **(extra or {}),
     }
     job_path = launch_dir / "job.json"
     job_path.write_text(json.dumps(job, indent=1), encoding="utf-8")
@@ -232,12 +235,7 @@ def finetune_launched(
     Raises:
         RuntimeError: the workers failed (with the end of their output) or saved no checkpoint.
     """
-    dist = cfg.distributed
-    cluster = read_accelerate_config(dist)
-    launch_dir = output_dir / "launch"
-    launch_dir.mkdir(parents=True)
-    job = write_job(launch_dir, examples, base_model, output_dir, cfg, seed, cluster, log_dir)
-    return _run_launch(dist, cluster, job, launch_dir, output_dir)
+    return _launch(examples, base_model, output_dir, cfg, seed, log_dir)
 
 
 def online_update_launched(
@@ -251,23 +249,24 @@ def online_update_launched(
 ) -> dict:
     """training/online.policy_update in worker processes (loop online): each takes its share of
     the examples and the gradients are summed, so the step is the one a single process takes."""
-    dist = cfg.distributed
-    cluster = read_accelerate_config(dist)
-    launch_dir = output_dir / "launch"
-    launch_dir.mkdir(parents=True)
-    job = write_job(launch_dir, examples, reference, output_dir, cfg, seed, cluster)
-    fields = json.loads(job.read_text(encoding="utf-8"))
-    fields |= {
+    extra = {
         "kind": "online",
         "policy": model_for_workers(policy),
         "online": online.model_dump(mode="json"),
     }
-    job.write_text(json.dumps(fields, indent=1), encoding="utf-8")
-    return _run_launch(dist, cluster, job, launch_dir, output_dir)
+    return _launch(examples, reference, output_dir, cfg, seed, extra=extra)
 
 
-def _run_launch(dist: DistributedConfig, cluster, job: Path, launch_dir: Path, output_dir: Path):
-    """Start the workers on the job, wait, and return the metrics the main worker wrote."""
+def _launch(examples, base_model, output_dir, cfg, seed, log_dir=None, extra=None) -> dict:
+    """Write the job, start the workers on it, wait, and return the metrics the main worker
+    wrote."""
+    dist = cfg.distributed
+    cluster = read_accelerate_config(dist)
+    launch_dir = output_dir / "launch"
+    launch_dir.mkdir(parents=True)
+    job = write_job(
+        launch_dir, examples, base_model, output_dir, cfg, seed, cluster, log_dir, extra
+    )
     if machines(dist, cluster) > 1:
         announce_join_command(dist, job, machines(dist, cluster), launch_dir)
     log_path = launch_dir / "workers.log"

@@ -23,7 +23,6 @@ reference is the same model with its adapter switched off, so no second copy is 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from star_gate.config import OnlineConfig, TrainConfig
@@ -185,6 +184,6 @@ def policy_update(
     return {
         "loss": (policy_sum + online.kl_coef * kl_sum) / tokens,
         "kl": kl_sum / tokens,
-        "grad_norm": grad_norm if math.isfinite(grad_norm) else float("nan"),
+        "grad_norm": grad_norm,
         "trained_tokens": tokens,
     }
