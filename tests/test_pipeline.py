@@ -395,3 +395,23 @@ def test_question_gains_are_recorded_reported_and_resumed(tmp_path, dataset_dir)
         assert p.run.path(p.run.eval_output(0, "question_gains")).read_bytes() == before
         report = write_report([p.run.root]).read_text()
     assert "## What each question adds" in report and "| Q_0 | " in report
+
+
+def test_random_persona_condition_can_use_fewer_conversations(tmp_path, dataset_dir):
+    p = Pipeline(
+        fake_config(
+            tmp_path / "run",
+            dataset_dir,
+            "evaluate.conversations_per_pair=3",
+            "evaluate.random_conversations_per_pair=1",
+            "evaluate.win_rates=false",
+        ),
+        progress=False,
+    )
+    p.evaluate_stage(0)
+    test_pairs = len(p.pairs("test"))
+    true_persona = p.run.records(p.run.eval_key(0), Conversation.from_json)
+    random_persona = p.run.records(p.run.condition_keys(0, "random")[2], Conversation.from_json)
+    assert len(true_persona) == 3 * test_pairs
+    assert len(random_persona) == test_pairs
+    assert {c.sample_index for c in random_persona} == {0}

@@ -604,6 +604,13 @@ class EvaluateConfig(Section):
         description="also simulate with the roleplayer holding another test persona (paper's random "
         "condition)",
     )
+    random_conversations_per_pair: int | None = Field(
+        None,
+        ge=1,
+        description="conversations per test pair in the random-persona condition; default: "
+        "conversations_per_pair. The control differs from the true persona by far more than Q_k "
+        "from Q_0, so fewer conversations measure it",
+    )
     win_rates: bool = Field(
         True, description="judge each Q_k's final answers against Q_0's with roles.judge"
     )

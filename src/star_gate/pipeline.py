@@ -469,7 +469,11 @@ class Pipeline:
             self._question_gains(iteration, pairs)
         if evaluate.random_persona:
             self._score_test_conversations(
-                iteration, "random", pairs, random_personas(pairs, self.config.seed)
+                iteration,
+                "random",
+                pairs,
+                random_personas(pairs, self.config.seed),
+                evaluate.random_conversations_per_pair,
             )
         if evaluate.win_rates:
             self._final_answers(iteration, pairs)
@@ -485,7 +489,12 @@ class Pipeline:
                     self._base_answers_and_judge(iteration, pairs)
 
     def _score_test_conversations(
-        self, iteration: int, condition: str, pairs: list[Pair], acting=None
+        self,
+        iteration: int,
+        condition: str,
+        pairs: list[Pair],
+        acting=None,
+        conversations_per_pair: int | None = None,
     ) -> None:
         evaluate = self.config.evaluate
         simulate_key, conversations_out, key, scored_out = self.run.condition_keys(
@@ -496,7 +505,7 @@ class Pipeline:
             conversations_out,
             pairs,
             iteration,
-            evaluate.conversations_per_pair,
+            conversations_per_pair or evaluate.conversations_per_pair,
             self.config.eval_max_turns,
             seed_key="eval/simulate",
             roleplayer=evaluate.roleplayer,
