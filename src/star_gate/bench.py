@@ -10,7 +10,9 @@ settings on the bundled model:
 - score: gold tokens scored per second, both paths, on the same conversations;
 - train: seconds per training example, both paths, on the same selected conversations. The present
   path is TRL's defaults as the pipeline used them (activation checkpointing, padded batches, fp32,
-  the few-shot prompt in every example); the new one is the demo's `train` section.
+  the few-shot prompt in every example); the new one is the demo's `train` section;
+- peak memory: of the process that runs the new path alone (a spawned child, models released
+  before training as in the pipeline), which is what a demo run holds.
 
 Machines are noisy, so only ratios measured in one run mean anything; the targets are ratios.
 """
@@ -18,6 +20,7 @@ Machines are noisy, so only ratios measured in one run mean anything; the target
 from __future__ import annotations
 
 import json
+import multiprocessing
 import resource
 import sys
 import tempfile
@@ -31,6 +34,7 @@ import torch
 from star_gate.backends.base import Chat, SamplingParams
 from star_gate.backends.hf import TransformersBackend
 from star_gate.config import RunConfig, TrainConfig, load_config
+from star_gate.data.jsonl import read_jsonl, write_jsonl
 
 TARGETS = {
     "simulate_speedup": 5.0,
@@ -186,65 +190,135 @@ def bench_config(quick: bool) -> RunConfig:
     return load_config(demo if demo.exists() else None, overrides)
 
 
-def run_bench(quick: bool = False, present_batch_size: int = 32, say=print) -> dict:
+def _setup(quick: bool):
+    """The bench's config, its pairs (the first training split's) and the players."""
     from star_gate.preflight import runnable_dataset
     from star_gate.roles.factory import Players
-    from star_gate.stages import regularize, score_conversations, select_top_k, simulate
 
     cfg = bench_config(quick)
-    dataset = runnable_dataset(cfg)
-    pairs = dataset.pairs(cfg.data.train_splits[0])
-    players = Players(cfg)
+    pairs = runnable_dataset(cfg).pairs(cfg.data.train_splits[0])
+    return cfg, pairs, Players(cfg)
+
+
+def _simulate_with(serving, questioner, roleplayer, pairs, cfg: RunConfig):
+    from star_gate.stages import simulate
+
+    questioner.backend = serving
+    n, turns = cfg.simulate.conversations_per_pair, cfg.simulate.max_turns
+    return simulate(pairs, questioner, roleplayer, n, turns, seed=0)
+
+
+def new_path(quick: bool, work: Path) -> None:
+    """The demo's path, alone in its own process, so that its peak memory is its own: simulate,
+    score, select, final answers, then train with the models released first, as the pipeline does.
+    Writes its timings and records into `work` for the baseline to run on the same data."""
+    cfg, pairs, players = _setup(quick)
+    simulated, scored_timing, scored, answered = _new_inference(cfg, pairs, players)
+    players.release_local_models()
+    trained = _train_timing(cfg, cfg.train, cfg.questioner_prompt(trained=True), answered, pairs)
+    write_jsonl(work / "scored.jsonl", (c.to_json() for c in scored))
+    write_jsonl(work / "answered.jsonl", (c.to_json() for c in answered))
+    timings = {"simulate": simulated, "score": scored_timing, "train": trained}
+    (work / "new_path.json").write_text(
+        json.dumps(
+            {
+                **{name: [t.amount, t.seconds] for name, t in timings.items()},
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
+
+
+def _new_inference(cfg: RunConfig, pairs, players):
+    """Simulate, score, select and final answers on the new path, timed where the bench compares."""
+    from star_gate.backends.tokens import text_ids
+    from star_gate.stages import regularize, score_conversations, select_top_k
+
+    questioner, roleplayer = players.questioner(None), players.roleplayer()
+    backend: TransformersBackend = questioner.backend
+    conversations, seconds = _timed(
+        lambda: _simulate_with(backend, questioner, roleplayer, pairs, cfg)
+    )
+    simulated = Timing(backend.generated_tokens, seconds)
+    by_id = {p.pair_id: p for p in pairs}
+    gold_tokens = sum(
+        len(text_ids(backend.tokenizer, by_id[c.pair_id].gold.text)) for c in conversations
+    )
+    scored, seconds = _timed(lambda: score_conversations(conversations, pairs, backend))
+    kept = select_top_k(scored, cfg.select.top_k)
+    answered = regularize(kept, pairs, questioner, "policy", cfg.regularize.max_new_tokens)
+    return simulated, Timing(gold_tokens, seconds), scored, answered
+
+
+def _run_new_path(quick: bool, work: Path) -> dict:
+    """new_path in a fresh process (spawned: no memory of this one's)."""
+    child = multiprocessing.get_context("spawn").Process(target=new_path, args=(quick, work))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"the new path's process failed (exit status {child.exitcode})")
+    measured = json.loads((work / "new_path.json").read_text())
+    return {
+        "peak_rss_mb": measured.pop("peak_rss_mb"),
+        **{name: Timing(*value) for name, value in measured.items()},
+    }
+
+
+def run_bench(quick: bool = False, present_batch_size: int = 32, say=print) -> dict:
+    from star_gate.data.records import Conversation
+    from star_gate.stages import score_conversations
+
+    with tempfile.TemporaryDirectory(prefix="star-gate-bench-") as folder:
+        work = Path(folder)
+        new = _run_new_path(quick, work)
+        scored = [Conversation.from_json(row) for _, row in read_jsonl(work / "scored.jsonl")]
+        answered = [Conversation.from_json(row) for _, row in read_jsonl(work / "answered.jsonl")]
+    cfg, pairs, players = _setup(quick)
     questioner, roleplayer = players.questioner(None), players.roleplayer()
     backend: TransformersBackend = questioner.backend
     present = PresentPath(backend, present_batch_size)
-    n, turns = cfg.simulate.conversations_per_pair, cfg.simulate.max_turns
     say(
-        f"bundled model, {len(pairs)} pairs x {n} conversations x up to {turns} turns; "
-        f"batch {backend.batch_size} (new path), {present_batch_size} (present path)"
+        f"bundled model, {len(pairs)} pairs x {cfg.simulate.conversations_per_pair} conversations "
+        f"x up to {cfg.simulate.max_turns} turns; batch {backend.batch_size} (new path), "
+        f"{present_batch_size} (present path)"
     )
-
-    def simulate_with(serving):
-        questioner.backend = serving
-        return simulate(pairs, questioner, roleplayer, n, turns, seed=0)
-
-    results: dict[str, float] = {}
-    before = backend.generated_tokens
-    conversations, seconds = _timed(lambda: simulate_with(backend))
-    new_sim = Timing(backend.generated_tokens - before, seconds)
-    _, seconds = _timed(lambda: simulate_with(present))
+    _, seconds = _timed(lambda: _simulate_with(present, questioner, roleplayer, pairs, cfg))
     old_sim = Timing(present.generated_tokens, seconds)
     questioner.backend = backend
-    batch = min(backend.batch_size, len(pairs) * n)  # the most rows the new path decodes at once
+    new_sim = new["simulate"]
+    # The most rows the new path decodes at once
+    batch = min(backend.batch_size, len(pairs) * cfg.simulate.conversations_per_pair)
     ceiling = decode_ceiling(backend, new_sim.amount, batch, questioner.params.max_new_tokens)
     say(
         f"simulate: new {new_sim.rate:.1f} tok/s | present {old_sim.rate:.1f} tok/s | "
         f"decode ceiling {ceiling.rate:.1f} tok/s (batch {batch}, {backend.sampler.model.dtype})"
     )
 
-    from star_gate.backends.tokens import text_ids
-
-    by_id = {p.pair_id: p for p in pairs}
-    gold_tokens = sum(
-        len(text_ids(backend.tokenizer, by_id[c.pair_id].gold.text)) for c in conversations
-    )
-    scored, seconds = _timed(lambda: score_conversations(conversations, pairs, backend))
-    new_score = Timing(gold_tokens, seconds)
-    old_scored, seconds = _timed(lambda: score_conversations(conversations, pairs, present))
-    old_score = Timing(gold_tokens, seconds)
+    new_score = new["score"]
+    old_scored, seconds = _timed(lambda: score_conversations(scored, pairs, present))
+    old_score = Timing(new_score.amount, seconds)
     drift = max(abs(a.logprob - b.logprob) for a, b in zip(scored, old_scored))
     say(
         f"score: new {new_score.rate:.0f} gold tok/s | present {old_score.rate:.0f} gold tok/s | "
         f"largest difference between the paths {drift:.2e} nats"
     )
 
-    kept = select_top_k(scored, cfg.select.top_k)
-    answered = regularize(kept, pairs, questioner, "policy", cfg.regularize.max_new_tokens)
-    new_train, old_train = _bench_train(cfg, answered, pairs, backend.tokenizer)
+    players.release_local_models()
+    # TRL's defaults as the pipeline used them: fp32, padded batches, activation checkpointing,
+    # and the questioner's few-shot prompt in every example.
+    present_cfg = cfg.train.model_copy(
+        update={"gradient_checkpointing": True, "padding_free": False, "bf16": False}
+    )
+    old_train = _train_timing(
+        cfg, present_cfg, cfg.questioner_prompt(trained=False), answered, pairs
+    )
+    new_train = new["train"]
     say(
         f"train: new {new_train.seconds / new_train.amount:.2f} s/example | "
-        f"present {old_train.seconds / old_train.amount:.2f} s/example ({int(new_train.amount)} examples)"
+        f"present {old_train.seconds / old_train.amount:.2f} s/example "
+        f"({int(new_train.amount)} examples)"
     )
+    say(f"peak memory of the new path's process: {new['peak_rss_mb']:.0f} MB")
 
     results = {
         "simulate_new_tok_s": new_sim.rate,
@@ -260,7 +334,8 @@ def run_bench(quick: bool = False, present_batch_size: int = 32, say=print) -> d
         "score_speedup": new_score.rate / old_score.rate,
         "train_speedup": (old_train.seconds / old_train.amount)
         / (new_train.seconds / new_train.amount),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": new["peak_rss_mb"],
+        "bench_process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     for name, target in TARGETS.items():
         verdict = "meets" if results[name] >= target else "MISSES"
@@ -270,33 +345,23 @@ def run_bench(quick: bool = False, present_batch_size: int = 32, say=print) -> d
     return results
 
 
-def _bench_train(cfg: RunConfig, answered, pairs, tokenizer) -> tuple[Timing, Timing]:
-    """Seconds to fine-tune on the same conversations: the config's train section and prompt, and
-    the present path (TRL's defaults, fp32, padded batches, the questioner's few-shot prompt)."""
+def _train_timing(cfg: RunConfig, train_cfg: TrainConfig, prompt: str, answered, pairs) -> Timing:
+    """Seconds of one epoch of fine-tuning on these conversations (training only: no load or save)."""
+    from transformers import AutoTokenizer
+
+    from star_gate.backends.models import resolve_model
     from star_gate.roles.prompts import get_template
     from star_gate.stages.train import build_examples
     from star_gate.training.finetune import finetune
 
-    present_cfg = cfg.train.model_copy(
-        update={"gradient_checkpointing": True, "padding_free": False, "bf16": False}
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.roles.questioner.model))
+    examples, _ = build_examples(
+        answered, pairs, get_template(prompt), tokenizer, train_cfg.max_length
     )
-    timings = []
-    for train_cfg, prompt in (
-        (cfg.train, cfg.questioner_prompt(trained=True)),
-        (present_cfg, cfg.questioner_prompt(trained=False)),
-    ):
-        examples, _ = build_examples(
-            answered, pairs, get_template(prompt), tokenizer, train_cfg.max_length
-        )
-        one_epoch: TrainConfig = train_cfg.model_copy(
-            update={"epochs": 1.0, "validation_fraction": 0.0}
-        )
-        with tempfile.TemporaryDirectory() as out:
-            metrics = finetune(examples, cfg.roles.questioner.model, Path(out), one_epoch, seed=0)
-        timings.append(
-            Timing(len(examples), metrics["train_seconds"])
-        )  # training only: no load or save
-    return timings[0], timings[1]
+    one_epoch = train_cfg.model_copy(update={"epochs": 1.0, "validation_fraction": 0.0})
+    with tempfile.TemporaryDirectory() as out:
+        metrics = finetune(examples, cfg.roles.questioner.model, Path(out), one_epoch, seed=0)
+    return Timing(len(examples), metrics["train_seconds"])
 
 
 def main(quick: bool, as_json: bool) -> None:

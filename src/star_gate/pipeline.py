@@ -24,6 +24,7 @@ from star_gate.jobs import (
     SimulateJob,
     pairs_of,
 )
+from star_gate.memory import return_freed_memory
 from star_gate.parallel import make_runner
 from star_gate.preflight import check_runnable
 from star_gate.results import Estimate, RunResults
@@ -331,6 +332,7 @@ class Pipeline:
             key=key,
             log_dir=logs,
         )
+        return_freed_memory()  # the optimizer state and activations: evaluation never needs them
         self.run.mark_done(key, target, **self._new_work(), truncated_examples=truncated, **metrics)
 
     # -- loop online ------------------------------------------------------------------------------

@@ -6,12 +6,12 @@ Ray worker (star_gate/parallel.py) build the same players and hold their own mod
 
 from __future__ import annotations
 
-import gc
 import sys
 from pathlib import Path
 
 from star_gate.backends import REMOTE_BACKENDS, Backend, load_backend, role_sampling
 from star_gate.config import RoleConfig, RoleplayerConfig, RunConfig
+from star_gate.memory import return_freed_memory
 from star_gate.roles.players import (
     DetailsRoleplayer,
     GroundedRoleplayer,
@@ -54,6 +54,7 @@ class Players:
     def release(self, model: str) -> None:
         """Free the memory of a model (a fine-tuned policy) that no later step needs."""
         self._keep_only(lambda key: key[1] != model)
+        return_freed_memory()
 
     def _keep_only(self, keep) -> None:
         """Drop the backends whose key fails `keep`, keeping the work they counted for new_work."""
@@ -64,7 +65,7 @@ class Players:
         """Drop every model held in this process (API clients stay), so that training launched in
         other processes finds the GPUs' memory free; each loads again on its next use."""
         self._keep_only(lambda key: key[0] in REMOTE_BACKENDS)
-        gc.collect()  # a model's memory is freed only once nothing refers to it
+        return_freed_memory()
         torch = sys.modules.get("torch")  # never imported just for this
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
