@@ -134,3 +134,14 @@ def test_eval_needs_checkpoints(tmp_path):
     assert result.exit_code == 2 and "not found" in " ".join(result.output.split())
     result = CliRunner().invoke(app, ["eval", "configs/tiny.yaml", f"run_dir={tmp_path / 'r'}"])
     assert result.exit_code == 2 and "no checkpoints" in " ".join(result.output.split())
+
+
+def test_win_rate_plot_without_judged_answers_has_no_empty_legend(tmp_path):
+    import warnings
+
+    from star_gate.report import plot_win_rates
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns when a legend has nothing to show
+        path = plot_win_rates([], tmp_path / "win_rates.png")
+    assert path.exists()

@@ -151,7 +151,8 @@ def plot_win_rates(runs: Sequence[RunResults], path: Path) -> Path:
     ax.set_xticks(sorted({0, *(k for run in runs for k in run.iterations())}))
     ax.set_xlabel("iteration (Q_k against Q_0; Q_0 is 0.5 by definition)")
     ax.set_ylabel("win rate, mean ± SEM")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # runs without judged answers draw no line
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 
