@@ -1,10 +1,16 @@
+import resource
 import sys
 
 import pytest
 
-from star_gate.memory import resident_mb, return_freed_memory
+from star_gate.memory import return_freed_memory
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+
+
+def resident_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def test_freed_heap_goes_back_to_the_os():

@@ -434,6 +434,7 @@ class Pipeline:
             self.config.train,
             derive_seed(self.config.seed, key),
         )
+        return_freed_memory()  # the update's two models and moments: sampling never needs them
         replace_folder(staging, self.run.path(policy_dir))
         reward, reward_sem = mean_sem([select_worth(c, select.turn_cost) for c in scored])
         self._write(
