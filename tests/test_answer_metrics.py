@@ -249,3 +249,14 @@ def _firsts(comparisons, judge) -> list[str]:
 
     items = [(c.persona, c.task.text, c.fitting, c.other) for c in comparisons]
     return [o.shown_first[0] for o in compare(items, judge, "random", 0)]
+
+
+def test_the_config_sets_how_final_answers_are_sampled_again(fake_config_file, tmp_path, dataset_dir):
+    from star_gate.roles.factory import Players
+
+    config = load_config(
+        fake_config_file(tmp_path, dataset_dir),
+        ["regularize.answer_samples=3", "regularize.answer_temperature=0.6"],
+    )
+    questioner = Players(config).questioner()
+    assert (questioner.answer_samples, questioner.answer_temperature) == (3, 0.6)

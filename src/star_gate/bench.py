@@ -304,10 +304,16 @@ def run_bench(quick: bool = False, present_batch_size: int = 32, say=print) -> d
     )
 
     players.release_local_models()
-    # TRL's defaults as the pipeline used them: fp32, padded batches, activation checkpointing,
-    # and the questioner's few-shot prompt in every example.
+    # TRL's defaults as the pipeline used them: fp32, padded batches of the whole update at once,
+    # activation checkpointing, and the questioner's few-shot prompt in every example.
     present_cfg = cfg.train.model_copy(
-        update={"gradient_checkpointing": True, "padding_free": False, "bf16": False}
+        update={
+            "gradient_checkpointing": True,
+            "padding_free": False,
+            "bf16": False,
+            "batch_size": cfg.train.batch_size * cfg.train.gradient_accumulation,
+            "gradient_accumulation": 1,
+        }
     )
     old_train = _train_timing(
         cfg, present_cfg, cfg.questioner_prompt(trained=False), answered, pairs

@@ -97,7 +97,9 @@ class AsksAgainWhenGreedy:
 def test_answer_samples_replace_a_greedy_non_answer_with_the_first_sampled_answer(dataset, samples):
     pairs = dataset.pairs("A")
     backend = AsksAgainWhenGreedy()
-    policy = Questioner(backend, QUESTIONER_FEWSHOT, SamplingParams(), answer_samples=samples)
+    policy = Questioner(
+        backend, QUESTIONER_FEWSHOT, SamplingParams(), answer_samples=samples, answer_temperature=0.8
+    )
     answers = [
         c.response for c in regularize(kept(pairs), pairs, policy, "policy", max_new_tokens=20)
     ]
@@ -107,7 +109,7 @@ def test_answer_samples_replace_a_greedy_non_answer_with_the_first_sampled_answe
     else:
         assert answers == ["Try the riverside trail this weekend, sample 1."] * len(pairs)
         extra = backend.calls[1]
-        assert (extra.n, extra.temperature, extra.max_new_tokens) == (samples, 0.7, 20)
+        assert (extra.n, extra.temperature, extra.max_new_tokens) == (samples, 0.8, 20)
 
 
 def test_answer_samples_leave_answers_alone(dataset):

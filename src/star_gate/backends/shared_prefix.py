@@ -122,18 +122,30 @@ def nucleus_sample(
 
     Sorting the whole vocabulary every step costs as much as the forward pass of a small model
     on a CPU; the nucleus almost always lies within the top few hundred tokens, so those are
-    found with topk, and only a row whose nucleus is wider is sorted in full. Same result either way.
+    found with topk, and only the rows whose nucleus is wider are sorted in full. Narrow rows draw
+    first, then wide ones, each from the same generator: reproducible for a seed.
     """
     if top_p >= 1.0:  # the whole vocabulary: nothing to cut
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     width = min(NUCLEUS_CANDIDATES, probs.shape[-1])
     top, index = probs.topk(width, dim=-1)
-    wide = top.sum(-1) < top_p
-    if bool(wide.any()):
-        top, index = probs.sort(dim=-1, descending=True)
+    tokens = _draw_from_nucleus(top, index, top_p, generator)
+    wide = (top.sum(-1) < top_p).nonzero().squeeze(-1)
+    if wide.numel():
+        # Drawing again for the few wide rows is cheaper than sorting and drawing over all rows.
+        top, index = probs.index_select(0, wide).sort(dim=-1, descending=True)
+        tokens[wide] = _draw_from_nucleus(top, index, top_p, generator)
+    return tokens
+
+
+def _draw_from_nucleus(
+    top: torch.Tensor, index: torch.Tensor, top_p: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """One token per row from candidates sorted by falling probability (`index` maps them back
+    to the vocabulary), cut where the mass before a candidate reaches top_p."""
     mass_before = top.cumsum(-1) - top
-    top = top.masked_fill(mass_before >= top_p, 0.0)  # the first token always stays
-    choice = torch.multinomial(top, 1, generator=generator)
+    kept = top.masked_fill(mass_before >= top_p, 0.0)  # the first token always stays
+    choice = torch.multinomial(kept, 1, generator=generator)
     return index.gather(-1, choice).squeeze(-1)
 
 

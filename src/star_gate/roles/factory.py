@@ -86,6 +86,7 @@ class Players:
             role_sampling(role),
             answer_template=get_template(answer_prompt) if answer_prompt else None,
             answer_samples=self.config.regularize.answer_samples,
+            answer_temperature=self.config.regularize.answer_temperature,
         )
 
     def roleplayer(self, role: RoleplayerConfig | None = None) -> Roleplayer:

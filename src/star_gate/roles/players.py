@@ -18,8 +18,6 @@ from star_gate.roles.answers import is_non_answer
 from star_gate.roles.grounding import FactRetriever, split_facts
 from star_gate.roles.prompts import PromptTemplate, template_for
 
-ANSWER_TEMPERATURE = 0.7  # for the extra samples of a final answer that was no answer
-
 
 def first_paragraph(text: str) -> str:
     """Keep one turn's worth of text: small models often run on into a fake next turn."""
@@ -33,6 +31,7 @@ class Questioner:
     params: SamplingParams
     answer_template: PromptTemplate | None = None  # final answers' template; None: `template`
     answer_samples: int = 0  # samples drawn when the greedy final answer is no answer
+    answer_temperature: float = 1.0  # and their temperature
 
     def ask(
         self, tasks: Sequence[str], conversations: Sequence[Conversation], seed: int
@@ -56,14 +55,14 @@ class Questioner:
         self, chats: list, answers: list[str], max_new_tokens: int
     ) -> list[str]:
         """Where the greedy answer asks again or says nothing, the first of `answer_samples` samples
-        (temperature ANSWER_TEMPERATURE, one seed per call) that does answer; else the greedy one."""
+        (at answer_temperature, one seed per call) that does answer; else the greedy one."""
         redo = [i for i, answer in enumerate(answers) if is_non_answer(answer)]
         if not redo or self.answer_samples == 0:
             return answers
         params = replace(
             self.params,
             n=self.answer_samples,
-            temperature=ANSWER_TEMPERATURE,
+            temperature=self.answer_temperature,
             max_new_tokens=max_new_tokens,
             seed=0,
         )
