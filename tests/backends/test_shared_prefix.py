@@ -385,6 +385,25 @@ def test_nucleus_sample_full_sort_fallback(monkeypatch):
     assert all(0 <= t < 10 for t in picked.tolist())
 
 
+def test_nucleus_sample_sorts_only_the_wide_rows(monkeypatch):
+    monkeypatch.setattr(sp, "NUCLEUS_CANDIDATES", 2)
+    sorted_shapes = []
+    real_sort = torch.Tensor.sort
+
+    def recording_sort(self, *args, **kwargs):
+        sorted_shapes.append(tuple(self.shape))
+        return real_sort(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "sort", recording_sort)
+    peaked = torch.tensor([0.01, 0.9, 0.02, 0.03, 0.01, 0.01, 0.01, 0.01])
+    wide = torch.full((8,), 0.125)
+    probs = torch.stack([peaked, wide, peaked, peaked])
+    picked = draws(probs, 0.7, 50)
+    assert sorted_shapes == [(1, 8)] * 50  # the wide row alone, never the whole batch
+    assert picked[:, [0, 2, 3]].eq(1).all()
+    assert len(set(picked[:, 1].tolist())) > 2  # the wide row draws from its wide nucleus
+
+
 # -- 6. compaction of stopped rows ---------------------------------------------------------------
 
 
