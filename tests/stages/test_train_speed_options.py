@@ -63,14 +63,16 @@ def first_loss(examples, model_dir, tmp_path, batches=None, **options) -> float:
 
     batches: a list that receives the shape of input_ids and the keys of every training batch."""
     cfg = TrainConfig(
-        learning_rate=1e-9,
-        epochs=1,
-        batch_size=len(examples),
-        scheduler="constant",
-        warmup_ratio=0.0,
-        validation_fraction=0.0,
-        bf16=False,
-        **options,
+        **{
+            "learning_rate": 1e-9,
+            "epochs": 1,
+            "batch_size": len(examples),
+            "scheduler": "constant",
+            "warmup_ratio": 0.0,
+            "validation_fraction": 0.0,
+            "bf16": False,
+            **options,
+        }
     )
     name = "-".join(f"{k}={v}" for k, v in options.items())
     if batches is None:
@@ -156,6 +158,26 @@ def test_gradient_checkpointing_gives_the_same_loss(sharp_dir, tiny_tokenizer, t
     assert checkpointed == pytest.approx(plain, abs=1e-4)
     both = first_loss(examples, sharp_dir, tmp_path, gradient_checkpointing=True, padding_free=True)
     assert both == pytest.approx(plain, abs=1e-4)
+
+
+def test_one_example_at_a_time_gives_the_batch_loss(sharp_dir, tiny_tokenizer, tmp_path):
+    """batch_size 1 with gradient_accumulation N (the demo's low-memory setting) is one update on
+    the token mean over all N examples, as one batch of N is: no padding, nothing packed."""
+    examples = examples_of_different_lengths(tiny_tokenizer)
+    batched = first_loss(examples, sharp_dir, tmp_path, padding_free=False)
+    one_at_a_time = []
+    single = first_loss(
+        examples,
+        sharp_dir,
+        tmp_path,
+        one_at_a_time,
+        batch_size=1,
+        gradient_accumulation=len(examples),
+    )
+    assert single == pytest.approx(batched, abs=1e-4)
+    lengths = sorted(len(e["input_ids"]) for e in examples)
+    assert sorted(shape[1] for shape, _ in one_at_a_time) == lengths
+    assert all(shape[0] == 1 and "position_ids" not in keys for shape, keys in one_at_a_time)
 
 
 def test_speed_option_defaults():

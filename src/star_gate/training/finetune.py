@@ -87,7 +87,9 @@ def _finetune(examples, base_model, output_dir, cfg, seed, ddp_backend, report_t
     from trl import SFTConfig, SFTTrainer
 
     dpo = cfg.objective == "dpo"
-    args = _dpo_args(cfg, common) if dpo else SFTConfig(**common, padding_free=cfg.padding_free)
+    # One example per batch has no padding to remove (and TRL warns that packing it gains nothing).
+    padding_free = cfg.padding_free and cfg.batch_size > 1
+    args = _dpo_args(cfg, common) if dpo else SFTConfig(**common, padding_free=padding_free)
     # Loaded after the arguments, which tell transformers whether DeepSpeed ZeRO-3 is on: then
     # each process loads only its shard of the weights.
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
