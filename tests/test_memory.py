@@ -1,5 +1,7 @@
 import resource
+import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -27,3 +29,44 @@ def test_freed_heap_goes_back_to_the_os():
     trimmed = resident_mb()
     assert pin
     assert freed_but_kept - trimmed > 150, (holding, freed_but_kept, trimmed)
+
+
+# Blocks of 8 MB after a 20 MB one was freed, which by glibc's default raises the mmap threshold
+# past them, so they come from the heap; a small block after them pins the heap's top.
+FREE_MIDSIZE_BLOCKS = textwrap.dedent(
+    """
+    import resource, sys
+    from star_gate.memory import keep_large_blocks_off_the_heap
+
+    def resident_mb():
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+
+    if sys.argv[1] == "fixed":
+        assert keep_large_blocks_off_the_heap()
+    big = bytearray(20 << 20)
+    del big
+    blocks = [bytearray(8 << 20) for _ in range(20)]
+    for block in blocks:
+        block[::4096] = b"x" * len(block[::4096])  # touch every page
+    pin = bytearray(64)
+    holding = resident_mb()
+    del blocks
+    print(holding - resident_mb())
+    """
+)
+
+
+def freed_mb(threshold: str) -> float:
+    done = subprocess.run(
+        [sys.executable, "-c", FREE_MIDSIZE_BLOCKS, threshold],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(done.stdout)
+
+
+def test_a_fixed_mmap_threshold_returns_midsize_blocks_when_freed():
+    assert freed_mb("default") < 40  # glibc's rising threshold: they stay with the process
+    assert freed_mb("fixed") > 120  # about 160 MB goes back at once, no trim needed
