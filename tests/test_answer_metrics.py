@@ -251,7 +251,9 @@ def _firsts(comparisons, judge) -> list[str]:
     return [o.shown_first[0] for o in compare(items, judge, "random", 0)]
 
 
-def test_the_config_sets_how_final_answers_are_sampled_again(fake_config_file, tmp_path, dataset_dir):
+def test_the_config_sets_how_final_answers_are_sampled_again(
+    fake_config_file, tmp_path, dataset_dir
+):
     from star_gate.roles.factory import Players
 
     config = load_config(

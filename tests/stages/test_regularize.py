@@ -98,7 +98,11 @@ def test_answer_samples_replace_a_greedy_non_answer_with_the_first_sampled_answe
     pairs = dataset.pairs("A")
     backend = AsksAgainWhenGreedy()
     policy = Questioner(
-        backend, QUESTIONER_FEWSHOT, SamplingParams(), answer_samples=samples, answer_temperature=0.8
+        backend,
+        QUESTIONER_FEWSHOT,
+        SamplingParams(),
+        answer_samples=samples,
+        answer_temperature=0.8,
     )
     answers = [
         c.response for c in regularize(kept(pairs), pairs, policy, "policy", max_new_tokens=20)
