@@ -16,6 +16,7 @@ what the last stage freed. Two things keep it down:
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import sys
 
@@ -23,6 +24,7 @@ M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
 MMAP_THRESHOLD_BYTES = 1 << 20  # a training activation of one example is about this size
 
 
+@functools.cache  # trim_heap runs after every training step: open the library once
 def _glibc():
     """The C library when it is glibc, else None (musl, macOS: these calls do not apply)."""
     if not sys.platform.startswith("linux"):
