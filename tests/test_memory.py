@@ -70,3 +70,59 @@ def freed_mb(threshold: str) -> float:
 def test_a_fixed_mmap_threshold_returns_midsize_blocks_when_freed():
     assert freed_mb("default") < 40  # glibc's rising threshold: they stay with the process
     assert freed_mb("fixed") > 120  # about 160 MB goes back at once, no trim needed
+
+
+def test_peak_resident_memory_is_per_call():
+    from star_gate.memory import peak_resident_mb_since_last_call
+
+    peak_resident_mb_since_last_call()  # start counting here
+    block = bytearray(300 << 20)
+    block[::4096] = b"x" * len(block[::4096])  # touch every page
+    del block
+    return_freed_memory()
+    with_block = peak_resident_mb_since_last_call()
+    without = peak_resident_mb_since_last_call()
+    assert with_block - resident_mb() > 250, with_block
+    assert without - resident_mb() < 50, without
+
+
+# bf16 products of 300 different shapes (as training one example at a time makes) under autocast,
+# then the memory malloc still holds for the process (mallinfo2: in use, outside mmapped blocks).
+MANY_SHAPES = textwrap.dedent(
+    """
+    import ctypes, sys
+    import torch
+    from star_gate.memory import bound_kernel_caches
+
+    if sys.argv[1] == "bounded":
+        bound_kernel_caches()  # after torch is imported: the caches read their size lazily
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split())]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    layer = torch.nn.Linear(256, 512)
+    before = libc.mallinfo2().uordblks
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for rows in range(1, 301):
+            layer(torch.randn(rows, 256))
+    print((libc.mallinfo2().uordblks - before) / 2**20)
+    """
+)
+
+
+def kept_by_many_shapes_mb(mode: str) -> float:
+    run = subprocess.run(
+        [sys.executable, "-c", MANY_SHAPES, mode], capture_output=True, text=True, check=True
+    )
+    return float(run.stdout.split()[-1])
+
+
+def test_kernel_caches_stop_growing_with_new_shapes():
+    default = kept_by_many_shapes_mb("default")
+    if default < 5:
+        pytest.skip(f"this CPU's bf16 products keep no kernel per shape ({default:.1f} MB)")
+    bounded = kept_by_many_shapes_mb("bounded")
+    assert bounded < default / 4, (default, bounded)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 
@@ -307,6 +308,9 @@ def test_whole_run_writes_every_stage(tiny_run):
     assert train["output"] == "iter_1/checkpoint"
     assert train["examples"] == 3 and "eval_loss" in train and train["truncated_examples"] == 0
     assert manifest["stages"]["iter_2/select"]["records"] == 4
+    if sys.platform.startswith("linux"):  # each stage's peak memory, and the run's
+        peaks = [entry["peak_rss_mb"] for entry in manifest["stages"].values()]
+        assert all(peak > 0 for peak in peaks) and manifest["peak_rss_mb"] == max(peaks)
     assert {
         c.persona_id
         for c in Pipeline(config, progress=False).run.records(

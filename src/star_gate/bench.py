@@ -35,7 +35,7 @@ from star_gate.backends.base import Chat, SamplingParams
 from star_gate.backends.hf import TransformersBackend
 from star_gate.config import RunConfig, TrainConfig, load_config
 from star_gate.data.jsonl import read_jsonl, write_jsonl
-from star_gate.memory import keep_large_blocks_off_the_heap
+from star_gate.memory import limit_memory_growth
 
 TARGETS = {
     "simulate_speedup": 5.0,
@@ -213,7 +213,7 @@ def new_path(quick: bool, work: Path) -> None:
     """The demo's path, alone in its own process, so that its peak memory is its own: simulate,
     score, select, final answers, then train with the models released first, as the pipeline does.
     Writes its timings and records into `work` for the baseline to run on the same data."""
-    keep_large_blocks_off_the_heap()  # as the CLI sets it for a run (a spawned child starts anew)
+    limit_memory_growth()  # as the CLI sets it for a run (a spawned child starts anew)
     cfg, pairs, players = _setup(quick)
     simulated, scored_timing, scored, answered = _new_inference(cfg, pairs, players)
     players.release_local_models()

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from star_gate.config import ConfigError, RunConfig, load_config
 from star_gate.data.jsonl import DataError
-from star_gate.memory import keep_large_blocks_off_the_heap
+from star_gate.memory import limit_memory_growth
 from star_gate.rundir import STAGES, Layout
 
 app = typer.Typer(
@@ -486,7 +486,7 @@ def chat(
 def main() -> None:  # pragma: no cover
     """The star-gate command (the console script)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    keep_large_blocks_off_the_heap()  # before any tensor: see memory.py
+    limit_memory_growth()  # before any tensor: see memory.py
     app()
 
 

@@ -24,7 +24,7 @@ from star_gate.jobs import (
     SimulateJob,
     pairs_of,
 )
-from star_gate.memory import return_freed_memory
+from star_gate.memory import peak_resident_mb_since_last_call, return_freed_memory
 from star_gate.parallel import make_runner
 from star_gate.preflight import check_runnable
 from star_gate.results import Estimate, RunResults
@@ -99,14 +99,17 @@ class Pipeline:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def _new_work(self) -> dict[str, int]:
+    def _new_work(self) -> dict[str, float]:
         """Work counted since the last call, stored with each finished stage (_write): prompts
         cut to fit max_context, and API calls, cache hits and tokens, whether the jobs ran here or
-        on Ray workers."""
-        new = self.players.new_work()
+        on Ray workers; and this process's peak resident memory meanwhile (peak_rss_mb)."""
+        new: dict[str, float] = self.players.new_work()
         for name, value in self._job_work.items():
             new[name] = new.get(name, 0) + value
         self._job_work = {}
+        peak = peak_resident_mb_since_last_call()
+        if peak is not None:
+            new["peak_rss_mb"] = peak
         return new
 
     def _write(self, key: str, output: str, records: list, **info) -> None:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from star_gate.config import TrainConfig
-from star_gate.memory import keep_large_blocks_off_the_heap
+from star_gate.memory import limit_memory_growth
 from star_gate.training.launch import die_with_parent
 
 
@@ -46,7 +46,7 @@ def run_job(job_path: Path) -> None:
     """Train as one process of the group, and (main process) write the metrics file."""
     import torch
 
-    keep_large_blocks_off_the_heap()  # a launched process starts with glibc's defaults again
+    limit_memory_growth()  # a launched process starts with glibc's defaults again
     job = json.loads(job_path.read_text(encoding="utf-8"))
     if job["use_cpu"]:
         # The Trainer reads this when it sets up its processes; accelerate's torchrun launcher
