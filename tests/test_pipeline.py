@@ -173,6 +173,22 @@ def test_finished_stages_are_skipped(fake_pipeline, monkeypatch):
     assert {k: v["finished"] for k, v in again.run.manifest["stages"].items()} == before
 
 
+def crash_simulation_at(monkeypatch, nth: int) -> list[list[str]]:
+    """Make the nth simulate call (one per chunk) stop the run as a crash would; returns the
+    pair ids of every call."""
+    real_simulate = jobs_module.simulate
+    calls = []
+
+    def crashing(pairs, *args, **kwargs):
+        calls.append([p.pair_id for p in pairs])
+        if len(calls) == nth:
+            raise KeyboardInterrupt("crash")
+        return real_simulate(pairs, *args, **kwargs)
+
+    monkeypatch.setattr(jobs_module, "simulate", crashing)
+    return calls
+
+
 def test_crashed_simulation_resumes_after_the_last_finished_chunk(
     tmp_path, dataset_dir, monkeypatch
 ):
@@ -181,16 +197,7 @@ def test_crashed_simulation_resumes_after_the_last_finished_chunk(
         fake_config(tmp_path / "ref", dataset_dir, "simulate.chunk_pairs=1"), progress=False
     )
     reference.simulate_stage(1)
-    real_simulate = jobs_module.simulate
-    calls = []
-
-    def crash_on_third_chunk(pairs, *args, **kwargs):
-        calls.append([p.pair_id for p in pairs])
-        if len(calls) == 3:
-            raise KeyboardInterrupt("crash")
-        return real_simulate(pairs, *args, **kwargs)
-
-    monkeypatch.setattr(jobs_module, "simulate", crash_on_third_chunk)
+    calls = crash_simulation_at(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         Pipeline(config, progress=False).simulate_stage(1)
     resumed = Pipeline(config, progress=False)
@@ -202,6 +209,25 @@ def test_crashed_simulation_resumes_after_the_last_finished_chunk(
     assert calls == [["t2|p1"], ["t2|p2"]]  # only the chunks that had not finished
     merged = resumed.run.records("iter_1/simulate", Conversation.from_json)
     assert merged == reference.run.records("iter_1/simulate", Conversation.from_json)
+
+
+def test_branch_with_other_chunks_redoes_them(tmp_path, dataset_dir, monkeypatch):
+    # A crash leaves one chunk of one pair; a branch that chunks by two pairs must not take it
+    # for its own first chunk (which would lose the second pair's conversations).
+    crash_simulation_at(monkeypatch, 2)
+    one = fake_config(tmp_path / "one", dataset_dir, "simulate.chunk_pairs=1")
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline(one, progress=False).simulate_stage(1)
+    monkeypatch.undo()
+    two = fake_config(tmp_path / "two", dataset_dir, "simulate.chunk_pairs=2")
+    branched = Pipeline(two, progress=False, branch_from=str(tmp_path / "one"))
+    assert branched.run.is_done("iter_1/simulate/chunk_0000")  # as listed, before the check
+    branched.simulate_stage(1)
+    fresh = Pipeline(fake_config(tmp_path / "fresh", dataset_dir, "simulate.chunk_pairs=2"))
+    fresh.simulate_stage(1)
+    merged = branched.run.records("iter_1/simulate", Conversation.from_json)
+    assert merged == fresh.run.records("iter_1/simulate", Conversation.from_json)
+    assert len({c.pair_id for c in merged}) == 4
 
 
 def test_changed_config_needs_restart(tmp_path, dataset_dir):

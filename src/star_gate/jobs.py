@@ -7,6 +7,7 @@ is a pure function of its contents and the model weights: run in this process or
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -145,3 +146,15 @@ def run_job(players: Players, job: Job) -> tuple[list, dict[str, int]]:
     """The job's records and the work its backends counted (truncated prompts, API calls), which
     the pipeline stores with the records in the manifest."""
     return job.run(players), players.new_work()
+
+
+def covered(job: Job) -> str:
+    """What records a chunk's job covers (its pairs, or its conversations), as a short digest:
+    a resumed stage reuses a finished chunk only if it covers the same ones, so a run branched
+    under another simulate.chunk_pairs does not take old chunks for new ones."""
+    if isinstance(job, SimulateJob):
+        ids = [p.pair_id for p in job.pairs]
+    else:
+        ids = [f"{c.pair_id}#{c.sample_index}" for c in job.conversations]
+    digest = zlib.crc32("\n".join(ids).encode())
+    return f"{digest:08x}:{len(ids)}"

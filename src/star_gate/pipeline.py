@@ -22,6 +22,7 @@ from star_gate.jobs import (
     JudgeJob,
     ScoreJob,
     SimulateJob,
+    covered,
     pairs_of,
 )
 from star_gate.memory import peak_resident_mb_since_last_call, return_freed_memory
@@ -161,11 +162,14 @@ class Pipeline:
         if self.run.is_done(key):
             return
         chunks = [self.run.chunk(key, out, index) for index in range(len(jobs))]
+        covers = [covered(job) for job in jobs]
         pending = {
-            index: job for index, job in enumerate(jobs) if not self.run.is_done(chunks[index][0])
+            index: job
+            for index, job in enumerate(jobs)
+            if not self.run.is_done(chunks[index][0], covering=covers[index])
         }
         for index, records in self._run_jobs(pending):
-            self._write(*chunks[index], records)
+            self._write(*chunks[index], records, covers=covers[index])
         merged = [
             record
             for chunk_key, _ in chunks

@@ -227,10 +227,14 @@ class RunDir(Layout):
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
 
-    def is_done(self, key: str) -> bool:
-        """Listed in the manifest, and the output is there with the size it had when listed."""
+    def is_done(self, key: str, covering: str | None = None) -> bool:
+        """Listed in the manifest, and the output is there with the size it had when listed;
+        with `covering`, a chunk that covers those records (jobs.covered; chunks listed before
+        it was recorded are taken as they are)."""
         entry = self.manifest["stages"].get(key)
         if entry is None:
+            return False
+        if covering is not None and entry.get("covers", covering) != covering:
             return False
         output = self.path(entry["output"])
         if "bytes" in entry:
