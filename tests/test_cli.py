@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from star_gate.cli import app
+from star_gate.cli import _peak_memory, app
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
@@ -113,3 +113,15 @@ def test_help_lists_commands(cli):
         "chat",
     ):
         assert command in result.output
+
+
+def test_peak_memory_names_the_stage_that_reached_it():
+    stages = {
+        "iter_1/simulate": {"peak_rss_mb": 2048.0},
+        "iter_1/train": {"peak_rss_mb": 3788.8},
+        "eval/controls": {},  # listed by a version that did not measure it
+    }
+    assert _peak_memory({"stages": stages}) == (
+        "peak resident memory: 3.7 GB, in iter_1/train (every stage's is in manifest.json)"
+    )
+    assert _peak_memory({"stages": {"eval/controls": {}}}) is None

@@ -65,4 +65,5 @@ def test_tiny_config_end_to_end(tmp_path):
     judged = pipeline.results().win_rate(1)
     assert judged.count + judged.unreadable == pairs * config.evaluate.judged_conversations_per_pair
     assert "win rate of Q_1 against Q_0" in " ".join(done.stdout.split())
+    assert "peak resident memory:" in " ".join(done.stdout.split())
     assert (run_dir / "report.md").exists() and (run_dir / "logprobs.png").exists()

@@ -232,7 +232,26 @@ def _summarise(pipeline, rows) -> None:
             f"win rate of Q_{last} against Q_0: {rate.mean:.3f} ± {rate.sem:.3f} over {rate.count} judged answers "
             f"({judge}, position bias {_bias(rate.position_bias)})"
         )
+    peak = _peak_memory(pipeline.run.manifest)
+    if peak:
+        console.print(peak)
     console.print(f"report: {write_report([pipeline.run.root])}")
+
+
+def _peak_memory(manifest: dict) -> str | None:
+    """The run's peak resident memory and the stage that reached it, from the manifest."""
+    peaks = {
+        key: entry["peak_rss_mb"]
+        for key, entry in manifest["stages"].items()
+        if "peak_rss_mb" in entry
+    }
+    if not peaks:
+        return None
+    stage = max(peaks, key=peaks.get)
+    return (
+        f"peak resident memory: {peaks[stage] / 1024:.1f} GB, in {stage} "
+        "(every stage's is in manifest.json)"
+    )
 
 
 @app.command("eval")
