@@ -119,6 +119,7 @@ def test_peak_memory_names_the_stage_that_reached_it():
     stages = {
         "iter_1/simulate": {"peak_rss_mb": 2048.0},
         "iter_1/train": {"peak_rss_mb": 3788.8},
+        "eval/iter_1": {"peak_rss_mb": 3788.8},  # the peak so far: reached in training
         "eval/controls": {},  # listed by a version that did not measure it
     }
     assert _peak_memory({"stages": stages}) == (

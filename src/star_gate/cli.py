@@ -239,7 +239,8 @@ def _summarise(pipeline, rows) -> None:
 
 
 def _peak_memory(manifest: dict) -> str | None:
-    """The run's peak resident memory and the stage that reached it, from the manifest."""
+    """The run's peak resident memory and the first stage that reached it: each stage records
+    its process's peak so far, in the order the stages finished."""
     peaks = {
         key: entry["peak_rss_mb"]
         for key, entry in manifest["stages"].items()
@@ -247,7 +248,7 @@ def _peak_memory(manifest: dict) -> str | None:
     }
     if not peaks:
         return None
-    stage = max(peaks, key=peaks.get)
+    stage = max(peaks, key=peaks.get)  # the first of equal values: the one that reached it
     return (
         f"peak resident memory: {peaks[stage] / 1024:.1f} GB, in {stage} "
         "(every stage's is in manifest.json)"

@@ -79,19 +79,13 @@ def return_freed_memory() -> None:
     trim_heap()
 
 
-def peak_resident_mb_since_last_call() -> float | None:
-    """This process's peak resident memory, in MB, since the last call (since it started, for the
-    first), or None where /proc cannot tell (not Linux). The kernel's high-water mark is read and
-    then reset to the present resident size (Linux 4.0 or later; where the reset is refused the
-    next value is the peak since the start, still an upper bound)."""
+def peak_resident_mb() -> float | None:
+    """This process's peak resident memory so far, in MB, or None where /proc cannot tell (not
+    Linux). Read, never reset: resetting the kernel's high-water mark (clear_refs) would also
+    reset what `getrusage` and `/usr/bin/time` report for the process."""
     try:
         with open("/proc/self/status") as status:
             peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
     except (OSError, StopIteration, ValueError):
         return None
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")  # 5: reset the peak resident set size
-    except OSError:
-        pass
     return round(peak_kb / 1024, 1)

@@ -25,7 +25,7 @@ from star_gate.jobs import (
     covered,
     pairs_of,
 )
-from star_gate.memory import peak_resident_mb_since_last_call, return_freed_memory
+from star_gate.memory import peak_resident_mb, return_freed_memory
 from star_gate.parallel import make_runner
 from star_gate.preflight import check_runnable
 from star_gate.results import Estimate, RunResults
@@ -103,12 +103,12 @@ class Pipeline:
     def _new_work(self) -> dict[str, float]:
         """Work counted since the last call, stored with each finished stage (_write): prompts
         cut to fit max_context, and API calls, cache hits and tokens, whether the jobs ran here or
-        on Ray workers; and this process's peak resident memory meanwhile (peak_rss_mb)."""
+        on Ray workers; and this process's peak resident memory so far (peak_rss_mb)."""
         new: dict[str, float] = self.players.new_work()
         for name, value in self._job_work.items():
             new[name] = new.get(name, 0) + value
         self._job_work = {}
-        peak = peak_resident_mb_since_last_call()
+        peak = peak_resident_mb()
         if peak is not None:
             new["peak_rss_mb"] = peak
         return new

@@ -263,7 +263,7 @@ class RunDir(Layout):
             name: sum(entry.get(name, 0) for entry in stages) for name in (*TOTALLED, *reported)
         }
         peaks = [entry["peak_rss_mb"] for entry in stages if "peak_rss_mb" in entry]
-        if peaks:  # the run's peak resident memory: the largest of its stages'
+        if peaks:  # the run's peak resident memory (each process's, as its stages recorded it)
             self.manifest["peak_rss_mb"] = max(peaks)
         self._save_manifest()
         crash_point("after_mark", key)
