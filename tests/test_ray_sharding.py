@@ -59,12 +59,12 @@ def records_files(run_dir: Path) -> dict[str, bytes]:
 
 
 def manifest_counts(run_dir: Path) -> tuple[dict, dict]:
-    """Every stage's entry but its times (when it finished, how long training took), and the
-    run's totals."""
+    """Every stage's entry but its measurements (when it finished, how long training took, the
+    driver's peak memory, which Ray workers change), and the run's totals."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    times = ("finished", "train_seconds")
+    measured = ("finished", "train_seconds", "peak_rss_mb")
     stages = {
-        key: {k: v for k, v in entry.items() if k not in times}
+        key: {k: v for k, v in entry.items() if k not in measured}
         for key, entry in manifest["stages"].items()
     }
     return stages, manifest["totals"]
