@@ -410,9 +410,9 @@ class RegularizeConfig(Section):
         0,
         ge=0,
         description="when a temperature-0 final answer asks again or says nothing "
-        "(roles/answers.py), sample this many more at answer_temperature and keep the first that "
-        "answers; for these regularization answers and the evaluation's alike; 0: the greedy "
-        "answer as it is (paper)",
+        "(roles/answers.py), sample up to this many more at answer_temperature, in rounds of 4 "
+        "for the answers no earlier round fixed, and keep the first that answers; for these "
+        "regularization answers and the evaluation's alike; 0: the greedy answer as it is (paper)",
     )
     answer_temperature: float = Field(
         1.0,

@@ -161,6 +161,21 @@ def test_loads_by_path(tiny_dir):
     assert backend.logprobs(CHATS[:1], COMPLETIONS[:1])[0] < 0
 
 
+def test_a_model_loaded_for_sampling_loads_full_precision_only_to_score(tiny_dir):
+    """A bf16 sampling copy is all a policy needs: its fp32 weights load again only to score, and
+    then score exactly as a backend that kept them."""
+    kept = TransformersBackend(str(tiny_dir), device="cpu", progress=False)
+    lean = TransformersBackend(str(tiny_dir), device="cpu", progress=False, sample_dtype="bfloat16")
+    assert lean._model is None
+    assert next(lean.sampler.model.parameters()).dtype == torch.bfloat16
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=6, seed=3)
+    sampled = lean.generate(CHATS[:2], params)
+    assert lean._model is None  # sampling never loaded it
+    assert lean.logprobs(CHATS, COMPLETIONS) == kept.logprobs(CHATS, COMPLETIONS)
+    assert lean.model.dtype == torch.float32
+    assert lean.generate(CHATS[:2], params) == sampled  # still sampled by the bf16 copy
+
+
 def test_pick_dtype():
     assert pick_dtype("auto", "cpu") == torch.float32
     assert pick_dtype("auto", "cuda:0") == torch.bfloat16

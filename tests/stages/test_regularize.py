@@ -116,6 +116,50 @@ def test_answer_samples_replace_a_greedy_non_answer_with_the_first_sampled_answe
         assert (extra.n, extra.temperature, extra.max_new_tokens) == (samples, 0.8, 20)
 
 
+class AnswersLate:
+    """Greedy answers ask again; sampled ones answer for the first task at once, for the others only
+    from the round seeded 2 on."""
+
+    name = "answers-late"
+
+    def __init__(self, first_task: str):
+        self.first_task = first_task
+        self.calls = []
+
+    def generate(self, chats, params):
+        self.calls.append((params, len(chats)))
+        if params.temperature == 0:
+            return [["What else?"] * params.n for _ in chats]
+        return [
+            [f"Here is my answer, round {params.seed}."] * params.n
+            if params.seed >= 2 or self.first_task in str(chat)
+            else ["Which one?"] * params.n
+            for chat in chats
+        ]
+
+    def logprobs(self, chats, completions):
+        return [0.0] * len(chats)
+
+
+@pytest.mark.parametrize("samples", [8, 10])
+def test_answer_samples_come_in_rounds_for_the_answers_still_missing(dataset, samples):
+    pairs = dataset.pairs("A")
+    backend = AnswersLate(pairs[0].task.text)
+    policy = Questioner(backend, QUESTIONER_FEWSHOT, SamplingParams(), answer_samples=samples)
+    answers = [
+        c.response for c in regularize(kept(pairs), pairs, policy, "policy", max_new_tokens=20)
+    ]
+    rounds = [(params.seed, params.n, rows) for params, rows in backend.calls[1:]]
+    first = [p.task.text == pairs[0].task.text for p in pairs]
+    others = first.count(False)
+    late = "What else?" if samples == 8 else "Here is my answer, round 2."
+    assert answers == ["Here is my answer, round 0." if f else late for f in first]
+    if samples == 8:  # two rounds of 4, seeds 0 and 1: only the first task's answers are fixed
+        assert rounds == [(0, 4, len(pairs)), (1, 4, others)]
+    else:  # a third round, of the 2 samples left, seeded 2, fixes the rest
+        assert rounds == [(0, 4, len(pairs)), (1, 4, others), (2, 2, others)]
+
+
 def test_answer_samples_leave_answers_alone(dataset):
     pairs = dataset.pairs("A")
     backend = FakeBackend()  # its final answers answer

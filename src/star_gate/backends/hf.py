@@ -66,36 +66,60 @@ class TransformersBackend(LocalTokenizerBackend):
         tokenizer=None,
         sample_dtype: str = "",
     ):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self.name = model
         self.device = pick_device(device)
+        self.dtype = dtype
         self.batch_size = batch_size
         self.max_context = max_context
         self.progress = progress
         self.work = WorkCounter("truncated_prompts")  # prompts cut from the left to fit max_context
         self.generated_tokens = 0  # new tokens produced, up to and including each row's stop token
+        self._path = None  # where the weights load from again, when they were loaded here
         if model_object is None:
-            path = resolve_model(model)
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            model_object = AutoModelForCausalLM.from_pretrained(
-                path, dtype=pick_dtype(dtype, self.device)
-            )
-        self.model = model_object.to(self.device).eval()
+            self._path = resolve_model(model)
+            tokenizer = AutoTokenizer.from_pretrained(self._path)
+            model_object = self._load_full()
         self.tokenizer = tokenizer
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.stop_ids = stop_token_ids(
-            self.tokenizer.eos_token_id, self.model.generation_config.eos_token_id
+            self.tokenizer.eos_token_id, model_object.generation_config.eos_token_id
         )
-        self.runner = SharedPrefixRunner(self.model, self.tokenizer.pad_token_id)
+        self._model = model_object.to(self.device).eval()
+        self._runner = None
         self.sampler = self.runner  # generation; scoring always runs at the model's own dtype
-        if sample_dtype and getattr(torch, sample_dtype) != self.model.dtype:
+        if sample_dtype and getattr(torch, sample_dtype) != self._model.dtype:
             # Sampled text needs no exact log-probs: a bf16 copy decodes faster (on GPUs, and on
-            # CPUs
-            # with AMX), while gold answers are still scored by the full-precision model.
-            copy = copy_module.deepcopy(self.model).to(getattr(torch, sample_dtype))
+            # CPUs with AMX), while gold answers are still scored by the full-precision model.
+            copy = copy_module.deepcopy(self._model).to(getattr(torch, sample_dtype))
             self.sampler = SharedPrefixRunner(copy, self.tokenizer.pad_token_id)
+            if self._path is not None:
+                # A policy is only ever sampled from: its full-precision weights (twice the copy's
+                # bytes) load again from disk if something scores with it.
+                self._model = self._runner = None
+
+    def _load_full(self):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(
+            self._path, dtype=pick_dtype(self.dtype, self.device)
+        )
+
+    @property
+    def model(self):
+        """The model at its own (scoring) dtype."""
+        if self._model is None:
+            self._model = self._load_full().to(self.device).eval()
+        return self._model
+
+    @property
+    def runner(self) -> SharedPrefixRunner:
+        """Scoring, and generation unless a sample_dtype copy samples."""
+        if self._runner is None:
+            self._runner = SharedPrefixRunner(self.model, self.tokenizer.pad_token_id)
+        return self._runner
 
     @classmethod
     def from_role(cls, role, model: str, progress: bool, cache_path=None) -> TransformersBackend:

@@ -24,6 +24,9 @@ def first_paragraph(text: str) -> str:
     return text.strip().split("\n\n")[0].strip()
 
 
+ANSWER_ROUND = 4  # final-answer samples drawn per round (Questioner._replace_non_answers)
+
+
 @dataclass
 class Questioner:
     backend: Backend
@@ -54,22 +57,32 @@ class Questioner:
     def _replace_non_answers(
         self, chats: list, answers: list[str], max_new_tokens: int
     ) -> list[str]:
-        """Where the greedy answer asks again or says nothing, the first of `answer_samples` samples
-        (at answer_temperature, one seed per call) that does answer; else the greedy one."""
-        redo = [i for i, answer in enumerate(answers) if is_non_answer(answer)]
-        if not redo or self.answer_samples == 0:
-            return answers
-        params = replace(
-            self.params,
-            n=self.answer_samples,
-            temperature=self.answer_temperature,
-            max_new_tokens=max_new_tokens,
-            seed=0,
-        )
-        for index, samples in zip(redo, self.backend.generate([chats[i] for i in redo], params)):
-            answers[index] = next(
-                (s.strip() for s in samples if not is_non_answer(s)), answers[index]
+        """Where the greedy answer asks again or says nothing, the first of up to `answer_samples`
+        samples (at answer_temperature) that does answer; else the greedy one.
+
+        Samples come in rounds of ANSWER_ROUND, each round with its own seed, for the answers that
+        no earlier round fixed: a model that asks again by habit gets more tries, at little cost,
+        since most answers are fixed by the first round.
+        """
+        todo = [i for i, answer in enumerate(answers) if is_non_answer(answer)]
+        drawn = 0
+        while todo and drawn < self.answer_samples:
+            n = min(ANSWER_ROUND, self.answer_samples - drawn)
+            params = replace(
+                self.params,
+                n=n,
+                temperature=self.answer_temperature,
+                max_new_tokens=max_new_tokens,
+                seed=drawn // ANSWER_ROUND,
             )
+            for index, samples in zip(
+                todo, self.backend.generate([chats[i] for i in todo], params)
+            ):
+                answers[index] = next(
+                    (s.strip() for s in samples if not is_non_answer(s)), answers[index]
+                )
+            todo = [i for i in todo if is_non_answer(answers[i])]
+            drawn += n
         return answers
 
 
