@@ -73,6 +73,52 @@ def test_several_runs_share_one_report(results, tmp_path):
     assert fmt(gain.mean, gain.sem) in rows[0] and " min |" in rows[0]
 
 
+def repeat_of(results, folder, gain_shift: float = 0.0, **changes):
+    """A copy of the run as if run again with other settings (e.g. seed), its Q_2 test
+    conversations' gold log-probs moved by gain_shift."""
+    import json
+    import shutil
+
+    import yaml
+
+    shutil.copytree(results.root, folder)
+    config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    for dotted, value in changes.items():
+        *path, last = dotted.split(".")
+        section = config
+        for name in path:
+            section = section[name]
+        section[last] = value
+    (folder / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    scored = folder / results.stages["eval/iter_2"]["output"]
+    rows = [json.loads(line) for line in scored.read_text(encoding="utf-8").splitlines()]
+    scored.write_text(
+        "".join(json.dumps(row | {"logprob": row["logprob"] + gain_shift}) + "\n" for row in rows),
+        encoding="utf-8",
+    )
+    return RunResults(folder)
+
+
+def test_seeds_of_one_config_are_pooled(results, tmp_path):
+    again = repeat_of(results, tmp_path / "seed-7", gain_shift=3.0, seed=7)
+    write_report([results.root, again.root], tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    pooled = text.split("## Pooled over 2 seeds")[1].split("##")[0]
+    first, second = results.paired_gain(2).mean, again.paired_gain(2).mean
+    assert second == pytest.approx(first + 3.0)
+    # two runs: the mean of the two gains, and the SEM over runs half their difference
+    row = next(line for line in pooled.splitlines() if line.startswith("| Q_2 − Q_0"))
+    assert fmt((first + second) / 2, 1.5) in row and f"{first:+.2f}, {second:+.2f}" in row
+    assert "| Q_1 − Q_0 |" in pooled
+
+
+def test_runs_of_other_settings_are_not_pooled(results, tmp_path):
+    other = repeat_of(results, tmp_path / "lr", **{"seed": 7, "train.learning_rate": 0.5})
+    write_report([results.root, other.root], tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "## Side by side" in text and "## Pooled" not in text
+
+
 def test_report_of_a_non_run_is_exit_2(tmp_path):
     result = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "not a run directory" in " ".join(result.output.split())

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 
 from star_gate.data.jsonl import atomic_write_text
 from star_gate.data.loaders import load_dataset
-from star_gate.results import RunResults
+from star_gate.results import RunResults, pooled_gain, repeats_of_one_config
 
 WEAK_JUDGES = ("bundled", "smollm", "135m", "tiny")
 CONDITIONS = (
@@ -265,6 +265,33 @@ def comparison_table(runs: Sequence[RunResults]) -> list[str]:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def pooled_lines(runs: Sequence[RunResults]) -> list[str]:
+    """For runs that repeat one config with other seeds: each Q_k − Q_0 averaged over the runs,
+    with the SEM over runs (each run one draw of the whole experiment)."""
+    if not repeats_of_one_config(runs):
+        return []
+    common = set.intersection(*(set(run.iterations()) for run in runs)) - {0}
+    lines = [
+        f"## Pooled over {len(runs)} seeds",
+        "",
+        (
+            "The runs differ only in their seed. Each run's paired Q_k − Q_0 counts once; mean ± "
+            "SEM over the runs (with few runs the SEM is itself rough)."
+        ),
+        "",
+        "| | mean ± SEM over runs | SEMs | per run |",
+        "|---|---|---|---|",
+    ]
+    for k in sorted(common):
+        pooled = pooled_gain(runs, k)
+        if pooled is None:
+            continue
+        each = ", ".join(f"{run.paired_gain(k).mean:+.2f}" for run in runs)
+        sems = f"{pooled.mean / pooled.sem:+.1f}" if pooled.sem > 0 else "–"
+        lines.append(f"| Q_{k} − Q_0 | {fmt(pooled.mean, pooled.sem)} | {sems} | {each} |")
+    return [*lines, ""]
 
 
 def describe_judge(cfg) -> str:
@@ -530,6 +557,7 @@ def write_report(
         *describe_runs(runs),
         "",
         *(["## Side by side", "", *comparison_table(runs), ""] if len(runs) > 1 else []),
+        *pooled_lines(runs),
         *score_section(runs),
         "",
     ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -264,3 +265,26 @@ class RunResults:
         if (rate := self.win_rate(iteration)) is not None:
             metrics["eval/win_rate_vs_q0"] = rate.mean
         return metrics
+
+
+# -- several runs ----------------------------------------------------------------------------------
+SEED_FIELDS = {"seed", "run_dir"}  # what repeats of one experiment may differ in
+
+
+def repeats_of_one_config(runs: Sequence[RunResults]) -> bool:
+    """Whether the runs are one experiment run again with other seeds: their configs agree on
+    everything but the seed and the run directory."""
+    settings = [run.config.model_dump(mode="json", exclude=SEED_FIELDS) for run in runs]
+    return len(runs) > 1 and all(s == settings[0] for s in settings[1:])
+
+
+def pooled_gain(runs: Sequence[RunResults], later: int, earlier: int = 0) -> Estimate | None:
+    """Each run's paired Q_later − Q_earlier on the test split, averaged over the runs ± the SEM
+    over runs. A run counts once, as one draw of the whole experiment (its own training data,
+    training and test conversations), so the error bar holds how much training runs differ, not
+    only the sampling noise inside one run; with few runs it is itself uncertain."""
+    gains = [run.paired_gain(later, earlier) for run in runs]
+    if len(gains) < 2 or any(gain is None for gain in gains):
+        return None
+    mean, sem = mean_sem([gain.mean for gain in gains])
+    return Estimate(f"Q_{later} - Q_{earlier}, pooled over {len(runs)} runs", mean, sem, len(runs))
