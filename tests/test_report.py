@@ -106,10 +106,23 @@ def test_seeds_of_one_config_are_pooled(results, tmp_path):
     pooled = text.split("## Pooled over 2 seeds")[1].split("##")[0]
     first, second = results.paired_gain(2).mean, again.paired_gain(2).mean
     assert second == pytest.approx(first + 3.0)
-    # two runs: the mean of the two gains, and the SEM over runs half their difference
+    # two runs: the mean of the two gains; the SEM over runs is half their difference (1.5),
+    # unless the runs' own SEMs, in root mean square over sqrt(2), are larger
+    own = results.paired_gain(2).sem  # the same in both: the shift moves every value alike
+    assert again.paired_gain(2).sem == pytest.approx(own)
     row = next(line for line in pooled.splitlines() if line.startswith("| Q_2 − Q_0"))
-    assert fmt((first + second) / 2, 1.5) in row and f"{first:+.2f}, {second:+.2f}" in row
+    expected = fmt((first + second) / 2, max(1.5, own / 2**0.5))
+    assert expected in row and f"{first:+.2f}, {second:+.2f}" in row
     assert "| Q_1 − Q_0 |" in pooled
+
+
+def test_runs_that_agree_by_chance_keep_their_own_error_bars(results, tmp_path):
+    from star_gate.results import pooled_gain
+
+    again = repeat_of(results, tmp_path / "seed-7", gain_shift=1e-3, seed=7)
+    pooled = pooled_gain([results, again], 2)
+    assert pooled.sem == pytest.approx(results.paired_gain(2).sem / 2**0.5, rel=1e-6)
+    assert pooled.sem > 1e-3  # not the runs' tiny spread
 
 
 def test_runs_of_other_settings_are_not_pooled(results, tmp_path):

@@ -277,8 +277,10 @@ def pooled_lines(runs: Sequence[RunResults]) -> list[str]:
         f"## Pooled over {len(runs)} seeds",
         "",
         (
-            "The runs differ only in their seed. Each run's paired Q_k − Q_0 counts once; mean ± "
-            "SEM over the runs (with few runs the SEM is itself rough)."
+            "The runs differ only in their seed. Each run's paired Q_k − Q_0 counts once; the "
+            "mean over the runs ± the larger of their spread (SEM over runs) and their own SEMs "
+            "(root mean square, over √runs): a few runs can agree by chance far more closely than "
+            "their error bars allow."
         ),
         "",
         "| | mean ± SEM over runs | SEMs | per run |",

@@ -7,6 +7,8 @@ only: it never writes into the run directory.
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -279,12 +281,18 @@ def repeats_of_one_config(runs: Sequence[RunResults]) -> bool:
 
 
 def pooled_gain(runs: Sequence[RunResults], later: int, earlier: int = 0) -> Estimate | None:
-    """Each run's paired Q_later − Q_earlier on the test split, averaged over the runs ± the SEM
-    over runs. A run counts once, as one draw of the whole experiment (its own training data,
-    training and test conversations), so the error bar holds how much training runs differ, not
-    only the sampling noise inside one run; with few runs it is itself uncertain."""
+    """Each run's paired Q_later − Q_earlier on the test split, averaged over the runs, ± an SEM
+    that holds both how much training runs differ and each run's own noise.
+
+    A run counts once, as one draw of the whole experiment (its own training data, training and
+    test conversations). The SEM is the larger of the spread between the runs' gains, over
+    sqrt(runs), and the runs' own SEMs, as a root mean square over sqrt(runs): two or three runs
+    can agree by chance far more closely than their error bars allow, and their spread alone
+    would then claim a precision that no run has."""
     gains = [run.paired_gain(later, earlier) for run in runs]
     if len(gains) < 2 or any(gain is None for gain in gains):
         return None
-    mean, sem = mean_sem([gain.mean for gain in gains])
-    return Estimate(f"Q_{later} - Q_{earlier}, pooled over {len(runs)} runs", mean, sem, len(runs))
+    mean, between = mean_sem([gain.mean for gain in gains])
+    within = math.sqrt(statistics.fmean(gain.sem**2 for gain in gains) / len(gains))
+    label = f"Q_{later} - Q_{earlier}, pooled over {len(runs)} runs"
+    return Estimate(label, mean, max(between, within), len(runs))
