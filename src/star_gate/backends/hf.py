@@ -89,7 +89,6 @@ class TransformersBackend(LocalTokenizerBackend):
         )
         self._model = model_object.to(self.device).eval()
         self._runner = None
-        self.sampler = self.runner  # generation; scoring always runs at the model's own dtype
         if sample_dtype and getattr(torch, sample_dtype) != self._model.dtype:
             # Sampled text needs no exact log-probs: a bf16 copy decodes faster (on GPUs, and on
             # CPUs with AMX), while gold answers are still scored by the full-precision model.
@@ -98,7 +97,9 @@ class TransformersBackend(LocalTokenizerBackend):
             if self._path is not None:
                 # A policy is only ever sampled from: its full-precision weights (twice the copy's
                 # bytes) load again from disk if something scores with it.
-                self._model = self._runner = None
+                self._model = None
+        else:
+            self.sampler = self.runner  # generation; scoring always runs at the model's own dtype
 
     def _load_full(self):
         from transformers import AutoModelForCausalLM
