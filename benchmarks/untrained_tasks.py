@@ -28,19 +28,20 @@ import yaml
 
 from star_gate.config import load_config
 from star_gate.data.loaders import resolve_dataset_path
+from star_gate.rundir import Layout
 
 DATA_FILES = ("tasks.jsonl", "personas.jsonl", "gold.jsonl", "splits.json")
 
 
 def write_dataset(source: Path, target: Path, split: str, trained_tasks: int) -> str:
     """Copy the dataset and add a split of the tasks after the first `trained_tasks`; its name."""
-    target.mkdir(parents=True, exist_ok=True)
-    for name in DATA_FILES:
-        shutil.copyfile(source / name, target / name)
     splits = json.loads((source / "splits.json").read_text())
     untrained = splits[split]["tasks"][trained_tasks:]
     if not untrained:
         sys.exit(f"split {split} has no task after the {trained_tasks} the run trains on")
+    target.mkdir(parents=True, exist_ok=True)
+    for name in DATA_FILES:
+        shutil.copyfile(source / name, target / name)
     name = f"{split}_untrained"
     splits[name] = {"tasks": untrained, "personas": splits[split]["personas"]}
     (target / "splits.json").write_text(json.dumps(splits, indent=1) + "\n")
@@ -48,7 +49,7 @@ def write_dataset(source: Path, target: Path, split: str, trained_tasks: int) ->
 
 
 def checkpoints(run: Path) -> list[Path]:
-    found = sorted(run.glob("iter_*/checkpoint"), key=lambda p: int(p.parent.name[5:]))
+    found = Layout.checkpoints(run)
     if not found:
         sys.exit(f"{run} has no iter_k/checkpoint")
     return found

@@ -9,7 +9,7 @@ import pytest
 from star_gate.config import ConfigError, load_config
 from star_gate.data.records import Conversation
 from star_gate.roles.prompts import TEMPLATES
-from star_gate.rundir import RunDir
+from star_gate.rundir import Layout, RunDir
 
 
 @pytest.fixture
@@ -79,3 +79,15 @@ def test_a_config_saved_before_a_new_field_existed_still_resumes(config, tmp_pat
     saved.write_text(saved.read_text().replace("seed: 3", "seed: 4"))
     with pytest.raises(ConfigError, match="different config"):
         RunDir(config)
+
+
+def test_a_runs_checkpoints_run_in_order_up_to_the_first_not_saved(tmp_path):
+    for iteration in (1, 2, 4):
+        folder = tmp_path / f"iter_{iteration}" / "checkpoint"
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+    (tmp_path / "iter_3" / "checkpoint").mkdir(parents=True)  # a save cut short: no config.json
+    assert Layout.checkpoints(tmp_path) == [
+        tmp_path / "iter_1" / "checkpoint",
+        tmp_path / "iter_2" / "checkpoint",
+    ]

@@ -31,4 +31,5 @@ def test_the_untrained_split_holds_the_tasks_after_the_trained_ones(tmp_path):
 
 def test_a_split_with_no_task_left_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="no task after the 20"):
-        load_script().write_dataset(bundled_path(), tmp_path, "A", 20)
+        load_script().write_dataset(bundled_path(), tmp_path / "data", "A", 20)
+    assert not (tmp_path / "data").exists()  # nothing half written

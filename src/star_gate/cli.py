@@ -285,10 +285,7 @@ def _checkpoints(from_run: str | None, checkpoint: list[str] | None) -> dict[int
 
     found: dict[int, str] = {}
     if from_run:
-        iteration = 1
-        while (Path(from_run) / Layout.stage_output(iteration, "train") / "config.json").exists():
-            found[iteration] = str(Path(from_run) / Layout.stage_output(iteration, "train"))
-            iteration += 1
+        found = {k: str(path) for k, path in enumerate(Layout.checkpoints(from_run), start=1)}
     for iteration, path in enumerate(checkpoint or [], start=len(found) + 1):
         if not Path(path).exists():
             _fail(f"checkpoint {path} not found")

@@ -118,6 +118,18 @@ class Layout:
         return [k for k in range(len(keys) + 1) if cls.eval_key(k) in keys]
 
     @classmethod
+    def checkpoints(cls, run_dir: str | Path) -> list[Path]:
+        """A run's saved checkpoints in order, iter_1's on, up to the first one not saved."""
+        found: list[Path] = []
+        while (
+            (folder := Path(run_dir) / cls.stage_output(len(found) + 1, "train"))
+            .joinpath("config.json")
+            .exists()
+        ):
+            found.append(folder)
+        return found
+
+    @classmethod
     def trained_iterations(cls, keys) -> list[int]:
         """The k whose regularization answers were written, among these manifest keys."""
         keys = set(keys)
