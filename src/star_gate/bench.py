@@ -7,7 +7,8 @@ settings on the bundled model:
   path (plain batched `generate`, kept here as `PresentPath`), and on a decode ceiling: raw batched
   `generate` of as many new tokens, at the same batch size, from a one-token prompt, which is what
   this machine can do if prefill were free;
-- score: gold tokens scored per second, both paths, on the same conversations;
+- score: gold tokens scored per second, both paths, on the same conversations, and how far apart
+  their scores are (per conversation, and in which conversations selection keeps);
 - train: seconds per training example, both paths, on the same selected conversations. The present
   path is TRL's defaults as the pipeline used them (activation checkpointing, padded batches, fp32,
   the few-shot prompt in every example); the new one is the demo's `train` section;
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -35,6 +37,7 @@ from star_gate.backends.base import Chat, SamplingParams
 from star_gate.backends.hf import TransformersBackend
 from star_gate.config import RunConfig, TrainConfig, load_config
 from star_gate.data.jsonl import read_jsonl, write_jsonl
+from star_gate.data.records import Conversation
 from star_gate.memory import limit_memory_growth
 
 TARGETS = {
@@ -267,7 +270,6 @@ def _run_new_path(quick: bool, work: Path) -> dict:
 
 
 def run_bench(quick: bool = False, present_batch_size: int = 32, say=print) -> dict:
-    from star_gate.data.records import Conversation
     from star_gate.stages import score_conversations
 
     with tempfile.TemporaryDirectory(prefix="star-gate-bench-") as folder:
@@ -299,10 +301,12 @@ def run_bench(quick: bool = False, present_batch_size: int = 32, say=print) -> d
     new_score = new["score"]
     old_scored, seconds = _timed(lambda: score_conversations(scored, pairs, present))
     old_score = Timing(new_score.amount, seconds)
-    drift = max(abs(a.logprob - b.logprob) for a, b in zip(scored, old_scored))
+    drift = score_drift(scored, old_scored, cfg.select.top_k)
     say(
         f"score: new {new_score.rate:.0f} gold tok/s | present {old_score.rate:.0f} gold tok/s | "
-        f"largest difference between the paths {drift:.2e} nats"
+        f"new minus present {drift['mean']:+.3f} ± {drift['sd']:.3f} nats per conversation "
+        f"(largest {drift['largest']:.2e}); the same {cfg.select.top_k} kept in "
+        f"{drift['same_kept']} of {drift['pairs']} pairs"
     )
 
     players.release_local_models()
@@ -334,7 +338,10 @@ def run_bench(quick: bool = False, present_batch_size: int = 32, say=print) -> d
         "simulate_ceiling_tok_s": ceiling.rate,
         "score_new_tok_s": new_score.rate,
         "score_present_tok_s": old_score.rate,
-        "score_max_difference_nats": drift,
+        "score_max_difference_nats": drift["largest"],
+        "score_mean_difference_nats": drift["mean"],
+        "score_sd_difference_nats": drift["sd"],
+        "score_same_kept_pairs": drift["same_kept"],
         "train_new_s_per_example": new_train.seconds / new_train.amount,
         "train_present_s_per_example": old_train.seconds / old_train.amount,
         "simulate_speedup": new_sim.rate / old_sim.rate,
@@ -351,6 +358,30 @@ def run_bench(quick: bool = False, present_batch_size: int = 32, say=print) -> d
     verdict = "meets" if results["peak_rss_mb"] <= MEMORY_TARGET_MB else "MISSES"
     say(f"peak_rss_mb: {results['peak_rss_mb']:.0f} ({verdict} target <= {MEMORY_TARGET_MB})")
     return results
+
+
+def score_drift(new: Sequence[Conversation], present: Sequence[Conversation], top_k: int) -> dict:
+    """How far the new path's scores are from the present path's on the same conversations (in
+    the same order), and in how many pairs both keep the same top_k conversations."""
+    from star_gate.stages import select_top_k
+
+    differences = [a.logprob - b.logprob for a, b in zip(new, present)]
+
+    def kept(scored):
+        return {(c.pair_id, c.sample_index) for c in select_top_k(scored, top_k)}
+
+    new_kept, present_kept = kept(new), kept(present)
+    pairs = {c.pair_id for c in new}
+    return {
+        "mean": statistics.fmean(differences),
+        "sd": statistics.pstdev(differences),
+        "largest": max(abs(d) for d in differences),
+        "pairs": len(pairs),
+        "same_kept": sum(
+            {k for k in new_kept if k[0] == p} == {k for k in present_kept if k[0] == p}
+            for p in pairs
+        ),
+    }
 
 
 def _train_timing(cfg: RunConfig, train_cfg: TrainConfig, prompt: str, answered, pairs) -> Timing:

@@ -110,10 +110,24 @@ class TransformersRole(RoleConfig):
         description="dtype of a copy of the model that generates text (scoring keeps dtype); "
         "'bfloat16' decodes faster on a GPU or a CPU with AMX; empty: dtype",
     )
+    score_dtype: Literal["", "float32", "bfloat16", "float16"] = Field(
+        "",
+        description="dtype of the layers that compute log-probs, the output layer staying at "
+        "dtype; 'bfloat16' scores about twice as fast on a CPU with bf16 instructions, each "
+        "conversation's log-prob off by about 0.5 nats (SD), paired means by a few hundredths; "
+        "empty: dtype",
+    )
     batch_size: int = Field(16, ge=1, description="sequences per forward pass")
 
     def serving_key(self, model: str) -> tuple:
-        return (self.backend, model, self.device, self.dtype, self.sample_dtype)
+        return (
+            self.backend,
+            model,
+            self.device,
+            self.dtype,
+            self.sample_dtype,
+            self.score_dtype,
+        )
 
 
 class VllmRole(RoleConfig):

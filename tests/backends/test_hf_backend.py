@@ -176,6 +176,40 @@ def test_a_model_loaded_for_sampling_loads_full_precision_only_to_score(tiny_dir
     assert lean.generate(CHATS[:2], params) == sampled  # still sampled by the bf16 copy
 
 
+def test_score_dtype_runs_the_layers_low_and_the_output_layer_at_full_precision(tiny_dir):
+    """score_dtype: layers at bf16 (shared with the sampling copy), the output layer and the
+    log-softmax at fp32; scores near the fp32 model's, the fp32 weights released but for the
+    output layer."""
+    exact = TransformersBackend(str(tiny_dir), device="cpu", progress=False)
+    mixed = TransformersBackend(
+        str(tiny_dir),
+        device="cpu",
+        progress=False,
+        sample_dtype="bfloat16",
+        score_dtype="bfloat16",
+    )
+    want = exact.logprobs(CHATS, COMPLETIONS)
+    got = mixed.logprobs(CHATS, COMPLETIONS)
+    assert mixed._model is None  # scoring loaded the full model only for its output layer
+    scoring = mixed.runner.model
+    assert scoring.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert scoring.get_output_embeddings().layer.weight.dtype == torch.float32
+    # One bf16 copy serves both: the sampler's body is the scorer's, its own output layer bf16.
+    assert scoring.get_input_embeddings() is mixed.sampler.model.get_input_embeddings()
+    assert mixed.sampler.model.get_output_embeddings().weight.dtype == torch.bfloat16
+    assert got != want
+    assert got == pytest.approx(want, abs=0.01)  # about 1e-3 apart on the tiny model
+    ids = torch.tensor([[1, 2, 3]])
+    assert scoring(input_ids=ids).logits.dtype == torch.float32
+
+
+def test_score_dtype_at_the_models_own_dtype_changes_nothing(tiny_dir):
+    exact = TransformersBackend(str(tiny_dir), device="cpu", progress=False)
+    same = TransformersBackend(str(tiny_dir), device="cpu", progress=False, score_dtype="float32")
+    assert same.logprobs(CHATS, COMPLETIONS) == exact.logprobs(CHATS, COMPLETIONS)
+    assert same.runner.model is same.model
+
+
 def test_pick_dtype():
     assert pick_dtype("auto", "cpu") == torch.float32
     assert pick_dtype("auto", "cuda:0") == torch.bfloat16

@@ -46,6 +46,27 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     return getattr(torch, dtype)
 
 
+class FullPrecisionOutput(torch.nn.Module):
+    """A model's output layer fed by lower-precision layers: the logits come out at the layer's
+    own precision, so log-softmax over 49k tokens adds no rounding of its own."""
+
+    def __init__(self, layer: torch.nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.layer(hidden.to(self.layer.weight.dtype))
+
+
+def with_output_layer(body: torch.nn.Module, layer: torch.nn.Module) -> torch.nn.Module:
+    """`body` (a causal LM) with `layer` as its output layer, sharing every other weight with it;
+    `body` itself keeps its own output layer."""
+    mixed = copy_module.copy(body)
+    mixed._modules = dict(body._modules)  # its own table of submodules: the swap stays local
+    mixed.set_output_embeddings(FullPrecisionOutput(layer))
+    return mixed
+
+
 class TransformersBackend(LocalTokenizerBackend):
     """Serve a causal LM with transformers.
 
@@ -65,6 +86,7 @@ class TransformersBackend(LocalTokenizerBackend):
         model_object=None,
         tokenizer=None,
         sample_dtype: str = "",
+        score_dtype: str = "",
     ):
         from transformers import AutoTokenizer
 
@@ -89,17 +111,30 @@ class TransformersBackend(LocalTokenizerBackend):
         )
         self._model = model_object.to(self.device).eval()
         self._runner = None
-        if sample_dtype and getattr(torch, sample_dtype) != self._model.dtype:
+        self._copies: dict[torch.dtype, torch.nn.Module] = {}  # low-precision copies, by dtype
+        self._score_dtype = self._other_dtype(score_dtype)
+        sample_at = self._other_dtype(sample_dtype)
+        if sample_at:
             # Sampled text needs no exact log-probs: a bf16 copy decodes faster (on GPUs, and on
-            # CPUs with AMX), while gold answers are still scored by the full-precision model.
-            copy = copy_module.deepcopy(self._model).to(getattr(torch, sample_dtype))
-            self.sampler = SharedPrefixRunner(copy, self.tokenizer.pad_token_id)
+            # CPUs with AVX512-BF16 or AMX).
+            self.sampler = SharedPrefixRunner(self._copy_at(sample_at), self.tokenizer.pad_token_id)
             if self._path is not None:
                 # A policy is only ever sampled from: its full-precision weights (twice the copy's
                 # bytes) load again from disk if something scores with it.
                 self._model = None
         else:
-            self.sampler = self.runner  # generation; scoring always runs at the model's own dtype
+            self.sampler = self.runner
+
+    def _other_dtype(self, name: str) -> torch.dtype | None:
+        """The dtype `name` names, where it is not the model's own."""
+        dtype = getattr(torch, name) if name else None
+        return dtype if dtype != self._model.dtype else None
+
+    def _copy_at(self, dtype: torch.dtype):
+        """The model at `dtype`: one copy, shared by sampling and scoring."""
+        if dtype not in self._copies:
+            self._copies[dtype] = copy_module.deepcopy(self.model).to(dtype)
+        return self._copies[dtype]
 
     def _load_full(self):
         from transformers import AutoModelForCausalLM
@@ -110,7 +145,7 @@ class TransformersBackend(LocalTokenizerBackend):
 
     @property
     def model(self):
-        """The model at its own (scoring) dtype."""
+        """The model at its own dtype (which scores, unless score_dtype names another)."""
         if self._model is None:
             self._model = self._load_full().to(self.device).eval()
         return self._model
@@ -119,7 +154,16 @@ class TransformersBackend(LocalTokenizerBackend):
     def runner(self) -> SharedPrefixRunner:
         """Scoring, and generation unless a sample_dtype copy samples."""
         if self._runner is None:
-            self._runner = SharedPrefixRunner(self.model, self.tokenizer.pad_token_id)
+            scoring = self.model
+            if self._score_dtype is not None:
+                # Layers at score_dtype, the output layer and the log-softmax at full precision
+                # (README, "Score"): a conversation's log-prob moves by about 0.5 nats, paired
+                # means by a few hundredths.
+                output = self.model.get_output_embeddings()
+                scoring = with_output_layer(self._copy_at(self._score_dtype), output)
+                if self._path is not None:
+                    self._model = None  # all but its output layer: it loads again if asked for
+            self._runner = SharedPrefixRunner(scoring, self.tokenizer.pad_token_id)
         return self._runner
 
     @classmethod
@@ -133,6 +177,7 @@ class TransformersBackend(LocalTokenizerBackend):
             max_context=role.max_context,
             progress=progress,
             sample_dtype=role.sample_dtype,
+            score_dtype=role.score_dtype,
         )
 
     # -- shared -----------------------------------------------------------------------------
