@@ -97,6 +97,10 @@ class RoleConfig(Section):
         return self
 
 
+# The dtype of a copy of a local model's weights; empty: the model's own dtype.
+CopyDtype = Literal["", "float32", "bfloat16", "float16"]
+
+
 class TransformersRole(RoleConfig):
     """A model loaded in this process with transformers."""
 
@@ -105,12 +109,12 @@ class TransformersRole(RoleConfig):
     dtype: str = Field(
         "auto", description="'auto' (bf16 on GPU, fp32 on CPU), 'float32', 'bfloat16'"
     )
-    sample_dtype: Literal["", "float32", "bfloat16", "float16"] = Field(
+    sample_dtype: CopyDtype = Field(
         "",
         description="dtype of a copy of the model that generates text (scoring keeps dtype); "
         "'bfloat16' decodes faster on a GPU or a CPU with AMX; empty: dtype",
     )
-    score_dtype: Literal["", "float32", "bfloat16", "float16"] = Field(
+    score_dtype: CopyDtype = Field(
         "",
         description="dtype of the layers that compute log-probs, the output layer staying at "
         "dtype; 'bfloat16' scores about twice as fast on a CPU with bf16 instructions, each "
@@ -120,14 +124,8 @@ class TransformersRole(RoleConfig):
     batch_size: int = Field(16, ge=1, description="sequences per forward pass")
 
     def serving_key(self, model: str) -> tuple:
-        return (
-            self.backend,
-            model,
-            self.device,
-            self.dtype,
-            self.sample_dtype,
-            self.score_dtype,
-        )
+        dtypes = (self.dtype, self.sample_dtype, self.score_dtype)
+        return (self.backend, model, self.device, *dtypes)
 
 
 class VllmRole(RoleConfig):
