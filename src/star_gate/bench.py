@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -367,8 +368,11 @@ def score_drift(new: Sequence[Conversation], present: Sequence[Conversation], to
 
     differences = [a.logprob - b.logprob for a, b in zip(new, present)]
 
-    def kept(scored):
-        return {(c.pair_id, c.sample_index) for c in select_top_k(scored, top_k)}
+    def kept(scored) -> dict:
+        by_pair = defaultdict(set)
+        for c in select_top_k(scored, top_k):
+            by_pair[c.pair_id].add(c.sample_index)
+        return by_pair
 
     new_kept, present_kept = kept(new), kept(present)
     pairs = {c.pair_id for c in new}
@@ -377,10 +381,7 @@ def score_drift(new: Sequence[Conversation], present: Sequence[Conversation], to
         "sd": statistics.pstdev(differences),
         "largest": max(abs(d) for d in differences),
         "pairs": len(pairs),
-        "same_kept": sum(
-            {k for k in new_kept if k[0] == p} == {k for k in present_kept if k[0] == p}
-            for p in pairs
-        ),
+        "same_kept": sum(new_kept[p] == present_kept[p] for p in pairs),
     }
 
 
