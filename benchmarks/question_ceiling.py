@@ -1,0 +1,113 @@
+"""How much could one question gain? Fixed questions against Q_0's own, on a training split.
+
+The demo's trained questioners gain about a nat of log p_base(gold) over Q_0. Is that the most the
+environment allows, or the most a 135M learner finds? Here every pair of a split gets one-turn
+conversations whose question is fixed, written by hand, next to Q_0's sampled ones, all answered
+by the configured roleplayer and scored by the frozen base model. Printed per questioner: the
+gain over Q_0's mean (paired by pair, mean ± SEM), the gain over the negative control, the share
+of the persona gap closed, and how often the roleplayer's reply holds the persona's first name
+(every bundled gold answer opens with it).
+
+A training split only (A or B): this is about the environment, and the test split stays unseen.
+
+    python benchmarks/question_ceiling.py [--config configs/demo.yaml] [--split B] [--n 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+
+from star_gate.config import load_config
+from star_gate.data.records import Conversation
+from star_gate.pipeline import Pipeline
+from star_gate.stages import score_controls, score_conversations, simulate
+from star_gate.stats import mean_sem, persona_gap_share
+
+FIXED_QUESTIONS = {
+    "name + about you": "What is your name, and could you tell me a little about yourself?",
+    "about you": "Could you tell me a little about yourself?",
+    "name only": "What is your name?",
+    "what you enjoy": "What do you enjoy doing in your free time?",
+}
+
+
+class FixedQuestioner:
+    """Asks the same question in every conversation: the simulate stage's questioner protocol."""
+
+    def __init__(self, question: str):
+        self.question = question
+
+    def ask(
+        self, tasks: Sequence[str], conversations: Sequence[Conversation], seed: int
+    ) -> list[str]:
+        return [self.question] * len(tasks)
+
+
+def by_pair(conversations: Sequence[Conversation]) -> dict[str, list[Conversation]]:
+    grouped = defaultdict(list)
+    for c in conversations:
+        grouped[c.pair_id].append(c)
+    return grouped
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--split", default="B", choices=["A", "B"])
+    parser.add_argument("--n", type=int, default=4, help="Q_0's conversations per pair")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run-dir", default="/tmp/star-gate-question-ceiling", help="scratch")
+    args = parser.parse_args(argv)
+    # Every task and persona of the split: the demo's data.* limits would keep only 48 pairs.
+    overrides = [
+        f"run_dir={args.run_dir}",
+        "data.train_max_tasks=1000",
+        "data.train_max_personas=1000",
+    ]
+    pipeline = Pipeline(load_config(args.config, overrides), restart=True, progress=False)
+    pairs = pipeline.pairs(args.split)
+    names = {p.pair_id: p.persona.name.split()[0] for p in pairs}
+    scorer = pipeline.players.scorer()
+    controls = score_controls(pairs, scorer)
+    negative = {c.pair_id: c.logprob for c in controls if c.condition == "negative"}
+    positive = {c.pair_id: c.logprob for c in controls if c.condition == "positive"}
+    roleplayer = pipeline.players.roleplayer()
+
+    def run(questioner, n: int) -> tuple[dict[str, list[Conversation]], float]:
+        started = time.time()
+        conversations = simulate(pairs, questioner, roleplayer, n, 1, seed=args.seed)
+        return by_pair(score_conversations(conversations, pairs, scorer)), time.time() - started
+
+    q0, q0_secs = run(pipeline.players.questioner(), args.n)
+    q0_mean = {pid: statistics.fmean(c.logprob for c in cs) for pid, cs in q0.items()}
+    rows = [("Q_0 (sampled)", q0, q0_secs)]
+    rows += [(label, *run(FixedQuestioner(q), 1)) for label, q in FIXED_QUESTIONS.items()]
+
+    print(f"split {args.split}: {len(pairs)} pairs; Q_0 {args.n} one-turn conversations per pair")
+    print(
+        f"{'questioner':<18} {'vs Q_0 mean':>16} {'vs negative':>16} {'gap share':>10} "
+        f"{'name told':>10} {'secs':>6}"
+    )
+    for label, scored, secs in rows:
+        pids = list(scored)
+        mean_logprob = {pid: statistics.fmean(c.logprob for c in scored[pid]) for pid in pids}
+        vs_q0 = mean_sem([mean_logprob[p] - q0_mean[p] for p in pids])
+        vs_negative = mean_sem([mean_logprob[p] - negative[p] for p in pids])
+        share, _ = persona_gap_share(mean_logprob, negative, positive)
+        told = statistics.fmean(
+            names[p].lower() in " ".join(c.answers).lower() for p in pids for c in scored[p]
+        )
+        print(
+            f"{label:<18} {vs_q0[0]:>+8.2f} ± {vs_q0[1]:<5.2f} {vs_negative[0]:>+8.2f} ± "
+            f"{vs_negative[1]:<5.2f} {share:>10.2f} {told:>10.2f} {secs:>6.0f}"
+        )
+    for label, question in FIXED_QUESTIONS.items():
+        print(f"  {label}: {question!r}")
+
+
+if __name__ == "__main__":
+    main()
