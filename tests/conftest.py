@@ -10,6 +10,7 @@ skips them. `make test` (and CI) runs everything.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -373,3 +374,17 @@ def retriever():
     from star_gate.roles.grounding import FactRetriever
 
     return FactRetriever("bundled")
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """benchmark_script(name) -> the module of benchmarks/<name>.py (the folder is no package)."""
+
+    def load(name: str):
+        path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

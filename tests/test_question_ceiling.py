@@ -1,22 +1,9 @@
 """benchmarks/question_ceiling.py end to end on the fake backend: every pair gets the fixed
 questions, the facts roleplayer answers them, and the gains are paired against Q_0's own."""
 
-import importlib.util
-from pathlib import Path
 
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "question_ceiling.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("question_ceiling", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def rows(output: str) -> dict[str, list[str]]:
+def rows(output: str, labels) -> dict[str, list[str]]:
     """questioner label -> the numbers of its row."""
-    labels = ["Q_0 (sampled)", *load_script().FIXED_QUESTIONS]
     found = {}
     for line in output.splitlines():
         for label in labels:
@@ -26,15 +13,16 @@ def rows(output: str) -> dict[str, list[str]]:
 
 
 def test_fixed_questions_are_asked_answered_and_paired(
-    tmp_path, dataset_dir, fake_config_file, capsys
+    tmp_path, dataset_dir, fake_config_file, benchmark_script, capsys
 ):
+    script = benchmark_script("question_ceiling")
     config = fake_config_file(tmp_path, dataset_dir)
     config.write_text(config.read_text().replace("mode: persona", "mode: facts"))
     run_dir = str(tmp_path / "ceiling")
-    load_script().main(["--config", str(config), "--split", "A", "--n", "2", "--run-dir", run_dir])
+    script.main(["--config", str(config), "--split", "A", "--n", "2", "--run-dir", run_dir])
     out = capsys.readouterr().out
     assert "split A: 4 pairs; Q_0 2 one-turn conversations per pair" in out
-    table = rows(out)
+    table = rows(out, ["Q_0 (sampled)", *script.FIXED_QUESTIONS])
     assert len(table) == 5
     # Q_0 against itself: no gain, no spread
     assert table["Q_0 (sampled)"][:3] == ["+0.00", "±", "0.00"]
