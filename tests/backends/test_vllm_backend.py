@@ -10,7 +10,6 @@ The last test runs real vLLM against transformers, on a GPU with vllm installed.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -459,15 +458,6 @@ def test_run_refuses_a_vllm_role_without_the_package(
 # -- the benchmark --------------------------------------------------------------------------------
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "vllm_bench", ROOT / "benchmarks" / "vllm_vs_transformers.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_benchmark_dry_run_builds_prompts_without_loading_a_model():
     script = ROOT / "benchmarks" / "vllm_vs_transformers.py"
     out = subprocess.run(
@@ -479,8 +469,10 @@ def test_benchmark_dry_run_builds_prompts_without_loading_a_model():
     assert "pairs=3 n=2" in out.stdout and "scored texts=6" in out.stdout
 
 
-def test_benchmark_agreement_is_exact_for_equal_models(vllm_backend, tiny_backend, dataset):
-    bench = load_benchmark()
+def test_benchmark_agreement_is_exact_for_equal_models(
+    vllm_backend, tiny_backend, dataset, benchmark_script
+):
+    bench = benchmark_script("vllm_vs_transformers")
     pairs = dataset.pairs("A")
     chats, golds = bench.scoring_texts(pairs)
     assert len(chats) == len(golds) == 2 * len(pairs)
@@ -491,8 +483,8 @@ def test_benchmark_agreement_is_exact_for_equal_models(vllm_backend, tiny_backen
     assert len(bench.generation_chats(pairs)) == len(pairs)
 
 
-def test_benchmark_differences_are_per_token():
-    bench = load_benchmark()
+def test_benchmark_differences_are_per_token(benchmark_script):
+    bench = benchmark_script("vllm_vs_transformers")
     result = bench.logprob_differences([[-1.0, -2.0], [-0.5]], [[-1.5, -2.0], [-0.4]])
     assert result == {"tokens": 3, "max": pytest.approx(0.5), "median": pytest.approx(0.1)}
     with pytest.raises(ValueError, match="tokenized the texts differently"):
@@ -503,12 +495,12 @@ def test_benchmark_differences_are_per_token():
 
 
 @pytest.mark.slow
-def test_real_vllm_agrees_with_transformers_on_the_bundled_model(dataset):
+def test_real_vllm_agrees_with_transformers_on_the_bundled_model(dataset, benchmark_script):
     pytest.importorskip("vllm")
     if not torch.cuda.is_available():
         pytest.skip("vLLM needs a GPU")
     pairs = dataset.pairs("A")
-    bench = load_benchmark()
+    bench = benchmark_script("vllm_vs_transformers")
     chats, golds = bench.scoring_texts(pairs)
     fast = VLLMBackend("bundled", dtype="bfloat16", gpu_memory_utilization=0.3, progress=False)
     reference = TransformersBackend("bundled", device="cuda", dtype="bfloat16", progress=False)
