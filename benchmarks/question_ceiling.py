@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 
 from star_gate.config import load_config
 from star_gate.data.records import Conversation
 from star_gate.pipeline import Pipeline
 from star_gate.stages import score_controls, score_conversations, simulate
-from star_gate.stats import mean_sem, persona_gap_share
+from star_gate.stats import mean_sem, paired_differences, per_pair_means, persona_gap_share
 
 FIXED_QUESTIONS = {
     "name + about you": "What is your name, and could you tell me a little about yourself?",
@@ -47,13 +46,6 @@ class FixedQuestioner:
         return [self.question] * len(tasks)
 
 
-def by_pair(conversations: Sequence[Conversation]) -> dict[str, list[Conversation]]:
-    grouped = defaultdict(list)
-    for c in conversations:
-        grouped[c.pair_id].append(c)
-    return grouped
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/demo.yaml")
@@ -70,22 +62,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     ]
     pipeline = Pipeline(load_config(args.config, overrides), restart=True, progress=False)
     pairs = pipeline.pairs(args.split)
-    names = {p.pair_id: p.persona.name.split()[0] for p in pairs}
+    first_names = {p.pair_id: p.persona.name.split()[0].lower() for p in pairs}
     scorer = pipeline.players.scorer()
     controls = score_controls(pairs, scorer)
     negative = {c.pair_id: c.logprob for c in controls if c.condition == "negative"}
     positive = {c.pair_id: c.logprob for c in controls if c.condition == "positive"}
     roleplayer = pipeline.players.roleplayer()
 
-    def run(questioner, n: int) -> tuple[dict[str, list[Conversation]], float]:
+    def run(questioner, n: int) -> tuple[list[Conversation], float]:
         started = time.time()
         conversations = simulate(pairs, questioner, roleplayer, n, 1, seed=args.seed)
-        return by_pair(score_conversations(conversations, pairs, scorer)), time.time() - started
+        return score_conversations(conversations, pairs, scorer), time.time() - started
 
-    q0, q0_secs = run(pipeline.players.questioner(), args.n)
-    q0_mean = {pid: statistics.fmean(c.logprob for c in cs) for pid, cs in q0.items()}
-    rows = [("Q_0 (sampled)", q0, q0_secs)]
+    rows = [("Q_0 (sampled)", *run(pipeline.players.questioner(), args.n))]
     rows += [(label, *run(FixedQuestioner(q), 1)) for label, q in FIXED_QUESTIONS.items()]
+    pair_means = {label: per_pair_means((c.pair_id, c.logprob) for c in s) for label, s, _ in rows}
+    q0_means = pair_means["Q_0 (sampled)"]
 
     print(f"split {args.split}: {len(pairs)} pairs; Q_0 {args.n} one-turn conversations per pair")
     print(
@@ -93,13 +85,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{'name told':>10} {'secs':>6}"
     )
     for label, scored, secs in rows:
-        pids = list(scored)
-        mean_logprob = {pid: statistics.fmean(c.logprob for c in scored[pid]) for pid in pids}
-        vs_q0 = mean_sem([mean_logprob[p] - q0_mean[p] for p in pids])
-        vs_negative = mean_sem([mean_logprob[p] - negative[p] for p in pids])
-        share, _ = persona_gap_share(mean_logprob, negative, positive)
+        means = pair_means[label]
+        vs_q0 = mean_sem(paired_differences(means, q0_means))
+        vs_negative = mean_sem(paired_differences(means, negative))
+        share, _ = persona_gap_share(means, negative, positive)
         told = statistics.fmean(
-            names[p].lower() in " ".join(c.answers).lower() for p in pids for c in scored[p]
+            first_names[c.pair_id] in " ".join(c.answers).lower() for c in scored
         )
         print(
             f"{label:<18} {vs_q0[0]:>+8.2f} ± {vs_q0[1]:<5.2f} {vs_negative[0]:>+8.2f} ± "
