@@ -11,6 +11,7 @@ of the persona gap closed, and how often the roleplayer's reply holds the person
 A training split only (A or B): this is about the environment, and the test split stays unseen.
 
     python benchmarks/question_ceiling.py [--config configs/demo.yaml] [--split B] [--n 4]
+        [--set roles.questioner.prompt=questioner_person]   # Q_0 under another prompt
 """
 
 from __future__ import annotations
@@ -53,12 +54,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=4, help="Q_0's conversations per pair")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", default="/tmp/star-gate-question-ceiling", help="scratch")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
+    )
     args = parser.parse_args(argv)
     # Every task and persona of the split: the demo's data.* limits would keep only 48 pairs.
     overrides = [
         f"run_dir={args.run_dir}",
         "data.train_max_tasks=1000",
         "data.train_max_personas=1000",
+        *args.set,
     ]
     pipeline = Pipeline(load_config(args.config, overrides), restart=True, progress=False)
     pairs = pipeline.pairs(args.split)
@@ -82,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"split {args.split}: {len(pairs)} pairs; Q_0 {args.n} one-turn conversations per pair")
     print(
         f"{'questioner':<18} {'vs Q_0 mean':>16} {'vs negative':>16} {'gap share':>10} "
-        f"{'name told':>10} {'secs':>6}"
+        f"{'name told':>10} {'name asked':>11} {'secs':>6}"
     )
     for label, scored, secs in rows:
         means = pair_means[label]
@@ -92,9 +97,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         told = statistics.fmean(
             first_names[c.pair_id] in " ".join(c.answers).lower() for c in scored
         )
+        asked = statistics.fmean("name" in " ".join(c.questions).lower() for c in scored)
         print(
             f"{label:<18} {vs_q0[0]:>+8.2f} ± {vs_q0[1]:<5.2f} {vs_negative[0]:>+8.2f} ± "
-            f"{vs_negative[1]:<5.2f} {share:>10.2f} {told:>10.2f} {secs:>6.0f}"
+            f"{vs_negative[1]:<5.2f} {share:>10.2f} {told:>10.2f} {asked:>11.2f} {secs:>6.0f}"
         )
     for label, question in FIXED_QUESTIONS.items():
         print(f"  {label}: {question!r}")

@@ -39,8 +39,18 @@ def test_persona_template_shows_persona_and_task():
 
 
 def test_questioner_templates_have_no_persona_slot():
-    for name in ("questioner_plain", "questioner_fewshot", "roleplayer_grounded", "responder"):
+    questioners = ("questioner_plain", "questioner_fewshot", "questioner_person")
+    for name in (*questioners, "roleplayer_grounded", "responder"):
         assert "{persona}" not in get_template(name).system
+
+
+def test_person_prompt_asks_who_the_user_is_last_and_names_nobody():
+    fewshot, person = get_template("questioner_fewshot"), get_template("questioner_person")
+    assert person.few_shot[:-2] == fewshot.few_shot[:-2]  # the podcast example, unchanged
+    last_question = person.few_shot[-1]
+    assert last_question[0] == "assistant" and "your name" in last_question[1]
+    # a name in an example would be copied into every conversation
+    assert not any("my name is" in text.lower() for _, text in person.few_shot)
 
 
 def test_unknown_template():

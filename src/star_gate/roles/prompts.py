@@ -72,6 +72,29 @@ QUESTIONER_FEWSHOT = PromptTemplate(
     ),
 )
 
+# questioner_fewshot's first worked example, then one that asks who the user is (their name and how
+# they spend their time) before answering: self-play can then find out whether questions about the
+# person pay, which the 135M model almost never asks with questioner_fewshot (4 to 6 of 240 test
+# questions mention a name). No example names anyone: the model would call every user by it.
+# Measured on all 160 pairs of split B (benchmarks/question_ceiling.py): the bundled model still
+# asks for a name in 1% of its conversations, so the demo does not use it.
+QUESTIONER_PERSON = PromptTemplate(
+    name="questioner_person",
+    version="1",
+    system=QUESTIONER_PLAIN.system,
+    few_shot=QUESTIONER_FEWSHOT.few_shot[:-2]
+    + (
+        ("user", "Suggest a hobby I could pick up."),
+        (
+            "assistant",
+            (
+                "Sure! Before I suggest one, could you tell me a little about yourself: what is "
+                "your name, and how do you like to spend your time?"
+            ),
+        ),
+    ),
+)
+
 ROLEPLAYER_PERSONA = PromptTemplate(
     name="roleplayer_persona",
     version="1",
@@ -238,6 +261,7 @@ TEMPLATES: dict[str, PromptTemplate] = {
     for t in (
         QUESTIONER_PLAIN,
         QUESTIONER_FEWSHOT,
+        QUESTIONER_PERSON,
         QUESTIONER_ANSWER,
         ROLEPLAYER_PERSONA,
         ROLEPLAYER_GROUNDED,
