@@ -390,3 +390,69 @@ def test_branch_refusals(cli, fake_run, tmp_path):
     assert result.exit_code == 2 and "--restart and --branch exclude each other" in result.output
     result = cli("run", fake_run, "--branch", tmp_path / "run")
     assert result.exit_code == 2 and "needsanewrundirectory" in "".join(result.output.split())
+
+
+def test_branch_redoes_what_the_changed_settings_change(cli, fake_run, tmp_path):
+    source, branch = tmp_path / "run", tmp_path / "branch"
+    assert cli("run", fake_run).exit_code == 0
+    result = cli("run", fake_run, "train.learning_rate=1e-3", "--branch", branch)
+    assert result.exit_code == 0, result.output
+    kept, redone = finished(source), finished(branch)
+    assert redone.keys() == kept.keys()
+    again = {k for k in kept if redone[k] != kept[k]}
+    # Training and what depends on it ran again; the conversations it trains on and Q_0's test
+    # records were copied.
+    assert {"iter_1/train", "eval/iter_1"} <= again
+    assert not again & {"iter_1/simulate", "iter_1/score", "iter_1/select", "iter_1/regularize"}
+    assert not any(k.startswith(("eval/iter_0", "eval/controls")) for k in again)
+    assert all(k.startswith(("iter_1/train", "eval/iter_1")) for k in again)
+    manifest = json.loads((branch / "manifest.json").read_text())
+    assert manifest["branch_redoes"]["changed"] == ["train"]
+
+
+@pytest.mark.parametrize(
+    ("changed", "redone"),
+    [
+        ([], []),
+        (["iterations", "run_dir"], []),
+        (["train"], ["iter_1/train", "iter_2/simulate", "iter_2/train", "eval/iter_1"]),
+        (
+            ["select"],
+            ["iter_1/select", "iter_1/train", "iter_2/simulate", "iter_2/train", "eval/iter_1"],
+        ),
+        (["evaluate"], ["eval/controls", "eval/iter_0/simulate", "eval/iter_1"]),
+        (  # training from iter_1/train on, and all of the evaluation (the judge)
+            ["roles.judge", "train"],
+            ["eval/controls", "eval/iter_0/simulate", "iter_1/train", "iter_2/simulate"]
+            + ["iter_2/train", "eval/iter_1"],
+        ),
+        (["seed"], None),  # None: every stage
+        (["roles.questioner"], None),
+    ],
+)
+def test_stale_stages_follow_the_pipeline_order(changed, redone):
+    from star_gate.rundir import stale_stages
+
+    stages = [
+        "eval/controls", "eval/iter_0/simulate", "iter_1/simulate/chunk_0000", "iter_1/simulate",
+        "iter_1/score", "iter_1/select", "iter_1/train", "iter_2/simulate", "iter_2/train",
+        "eval/iter_1",
+    ]  # fmt: skip
+    assert stale_stages(stages, changed) == (stages if redone is None else redone)
+
+
+def test_changed_sections_name_roles_one_by_one():
+    from star_gate.rundir import changed_sections
+
+    before = {
+        "seed": 0,
+        "train": {"lr": 1},
+        "roles": {"judge": {"m": "a"}, "questioner": {"m": "b"}},
+    }
+    after = {
+        "seed": 0,
+        "train": {"lr": 2},
+        "roles": {"judge": {"m": "c"}, "questioner": {"m": "b"}},
+    }
+    assert changed_sections(before, after) == ["roles.judge", "train"]
+    assert changed_sections(before, before) == []

@@ -43,10 +43,11 @@ BranchOpt = Annotated[
     typer.Option(
         "--branch",
         metavar="NEW_RUN_DIR",
-        help="continue in NEW_RUN_DIR under this (changed) config: every stage finished in the "
-        "config's run_dir is copied there and kept as it is, even where the change would have "
-        "altered it; only the stages not yet finished run under the new config. Rerun the same "
-        "command to resume the branch.",
+        help="continue in NEW_RUN_DIR under this (changed) config: the stages finished in the "
+        "config's run_dir that the change leaves as they were are copied there (e.g. a changed "
+        "train section keeps the conversations, scores, selection, final answers and Q_0's "
+        "evaluation, and trains and evaluates again); the rest runs under the new config. Rerun "
+        "the same command to resume the branch.",
     ),
 ]
 

@@ -229,6 +229,12 @@ class RoleplayerConfig(RoleConfig):
         description="grounded and facts modes: false leaves the facts already told in this "
         "conversation out of the retrieval, so each answer tells something new",
     )
+    answer_questions_only: bool = Field(
+        False,
+        description="grounded and facts modes: the facts are retrieved for the turn's questions "
+        "(its sentences ending in '?') only, and a turn that asks nothing is told nothing ('Okay.'): "
+        "advice whose words happen to lie near a persona sentence no longer draws it out",
+    )
 
     @property
     def uses_model(self) -> bool:

@@ -136,6 +136,65 @@ class Layout:
         return [k for k in range(1, len(keys) + 1) if cls.stage_key(k, "regularize") in keys]
 
 
+# Where a changed config section first changes a run's training records: a branch redoes that
+# stage of iteration 1 and everything after it. Sections not named here change every stage; the
+# evaluation's own sections change the evaluation only (eval/...), and these change nothing.
+_FIRST_STAGE_CHANGED = {
+    "score": "score",
+    "select": "select",
+    "regularize": "regularize",
+    "train": "train",
+    "online": "online",
+}
+_TRAINING_STAGES = ("simulate", "score", "select", "regularize", "train", "online")
+_EVALUATION_ONLY = {"evaluate", "roles.judge"}
+_CHANGES_NOTHING = {"run_dir", "iterations", "parallel"}
+
+
+def changed_sections(before: dict, after: dict) -> list[str]:
+    """The config sections that differ (top-level keys; roles by role: 'roles.judge')."""
+
+    def sections(config: dict) -> dict:
+        flat = {k: v for k, v in config.items() if k != "roles"}
+        flat |= {f"roles.{role}": v for role, v in (config.get("roles") or {}).items()}
+        return flat
+
+    before, after = sections(before), sections(after)
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def stale_stages(stages: Iterable[str], changed: Iterable[str]) -> list[str]:
+    """The manifest keys whose records a run under the changed sections would write otherwise."""
+    changed = set(changed) - _CHANGES_NOTHING
+    redo_eval = bool(changed)
+    firsts = [_FIRST_STAGE_CHANGED.get(c) for c in changed - _EVALUATION_ONLY]
+    if None in firsts:  # data, roles, seed, simulate, ...: every record depends on them
+        return list(stages)
+    first = min((_TRAINING_STAGES.index(f) for f in firsts), default=None)
+
+    def stale(key: str) -> bool:
+        parts = key.split("/")
+        if parts[0] == "eval":
+            # Q_0's test records and the controls depend on no training setting
+            trained = parts[1] not in ("controls", "iter_0")
+            return redo_eval and (trained or bool(changed & _EVALUATION_ONLY))
+        iteration = parts[0].removeprefix("iter_")
+        if not iteration.isdigit() or len(parts) < 2 or parts[1] not in _TRAINING_STAGES:
+            return True  # a stage this rule does not know: redone, to be safe
+        return first is not None and (
+            int(iteration) > 1 or _TRAINING_STAGES.index(parts[1]) >= first
+        )
+
+    return [key for key in stages if stale(key)]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _left_by_a_crash(folder: str, names: list[str]) -> set[str]:
     """copytree filter: temporary files and unfinished checkpoints are not finished work."""
     return {n for n in names if is_temporary(Path(n)) or n.endswith(".partial")}
@@ -146,9 +205,9 @@ class RunDir(Layout):
 
     Args:
         restart: forget every finished stage (the files stay, and are overwritten as stages rerun).
-        branch_from: when this run directory does not exist yet, first copy every finished stage
-            of the run in `branch_from` into it; the config may differ from that run's, and only
-            stages that have not finished there run under the new config.
+        branch_from: when this run directory does not exist yet, first copy the finished stages
+            of the run in `branch_from` into it, except those the config's changes would alter
+            (stale_stages); they and the stages not finished there run under the new config.
     """
 
     def __init__(
@@ -205,11 +264,18 @@ class RunDir(Layout):
         staging = self.root.with_name(self.root.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(source, staging, ignore=_left_by_a_crash)
+        source_config = yaml.safe_load((staging / "config.yaml").read_text(encoding="utf-8"))
         (staging / "config.yaml").unlink()  # replaced by the new config in _check_config
         manifest_path = staging / "manifest.json"
         if manifest_path.exists():
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            after = yaml.safe_load(config_to_yaml(self.config))
+            changed = [c for c in changed_sections(source_config, after) if c != "run_dir"]
+            stale = stale_stages(manifest["stages"], changed)
+            for key in stale:
+                _remove(staging / manifest["stages"].pop(key)["output"])
             manifest["branched_from"] = str(source)
+            manifest["branch_redoes"] = {"changed": changed, "stages": len(stale)}
             atomic_write_text(manifest_path, scrub_secrets(json.dumps(manifest, indent=2)))
         staging.rename(self.root)
 

@@ -129,3 +129,66 @@ def test_without_repeats_a_second_question_hears_new_facts(retriever):
     told = {f.strip() + "." for f in first.split(".") if f.strip()}
     heard = {f.strip() + "." for f in second.split(".") if f.strip()}
     assert len(heard) == 2 and not told & heard  # two facts, none told before
+
+
+@pytest.mark.parametrize(
+    ("turn", "asked"),
+    [
+        ("Great idea! Try a DSLR. What do you like to shoot?", "What do you like to shoot?"),
+        ("Where do you live? I can suggest trips.", "Where do you live?"),
+        ("Do you like jazz? Or rock?", "Do you like jazz? Or rock?"),
+        ('Have you read "Dune?"', 'Have you read "Dune?"'),
+        ("Start by saving a little every month.", ""),
+        ("", ""),
+    ],
+)
+def test_questions_in_keeps_the_sentences_that_ask(turn, asked):
+    from star_gate.roles.grounding import questions_in
+
+    assert questions_in(turn) == asked
+
+
+class RecordingBackend:
+    """Answers every chat with 'model reply' and keeps the chats it was given."""
+
+    def __init__(self):
+        self.chats = []
+
+    def generate(self, chats, params):
+        self.chats += chats
+        return [["model reply"] for _ in chats]
+
+
+def test_answering_questions_only_tells_nothing_to_advice(retriever):
+    from star_gate.backends.base import SamplingParams
+    from star_gate.data.records import Conversation, Persona
+    from star_gate.roles.players import NOT_ASKED, GroundedRoleplayer
+    from star_gate.roles.prompts import ROLEPLAYER_GROUNDED
+
+    persona = Persona(
+        "p", "Ana",
+        "I grew up in Lisbon. I love jazz music. I work as a nurse. I have two cats.",
+    )  # fmt: skip
+    turns = [
+        "Jazz music is a great idea: try a jazz concert tonight.",  # advice, no question
+        "Jazz concerts with live music are fun. Where did you grow up?",  # advice, then a question
+    ]
+    conversations = [
+        Conversation("t", "p", i, 1).with_turn("questioner", t) for i, t in enumerate(turns)
+    ]
+
+    def answers(only, backend=None):
+        player = GroundedRoleplayer(
+            backend, ROLEPLAYER_GROUNDED, SamplingParams(), retriever, 1,
+            verbatim=backend is None, answer_questions_only=only,
+        )  # fmt: skip
+        return player.answer([persona] * 2, ["task"] * 2, conversations, seed=0)
+
+    # by default the advice's words draw out the fact they are nearest to
+    assert answers(only=False) == ["I love jazz music.", "I love jazz music."]
+    assert answers(only=True) == [NOT_ASKED, "I grew up in Lisbon."]
+    backend = RecordingBackend()
+    assert answers(only=True, backend=backend) == [NOT_ASKED, "model reply"]
+    assert len(backend.chats) == 1  # the model answers the turn that asks, and only that one
+    heard = str(backend.chats[0])
+    assert "Lisbon" in heard and "Where did you grow up?" in heard and "concerts" not in heard

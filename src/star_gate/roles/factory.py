@@ -114,6 +114,7 @@ class Players:
             role.facts_per_answer,
             verbatim=role.mode == "facts",
             repeat_facts=role.repeat_facts,
+            answer_questions_only=role.answer_questions_only,
         )
 
     def judge(self) -> Judge:

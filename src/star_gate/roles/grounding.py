@@ -15,11 +15,19 @@ import torch
 from star_gate.backends.models import bundled_embedder
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
+_ANY_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def split_facts(description: str) -> list[str]:
     """Split a persona description into sentences, each taken as one fact."""
     return [s.strip() for s in _SENTENCE_END.split(description.strip()) if s.strip()]
+
+
+def questions_in(turn: str) -> str:
+    """The sentences of a turn that ask something (end with '?'), joined; '' when none does.
+    "Great idea! Try a DSLR. What do you like to shoot?" -> "What do you like to shoot?"."""
+    sentences = (s.strip() for s in _ANY_SENTENCE_END.split(turn.strip()))
+    return " ".join(s for s in sentences if s.rstrip("\"')]*_ ").endswith("?"))
 
 
 class FactRetriever:

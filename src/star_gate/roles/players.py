@@ -15,7 +15,7 @@ from star_gate.backends.base import Backend, SamplingParams
 from star_gate.data.records import Conversation, Pair, PairDetails, Persona
 from star_gate.roles import views
 from star_gate.roles.answers import is_non_answer
-from star_gate.roles.grounding import FactRetriever, split_facts
+from star_gate.roles.grounding import FactRetriever, questions_in, split_facts
 from star_gate.roles.prompts import PromptTemplate, template_for
 
 
@@ -109,6 +109,10 @@ class PersonaRoleplayer:
         return [first_paragraph(r[0]) for r in replies]
 
 
+# What the grounded and facts roleplayers say to a turn that asks nothing (answer_questions_only).
+NOT_ASKED = "Okay."
+
+
 @dataclass
 class GroundedRoleplayer:
     """Sees only the m persona facts nearest to the current question."""
@@ -120,10 +124,17 @@ class GroundedRoleplayer:
     facts_per_answer: int = 2
     verbatim: bool = False  # answer with the retrieved first-person facts themselves, no model call
     repeat_facts: bool = True  # False: a fact already told in this conversation is not told again
+    # True: only the turn's questions are answered; a turn that asks nothing is told nothing
+    answer_questions_only: bool = False
 
     def facts_for(self, persona: Persona, question: str, told: Sequence[str] = ()) -> list[str]:
         """The facts_per_answer persona facts nearest to the question, among those not yet told
-        (all of them once every fact has been told)."""
+        (all of them once every fact has been told); with answer_questions_only, nearest to the
+        turn's question sentences, and none when it has none."""
+        if self.answer_questions_only:
+            question = questions_in(question)
+            if not question:
+                return []
         facts = [f for f in split_facts(persona.description) if f not in told] or split_facts(
             persona.description
         )
@@ -148,14 +159,22 @@ class GroundedRoleplayer:
         seed: int,
     ) -> list[str]:
         questions = [c.questions[-1] for c in conversations]
+        if self.answer_questions_only:  # the model hears the questions only, as retrieval did
+            questions = [questions_in(q) for q in questions]
         facts = [self.facts_for_last(p, c) for p, c in zip(personas, conversations)]
         if self.verbatim:
-            return [" ".join(f) for f in facts]
+            return [" ".join(f) or NOT_ASKED for f in facts]
+        asked = [i for i, f in enumerate(facts) if f]
         chats = [
-            views.grounded_roleplayer_chat(self.template, f, q) for f, q in zip(facts, questions)
+            views.grounded_roleplayer_chat(self.template, facts[i], questions[i]) for i in asked
         ]
-        replies = self.backend.generate(chats, replace(self.params, n=1, seed=seed))
-        return [first_paragraph(r[0]) for r in replies]
+        replies = (
+            self.backend.generate(chats, replace(self.params, n=1, seed=seed)) if chats else []
+        )
+        answers = [NOT_ASKED] * len(conversations)
+        for i, reply in zip(asked, replies):
+            answers[i] = first_paragraph(reply[0])
+        return answers
 
 
 NO_PREFERENCE = "I have no particular preference about that."
