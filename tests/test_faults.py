@@ -421,6 +421,11 @@ def test_branch_redoes_what_the_changed_settings_change(cli, fake_run, tmp_path)
             ["iter_1/select", "iter_1/train", "iter_2/simulate", "iter_2/train", "eval/iter_1"],
         ),
         (["evaluate"], ["eval/controls", "eval/iter_0/simulate", "eval/iter_1"]),
+        (  # the final answers of Q_0's evaluation follow regularize too
+            ["regularize"],
+            ["eval/controls", "eval/iter_0/simulate", "iter_1/train", "iter_2/simulate"]
+            + ["iter_2/train", "eval/iter_1"],
+        ),
         (  # training from iter_1/train on, and all of the evaluation (the judge)
             ["roles.judge", "train"],
             ["eval/controls", "eval/iter_0/simulate", "iter_1/train", "iter_2/simulate"]

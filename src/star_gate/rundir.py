@@ -149,6 +149,9 @@ _FIRST_STAGE_CHANGED = {
 _TRAINING_STAGES = ("simulate", "score", "select", "regularize", "train", "online")
 _EVALUATION_ONLY = {"evaluate", "roles.judge"}
 _CHANGES_NOTHING = {"run_dir", "iterations", "parallel"}
+# Sections that change trained questioners only: Q_0's test records and the controls stay. Any
+# other change redoes the whole evaluation (the final answers, for one, follow `regularize`).
+_TRAINED_ONLY = {"select", "train", "online"}
 
 
 def changed_sections(before: dict, after: dict) -> list[str]:
@@ -175,9 +178,8 @@ def stale_stages(stages: Iterable[str], changed: Iterable[str]) -> list[str]:
     def stale(key: str) -> bool:
         parts = key.split("/")
         if parts[0] == "eval":
-            # Q_0's test records and the controls depend on no training setting
             trained = parts[1] not in ("controls", "iter_0")
-            return redo_eval and (trained or bool(changed & _EVALUATION_ONLY))
+            return redo_eval and (trained or not changed <= _TRAINED_ONLY)
         iteration = parts[0].removeprefix("iter_")
         if not iteration.isdigit() or len(parts) < 2 or parts[1] not in _TRAINING_STAGES:
             return True  # a stage this rule does not know: redone, to be safe
