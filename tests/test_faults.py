@@ -461,3 +461,7 @@ def test_changed_sections_name_roles_one_by_one():
     }
     assert changed_sections(before, after) == ["roles.judge", "train"]
     assert changed_sections(before, before) == []
+    # chunking changes how the work is cut up, not what it writes
+    assert (
+        changed_sections({"simulate": {"chunk_pairs": 1}}, {"simulate": {"chunk_pairs": 2}}) == []
+    )

@@ -154,11 +154,20 @@ _CHANGES_NOTHING = {"run_dir", "iterations", "parallel"}
 _TRAINED_ONLY = {"select", "train", "online"}
 
 
+# Fields that change how the work is cut up, not its records (chunks are matched to what they
+# cover when a run resumes).
+_LAYOUT_ONLY = {"simulate": ("chunk_pairs",)}
+
+
 def changed_sections(before: dict, after: dict) -> list[str]:
-    """The config sections that differ (top-level keys; roles by role: 'roles.judge')."""
+    """The config sections that differ (top-level keys; roles by role: 'roles.judge'), layout
+    fields aside."""
 
     def sections(config: dict) -> dict:
         flat = {k: v for k, v in config.items() if k != "roles"}
+        for section, fields in _LAYOUT_ONLY.items():
+            if isinstance(flat.get(section), dict):
+                flat[section] = {k: v for k, v in flat[section].items() if k not in fields}
         flat |= {f"roles.{role}": v for role, v in (config.get("roles") or {}).items()}
         return flat
 
