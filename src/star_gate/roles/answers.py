@@ -8,6 +8,11 @@ MIN_ANSWER_WORDS = 4
 _SENTENCE_END = re.compile(r"[.!?](?=[\s\"')\]*_]|$)")
 
 
+def ends_with_question(text: str) -> bool:
+    """Whether the text ends with '?', closing quotes, brackets and markdown aside."""
+    return text.rstrip("\"')]*_ ").endswith("?")
+
+
 def is_non_answer(text: str | None) -> bool:
     """Whether a final answer fails to answer: it is empty or shorter than MIN_ANSWER_WORDS words,
     it ends with a question mark, or its first sentence is a question (the first '.', '!' or '?'
@@ -19,7 +24,7 @@ def is_non_answer(text: str | None) -> bool:
     stripped = (text or "").strip()
     if len(stripped.split()) < MIN_ANSWER_WORDS:
         return True
-    if stripped.rstrip("\"')]*_ ").endswith("?"):
+    if ends_with_question(stripped):
         return True
     first_end = _SENTENCE_END.search(stripped)
     return first_end is not None and first_end.group() == "?"

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from star_gate.backends.models import bundled_embedder
+from star_gate.roles.answers import ends_with_question
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 _ANY_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -27,7 +28,7 @@ def questions_in(turn: str) -> str:
     """The sentences of a turn that ask something (end with '?'), joined; '' when none does.
     "Great idea! Try a DSLR. What do you like to shoot?" -> "What do you like to shoot?"."""
     sentences = (s.strip() for s in _ANY_SENTENCE_END.split(turn.strip()))
-    return " ".join(s for s in sentences if s.rstrip("\"')]*_ ").endswith("?"))
+    return " ".join(s for s in sentences if ends_with_question(s))
 
 
 class FactRetriever:
