@@ -136,17 +136,12 @@ class Layout:
         return [k for k in range(1, len(keys) + 1) if cls.stage_key(k, "regularize") in keys]
 
 
-# Where a changed config section first changes a run's training records: a branch redoes that
-# stage of iteration 1 and everything after it. Sections not named here change every stage; the
+# The training stages in pipeline order. A changed config section named after one of them (all
+# but simulate) first changes that stage's records: a branch redoes it from iteration 1 on, and
+# everything after it. Sections not named here and not listed below change every stage; the
 # evaluation's own sections change the evaluation only (eval/...), and these change nothing.
-_FIRST_STAGE_CHANGED = {
-    "score": "score",
-    "select": "select",
-    "regularize": "regularize",
-    "train": "train",
-    "online": "online",
-}
 _TRAINING_STAGES = ("simulate", "score", "select", "regularize", "train", "online")
+_STAGE_SECTIONS = set(_TRAINING_STAGES) - {"simulate"}
 _EVALUATION_ONLY = {"evaluate", "roles.judge"}
 _CHANGES_NOTHING = {"run_dir", "iterations", "parallel"}
 # Sections that change trained questioners only: Q_0's test records and the controls stay. Any
@@ -178,17 +173,18 @@ def changed_sections(before: dict, after: dict) -> list[str]:
 def stale_stages(stages: Iterable[str], changed: Iterable[str]) -> list[str]:
     """The manifest keys whose records a run under the changed sections would write otherwise."""
     changed = set(changed) - _CHANGES_NOTHING
-    redo_eval = bool(changed)
-    firsts = [_FIRST_STAGE_CHANGED.get(c) for c in changed - _EVALUATION_ONLY]
-    if None in firsts:  # data, roles, seed, simulate, ...: every record depends on them
+    if not changed:
+        return []
+    training = changed - _EVALUATION_ONLY
+    if not training <= _STAGE_SECTIONS:  # data, roles, seed, simulate, ...: every record
         return list(stages)
-    first = min((_TRAINING_STAGES.index(f) for f in firsts), default=None)
+    first = min((_TRAINING_STAGES.index(s) for s in training), default=None)
 
     def stale(key: str) -> bool:
         parts = key.split("/")
         if parts[0] == "eval":
             trained = parts[1] not in ("controls", "iter_0")
-            return redo_eval and (trained or not changed <= _TRAINED_ONLY)
+            return trained or not changed <= _TRAINED_ONLY
         iteration = parts[0].removeprefix("iter_")
         if not iteration.isdigit() or len(parts) < 2 or parts[1] not in _TRAINING_STAGES:
             return True  # a stage this rule does not know: redone, to be safe
