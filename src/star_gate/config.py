@@ -97,8 +97,10 @@ class RoleConfig(Section):
         return self
 
 
-# The dtype of a copy of a local model's weights; empty: the model's own dtype.
-CopyDtype = Literal["", "float32", "bfloat16", "float16"]
+# The dtype of a copy of a local model's weights; empty: the model's own dtype; 'auto': bf16
+# where the device computes it natively (a GPU with bf16, a CPU with AVX512-BF16 or AMX), else
+# the model's own dtype (emulated bf16 on an AVX2-only CPU is many times slower than fp32).
+CopyDtype = Literal["", "auto", "float32", "bfloat16", "float16"]
 
 
 class TransformersRole(RoleConfig):
@@ -112,14 +114,15 @@ class TransformersRole(RoleConfig):
     sample_dtype: CopyDtype = Field(
         "",
         description="dtype of a copy of the model that generates text (scoring keeps dtype); "
-        "'bfloat16' decodes faster on a GPU or a CPU with AMX; empty: dtype",
+        "'bfloat16' decodes faster on a GPU or a CPU with AMX; 'auto': bf16 where the device "
+        "has it natively, else dtype; empty: dtype",
     )
     score_dtype: CopyDtype = Field(
         "",
         description="dtype of the layers that compute log-probs, the output layer staying at "
         "dtype; 'bfloat16' scores about twice as fast on a CPU with bf16 instructions, each "
         "conversation's log-prob off by about 0.5 nats (SD), paired means by a few hundredths; "
-        "empty: dtype",
+        "'auto': bf16 where the device has it natively, else dtype; empty: dtype",
     )
     batch_size: int = Field(16, ge=1, description="sequences per forward pass")
 
@@ -543,8 +546,9 @@ class TrainConfig(Section):
     )
     bf16: bool | None = Field(
         None,
-        description="bf16 mixed precision; default: on when a GPU has it. On a CPU with AMX (Intel "
-        "Sapphire Rapids and later) true makes training several times faster",
+        description="bf16 mixed precision; default: on where the device has bf16 natively (a GPU "
+        "that has it, a CPU with AVX512-BF16 or AMX), where it makes training several times "
+        "faster; true on a CPU without them emulates bf16, many times slower than fp32",
     )
     gradient_checkpointing: bool = Field(
         False,

@@ -7,8 +7,9 @@ import torch
 from chat_samples import CHATS, COMPLETIONS
 from conftest import build_tiny_gpt2
 
+from star_gate.backends import hf
 from star_gate.backends.base import Backend, SamplingParams
-from star_gate.backends.hf import TransformersBackend, pick_dtype
+from star_gate.backends.hf import TransformersBackend, native_bf16, pick_dtype
 
 
 def manual_logprob(model, tokenizer, chat, completion) -> float:
@@ -208,6 +209,37 @@ def test_score_dtype_at_the_models_own_dtype_changes_nothing(tiny_dir):
     same = TransformersBackend(str(tiny_dir), device="cpu", progress=False, score_dtype="float32")
     assert same.logprobs(CHATS, COMPLETIONS) == exact.logprobs(CHATS, COMPLETIONS)
     assert same.runner.model is same.model
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [({"avx2", "fma"}, False), ({"avx512f", "avx512_bf16"}, True), ({"avx2", "amx_bf16"}, True)],
+)
+def test_native_bf16_on_a_cpu_follows_its_instruction_sets(monkeypatch, flags, native):
+    monkeypatch.setattr(hf, "cpu_flags", lambda: flags)
+    assert native_bf16("cpu") is native
+
+
+def test_cpu_flags_reads_this_machine():
+    flags = hf.cpu_flags()
+    assert isinstance(flags, set)
+    assert not flags or "sse2" in flags or "fpu" in flags  # an x86 Linux machine lists its basics
+
+
+@pytest.mark.parametrize(
+    ("flags", "dtype"), [(set(), torch.float32), ({"amx_bf16"}, torch.bfloat16)]
+)
+def test_auto_copies_are_bf16_only_where_the_cpu_computes_it_natively(
+    tiny_dir, monkeypatch, flags, dtype
+):
+    """sample_dtype/score_dtype 'auto': emulated bf16 (an AVX2-only CPU) would be many times
+    slower than fp32, so there the model samples and scores at its own dtype."""
+    monkeypatch.setattr(hf, "cpu_flags", lambda: flags)
+    backend = TransformersBackend(
+        str(tiny_dir), device="cpu", progress=False, sample_dtype="auto", score_dtype="auto"
+    )
+    assert next(backend.sampler.model.parameters()).dtype == dtype
+    assert backend.runner.model.get_input_embeddings().weight.dtype == dtype
 
 
 def test_pick_dtype():

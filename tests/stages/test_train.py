@@ -263,3 +263,15 @@ def test_lora_config_refuses_bad_values(bad):
 
     with pytest.raises(ValidationError):
         LoraConfig(**bad)
+
+
+@pytest.mark.parametrize(("flags", "native"), [(set(), False), ({"amx_bf16"}, True)])
+def test_unset_bf16_trains_in_bf16_only_where_the_cpu_has_it(monkeypatch, flags, native):
+    from star_gate.backends import hf
+    from star_gate.training.finetune import train_in_bf16
+
+    monkeypatch.setattr(hf, "cpu_flags", lambda: flags)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert train_in_bf16(TrainConfig()) is native
+    assert train_in_bf16(TrainConfig(bf16=True)) is True
+    assert train_in_bf16(TrainConfig(bf16=False)) is False

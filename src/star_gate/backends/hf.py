@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy as copy_module
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -37,6 +38,27 @@ def pick_device(device: str) -> str:
     if device != "auto":
         return device
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags this CPU advertises (Linux); empty where they cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def native_bf16(device: str) -> bool:
+    """Whether `device` computes in bf16 at full speed: a GPU that has it, or a CPU with
+    AVX512-BF16 or AMX. Elsewhere bf16 is emulated: on an AVX2-only AMD EPYC a bf16 matrix
+    product took 80 times as long as the same one in fp32."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def pick_dtype(dtype: str, device: str) -> torch.dtype:
@@ -126,7 +148,10 @@ class TransformersBackend(LocalTokenizerBackend):
             self.sampler = self.runner
 
     def _other_dtype(self, name: str) -> torch.dtype | None:
-        """The dtype `name` names, where it is not the model's own."""
+        """The dtype `name` names, where it is not the model's own; 'auto' names bf16 where this
+        device computes it natively (native_bf16), else nothing."""
+        if name == "auto":
+            name = "bfloat16" if native_bf16(self.device) else ""
         dtype = getattr(torch, name) if name else None
         return dtype if dtype != self._model.dtype else None
 

@@ -37,6 +37,17 @@ def finetune(
         return _finetune(examples, base_model, output_dir, cfg, seed, ddp_backend, report_to)
 
 
+def train_in_bf16(cfg: TrainConfig) -> bool:
+    """train.bf16, or where it is unset, whether the device training runs on has bf16 natively."""
+    if cfg.bf16 is not None:
+        return cfg.bf16
+    import torch
+
+    from star_gate.backends.hf import native_bf16
+
+    return native_bf16("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _finetune(examples, base_model, output_dir, cfg, seed, ddp_backend, report_to) -> dict:
     import torch
     from datasets import Dataset
@@ -52,11 +63,7 @@ def _finetune(examples, base_model, output_dir, cfg, seed, ddp_backend, report_t
     if held_out >= 1:
         split = dataset.train_test_split(test_size=held_out, seed=seed)
         dataset, eval_dataset = split["train"], split["test"]
-    use_bf16 = (
-        torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        if cfg.bf16 is None
-        else cfg.bf16
-    )
+    use_bf16 = train_in_bf16(cfg)
     common = {
         "output_dir": str(output_dir / "trainer"),
         "learning_rate": cfg.learning_rate,

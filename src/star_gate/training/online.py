@@ -26,6 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from star_gate.config import OnlineConfig, TrainConfig
+from star_gate.training.finetune import train_in_bf16
 
 OPTIMIZER_STATE = "optimizer.pt"
 
@@ -153,7 +154,7 @@ def policy_update(
     model.train()
     tokens = max(1, sum(sum(e["trained"][1:]) for e in examples))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    autocast = bool(train.bf16)
+    autocast = train_in_bf16(train)
     policy_sum = kl_sum = 0.0
     for batch in _batches(examples[rank::world], train.batch_size):
         ids, attention, weights, trained = (t.to(device) for t in _padded(batch, pad_id))
