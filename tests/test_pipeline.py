@@ -101,6 +101,20 @@ def test_one_iteration_on_the_fake_backend(fake_pipeline):
     assert all(math.isfinite(r.mean) and math.isfinite(r.sem) for r in rows)
 
 
+def test_openings_start_training_conversations_only(tmp_path, dataset_dir):
+    opening = "Before I answer, could you tell me"
+    config = fake_config(tmp_path / "run", dataset_dir, f'simulate.openings=["", "{opening}"]')
+    p = Pipeline(config, progress=False)
+    p.evaluate_stage(0)
+    p.run_stage(1, "simulate")
+    trained_on = p.run.records("iter_1/simulate", Conversation.from_json)
+    assert [c.questions[0].startswith(opening) for c in trained_on] == [
+        c.sample_index % 2 == 1 for c in trained_on
+    ]
+    tested = p.run.records("eval/iter_0/simulate", Conversation.from_json)
+    assert tested and not any(q.startswith(opening) for c in tested for q in c.questions)
+
+
 def test_one_backend_per_model_serves_every_role(fake_pipeline):
     p = fake_pipeline
     assert p.players.scorer() is p.players.questioner(p.policy_model(0)).backend

@@ -374,6 +374,14 @@ class SimulateConfig(Section):
     chunk_pairs: int = Field(
         16, ge=1, description="pairs per saved chunk (a crash loses at most one)"
     )
+    openings: list[str] = Field(
+        [],
+        description="exploration, training conversations only: the first question of a pair's "
+        "conversation s starts with openings[s % len(openings)] and the questioner writes the "
+        "rest ('' : all of it). The opening is part of the question trained on, so the trained "
+        "questioner learns to write it itself; test conversations, and the on-policy rounds of "
+        "loop online, never get one. Empty: none (the paper)",
+    )
 
 
 class SelectConfig(Section):

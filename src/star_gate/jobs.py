@@ -39,6 +39,7 @@ class SimulateJob:
     seed: int
     acting: dict[str, Persona] | None = None  # pair id -> the persona played instead of its own
     stop_early: bool = False  # the questioner may end a conversation by answering
+    openings: tuple[str, ...] = ()  # the first questions' openings (simulate.openings)
 
     def run(self, players: Players) -> list:
         roleplayer = players.roleplayer(self.roleplayer)
@@ -53,6 +54,7 @@ class SimulateJob:
             seed=self.seed,
             roleplayer_personas=self.acting,
             stop_early=self.stop_early,
+            openings=self.openings,
         )
 
 

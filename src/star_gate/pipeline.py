@@ -193,13 +193,15 @@ class Pipeline:
         seed_key: str | None = None,
         roleplayer: RoleplayerConfig | None = None,
         acting: dict | None = None,
+        openings: tuple[str, ...] = (),
     ):
         """Simulate in chunks of simulate.chunk_pairs pairs.
 
         seed_key (default: key) names the random stream; evaluation shares one across iterations,
         so every Q_k meets the same conversation lengths and roleplayer samples (paired comparisons).
         roleplayer (default: roles.roleplayer) configures who answers; acting maps pair ids to the
-        persona the roleplayer plays instead of the pair's own (random-persona condition).
+        persona the roleplayer plays instead of the pair's own (random-persona condition);
+        openings start the first questions (training conversations only: simulate.openings).
         """
         jobs = [
             SimulateJob(
@@ -211,6 +213,7 @@ class Pipeline:
                 seed=derive_seed(self.config.seed, seed_key or key, index),
                 acting=acting_in(chunk, acting),
                 stop_early=self.config.simulate.stop_early,
+                openings=openings,
             )
             for index, chunk in enumerate(in_chunks(pairs, self.config.simulate.chunk_pairs))
         ]
@@ -269,6 +272,7 @@ class Pipeline:
             iteration - 1,
             sim.conversations_per_pair,
             sim.max_turns,
+            openings=tuple(sim.openings),
         )
 
     def score_stage(self, iteration: int) -> None:

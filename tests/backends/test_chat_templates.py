@@ -109,3 +109,9 @@ def test_training_masks_work_with_templates_without_a_system_slot(tiny_tokenizer
     assert whole.count(QUESTIONER_FEWSHOT.system[:40]) == 1
     assert "Which genres?" in trained and "Read Dune." in trained
     assert "Science fiction." not in trained and QUESTIONER_FEWSHOT.system[:40] not in trained
+
+
+def test_a_chat_ending_with_the_assistant_is_left_open_for_its_continuation(tiny_tokenizer):
+    chat = [{"role": "user", "content": "Recommend a book."}]
+    opened = render_chat(tiny_tokenizer, [*chat, {"role": "assistant", "content": "Could you"}])
+    assert opened == render_chat(tiny_tokenizer, chat) + "Could you"

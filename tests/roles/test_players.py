@@ -9,6 +9,7 @@ from star_gate.roles.players import (
     GroundedRoleplayer,
     PersonaRoleplayer,
     Questioner,
+    continued,
     first_paragraph,
 )
 from star_gate.roles.prompts import QUESTIONER_FEWSHOT, ROLEPLAYER_GROUNDED, ROLEPLAYER_PERSONA
@@ -59,6 +60,14 @@ def test_first_paragraph():
     )
     assert first_paragraph("one line\nsecond line") == "one line\nsecond line"
     assert first_paragraph("") == ""
+
+
+def test_an_opening_and_its_continuation_join_as_one_turn():
+    assert continued("Could you tell me", "what you like?") == "Could you tell me what you like?"
+    assert continued("Who am I talking to", "?") == "Who am I talking to?"
+    assert continued("Tell me about you", ", please.") == "Tell me about you, please."
+    assert continued("", "What do you like?") == "What do you like?"
+    assert continued("Could you", "") == "Could you"
 
 
 def test_questioner_asks_in_one_call_with_its_own_view():

@@ -196,3 +196,32 @@ def test_without_stop_early_an_answer_is_just_a_turn(dataset, recording):
     _, roleplayer, _, _ = players(recording)
     out = simulate(pairs, ScriptedQuestioner({0: ["answer"] * 3}), roleplayer, 1, 3, seed=0)
     assert out[0].response is None and len(out[0].questions) == out[0].target_turns
+
+
+def test_openings_start_the_first_question_of_their_sample_index_only(dataset, recording):
+    pairs = dataset.pairs("A")
+    questioner, roleplayer, q_backend, _ = players(recording)
+    openings = ("", "Before I answer, could you tell me")
+    out = simulate(pairs, questioner, roleplayer, 4, max_turns=2, seed=1, openings=openings)
+    for c in out:
+        first, *later = c.questions
+        if c.sample_index % 2:
+            assert first.startswith("Before I answer, could you tell me what about you")
+        else:
+            assert first.startswith("Question ")  # the questioner's own turn
+        assert all(q.startswith("Question ") for q in later)  # later turns are its own
+    first_turn_chats = q_backend.calls[0][1]
+    ends = [chat[-1] for chat in first_turn_chats]
+    assert sum(m["role"] == "assistant" for m in ends) == len(out) // 2
+    assert {m["content"] for m in ends if m["role"] == "assistant"} == {openings[1]}
+
+
+def test_openings_continue_on_the_tiny_model(dataset, recording, tiny_backend, tiny_tokenizer):
+    """A real backend continues the opening: its prompt is the chat left open after it."""
+    pairs = dataset.pairs("A")[:2]
+    questioner, roleplayer, _, _ = players(recording, questioner_backend=tiny_backend)
+    out = simulate(pairs, questioner, roleplayer, 2, max_turns=1, seed=0, openings=("Could",))
+    assert all(c.questions[0].startswith("Could") for c in out)
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Could"}]
+    prompt = tiny_backend.encode_prompt(chat)
+    assert tiny_tokenizer.decode(prompt).endswith("Could")

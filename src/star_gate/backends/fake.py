@@ -36,7 +36,9 @@ class FakeBackend:
             samples = []
             for i in range(params.n):
                 digest = hashlib.sha256(f"{params.seed}|{i}|{last}".encode()).hexdigest()[:6]
-                if last.startswith("Facts about you:"):
+                if chat[-1]["role"] == "assistant":  # an opening to continue
+                    samples.append(f"what about you matters here ({digest})?")
+                elif last.startswith("Facts about you:"):
                     samples.append(last.split("\n")[1].removeprefix("- "))
                 elif "answer my original request" in last:
                     samples.append(f"Here is my tailored answer ({digest}).")

@@ -59,9 +59,13 @@ def fold_system_message(chat: Chat) -> Chat:
 
 def render_chat(tokenizer, chat: Chat, add_generation_prompt: bool = True) -> str:
     """The chat as text through the tokenizer's chat template; for templates that cannot take a
-    system message in place, the system prompt opens the first user message instead."""
+    system message in place, the system prompt opens the first user message instead. A chat that
+    ends with an assistant message, rendered for a reply, is left open after that message: the
+    reply continues it (an opening the caller wrote for the model)."""
     if not takes_system_message(tokenizer):
         chat = fold_system_message(chat)
+    if add_generation_prompt and chat and chat[-1]["role"] == "assistant":
+        return tokenizer.apply_chat_template(chat, tokenize=False, continue_final_message=True)
     return tokenizer.apply_chat_template(
         chat, tokenize=False, add_generation_prompt=add_generation_prompt
     )

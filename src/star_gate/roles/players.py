@@ -24,6 +24,16 @@ def first_paragraph(text: str) -> str:
     return text.strip().split("\n\n")[0].strip()
 
 
+def continued(opening: str, continuation: str) -> str:
+    """An opening and the model's continuation of it as one turn. Backends return the
+    continuation stripped, so the space between them comes back here, unless it goes on with
+    punctuation ("...who am I talking to" + "?")."""
+    if not opening or not continuation:
+        return opening or continuation
+    joiner = "" if continuation[0] in ",.;:?!)'" else " "
+    return opening.rstrip() + joiner + continuation
+
+
 ANSWER_ROUND = 4  # final-answer samples drawn per round (Questioner._replace_non_answers)
 
 
@@ -37,11 +47,21 @@ class Questioner:
     answer_temperature: float = 1.0  # and their temperature
 
     def ask(
-        self, tasks: Sequence[str], conversations: Sequence[Conversation], seed: int
+        self,
+        tasks: Sequence[str],
+        conversations: Sequence[Conversation],
+        seed: int,
+        openings: Sequence[str] | None = None,
     ) -> list[str]:
-        chats = [views.questioner_chat(self.template, t, c) for t, c in zip(tasks, conversations)]
+        """The next question of each conversation. openings (one per conversation, '' for none):
+        words the question must start with; the model writes the rest (simulate.openings)."""
+        openings = openings or [""] * len(tasks)
+        chats = [
+            views.questioner_chat(self.template, t, c) + views.opening_message(o)
+            for t, c, o in zip(tasks, conversations, openings)
+        ]
         replies = self.backend.generate(chats, replace(self.params, n=1, seed=seed))
-        return [first_paragraph(r[0]) for r in replies]
+        return [first_paragraph(continued(o, r[0])) for o, r in zip(openings, replies)]
 
     def respond(
         self, tasks: Sequence[str], conversations: Sequence[Conversation], max_new_tokens: int

@@ -37,6 +37,11 @@ def questioner_chat(
     ]
 
 
+def opening_message(opening: str) -> list[Message]:
+    """The start of the questioner's turn written for it, which its reply continues; none for ''."""
+    return [{"role": "assistant", "content": opening}] if opening else []
+
+
 def final_answer_chat(
     template: PromptTemplate, task: str, conversation: Conversation
 ) -> list[Message]:

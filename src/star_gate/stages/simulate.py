@@ -25,12 +25,16 @@ def simulate(
     seed: int,
     roleplayer_personas: dict[str, Persona] | None = None,
     stop_early: bool = False,
+    openings: Sequence[str] = (),
 ) -> list[Conversation]:
     """Return conversations_per_pair conversations for each pair, in pair order.
 
     Args:
         roleplayer_personas: pair_id -> persona the roleplayer plays instead of the pair's own
             (the random-persona control); None means each pair's own persona.
+        openings: the first question of a pair's conversation s starts with
+            openings[s % len(openings)], the questioner writing the rest ('' : all of it);
+            empty: no openings.
     """
     rng = random.Random(seed)
     by_id = {p.pair_id: p for p in pairs}
@@ -51,8 +55,13 @@ def simulate(
         if not live:
             break
         tasks = [by_id[conversations[i].pair_id].task.text for i in live]
+        extra = {}
+        if openings and turn == 0:
+            extra["openings"] = [
+                openings[conversations[i].sample_index % len(openings)] for i in live
+            ]
         questions = questioner.ask(
-            tasks, [conversations[i] for i in live], seed=seed * 1000 + 2 * turn
+            tasks, [conversations[i] for i in live], seed=seed * 1000 + 2 * turn, **extra
         )
         if stop_early:  # an answer instead of a question ends the conversation
             asking = []
