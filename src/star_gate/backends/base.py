@@ -44,8 +44,9 @@ class Backend(Protocol):
     name: str
 
     def generate(self, chats: Sequence[Chat], params: SamplingParams) -> list[list[str]]:
-        """Return params.n sampled assistant replies for each chat, in input order. A chat that
-        ends with an assistant message is continued: its replies are what follows that message."""
+        """Return params.n sampled assistant replies for each chat, in input order. On the
+        backends that can serve a questioner (transformers, vLLM), a chat that ends with an
+        assistant message is continued: its replies are what follows that message."""
         ...
 
     def logprobs(self, chats: Sequence[Chat], completions: Sequence[str]) -> list[float]:
