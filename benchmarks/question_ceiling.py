@@ -5,13 +5,14 @@ environment allows, or the most a 135M learner finds? Here every pair of a split
 conversations whose question is fixed, written by hand, next to Q_0's sampled ones, all answered
 by the configured roleplayer and scored by the frozen base model. Printed per questioner: the
 gain over Q_0's mean (paired by pair, mean ± SEM), the gain over the negative control, the share
-of the persona gap closed, and how often the roleplayer's reply holds the persona's first name
-(every bundled gold answer opens with it).
+of the persona gap closed, how often the roleplayer's reply holds the persona's first name
+(every bundled gold answer opens with it), and how often the question asks something (has a '?').
 
 A training split only (A or B): this is about the environment, and the test split stays unseen.
 
     python benchmarks/question_ceiling.py [--config configs/demo.yaml] [--split B] [--n 4]
         [--set roles.questioner.prompt=questioner_person]   # Q_0 under another prompt
+        [--opening "What is your"]   # also Q_0 whose question starts with these words
 """
 
 from __future__ import annotations
@@ -55,6 +56,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", default="/tmp/star-gate-question-ceiling", help="scratch")
     parser.add_argument(
+        "--opening",
+        action="append",
+        default=[],
+        help="also sample Q_0 with its question starting with these words (simulate.openings)",
+    )
+    parser.add_argument(
+        "--no-fixed", action="store_true", help="leave out the fixed questions (with --opening)"
+    )
+    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
     )
     args = parser.parse_args(argv)
@@ -74,20 +84,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     positive = {c.pair_id: c.logprob for c in controls if c.condition == "positive"}
     roleplayer = pipeline.players.roleplayer()
 
-    def run(questioner, n: int) -> tuple[list[Conversation], float]:
+    def run(questioner, n: int, opening: str = "") -> tuple[list[Conversation], float]:
         started = time.time()
-        conversations = simulate(pairs, questioner, roleplayer, n, 1, seed=args.seed)
+        conversations = simulate(
+            pairs,
+            questioner,
+            roleplayer,
+            n,
+            1,
+            seed=args.seed,
+            openings=[opening] if opening else (),
+        )
         return score_conversations(conversations, pairs, scorer), time.time() - started
 
-    rows = [("Q_0 (sampled)", *run(pipeline.players.questioner(), args.n))]
-    rows += [(label, *run(FixedQuestioner(q), 1)) for label, q in FIXED_QUESTIONS.items()]
+    questioner = pipeline.players.questioner()
+    rows = [("Q_0 (sampled)", *run(questioner, args.n))]
+    rows += [(f"Q_0 '{o}'", *run(questioner, args.n, o)) for o in args.opening]
+    fixed = {} if args.no_fixed else FIXED_QUESTIONS
+    rows += [(label, *run(FixedQuestioner(q), 1)) for label, q in fixed.items()]
     pair_means = {label: per_pair_means((c.pair_id, c.logprob) for c in s) for label, s, _ in rows}
     q0_means = pair_means["Q_0 (sampled)"]
 
+    width = max(18, *(len(label) for label, _, _ in rows))
     print(f"split {args.split}: {len(pairs)} pairs; Q_0 {args.n} one-turn conversations per pair")
     print(
-        f"{'questioner':<18} {'vs Q_0 mean':>16} {'vs negative':>16} {'gap share':>10} "
-        f"{'name told':>10} {'name asked':>11} {'secs':>6}"
+        f"{'questioner':<{width}} {'vs Q_0 mean':>16} {'vs negative':>16} {'gap share':>10} "
+        f"{'name told':>10} {'name asked':>11} {'asks':>5} {'secs':>6}"
     )
     for label, scored, secs in rows:
         means = pair_means[label]
@@ -98,11 +120,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             first_names[c.pair_id] in " ".join(c.answers).lower() for c in scored
         )
         asked = statistics.fmean("name" in " ".join(c.questions).lower() for c in scored)
+        asks = statistics.fmean("?" in c.questions[0] for c in scored)
         print(
-            f"{label:<18} {vs_q0[0]:>+8.2f} ± {vs_q0[1]:<5.2f} {vs_negative[0]:>+8.2f} ± "
-            f"{vs_negative[1]:<5.2f} {share:>10.2f} {told:>10.2f} {asked:>11.2f} {secs:>6.0f}"
+            f"{label:<{width}} {vs_q0[0]:>+8.2f} ± {vs_q0[1]:<5.2f} {vs_negative[0]:>+8.2f} ± "
+            f"{vs_negative[1]:<5.2f} {share:>10.2f} {told:>10.2f} {asked:>11.2f} {asks:>5.2f} {secs:>6.0f}"
         )
-    for label, question in FIXED_QUESTIONS.items():
+    for label, question in fixed.items():
         print(f"  {label}: {question!r}")
 
 
