@@ -30,9 +30,10 @@ def test_fixed_questions_are_asked_answered_and_paired(
     # about free time, never. The fake scorer rewards gold words found in the context, and every
     # gold answer opens with the name: the name-telling question must score higher, paired.
     name, hobby = table["name only"], table["what you enjoy"]
-    assert float(name[-3]) == 1.0 and float(hobby[-3]) == 0.0  # share of replies with the name
-    assert float(name[-2]) == 1.0 and float(hobby[-2]) == 0.0  # share of questions asking it
-    assert float(table["about you"][-2]) == 0.0
+    assert float(name[-4]) == 1.0 and float(hobby[-4]) == 0.0  # share of replies with the name
+    assert float(name[-3]) == 1.0 and float(hobby[-3]) == 0.0  # share of questions asking it
+    assert float(table["about you"][-3]) == 0.0
+    assert float(name[-2]) == 1.0  # every fixed question asks
     assert float(name[0]) > float(hobby[0])  # vs Q_0's mean
     assert float(name[3]) > float(hobby[3]) > 0  # vs the negative control
 
@@ -46,3 +47,19 @@ def test_overrides_come_after_the_whole_split_defaults(
     argv = ["--config", str(config), "--split", "A", "--n", "1", "--run-dir", run_dir]
     script.main([*argv, "--set", "data.train_max_tasks=1"])
     assert "split A: 2 pairs;" in capsys.readouterr().out
+
+
+def test_openings_start_q0s_questions_and_fixed_ones_can_be_left_out(
+    tmp_path, dataset_dir, fake_config_file, benchmark_script, capsys
+):
+    script = benchmark_script("question_ceiling")
+    config = fake_config_file(tmp_path, dataset_dir)
+    config.write_text(config.read_text().replace("mode: persona", "mode: facts"))
+    run_dir = str(tmp_path / "ceiling")
+    argv = ["--config", str(config), "--split", "A", "--n", "2", "--run-dir", run_dir]
+    script.main([*argv, "--no-fixed", "--opening", "What is your name"])
+    out = capsys.readouterr().out
+    table = rows(out, ["Q_0 (sampled)", "Q_0 'What is your name'", *script.FIXED_QUESTIONS])
+    assert set(table) == {"Q_0 (sampled)", "Q_0 'What is your name'"}
+    # Every question of the opened row starts with the opening, so every one mentions a name
+    assert float(table["Q_0 'What is your name'"][-3]) == 1.0
