@@ -12,14 +12,19 @@ def rows(output: str, labels) -> dict[str, list[str]]:
     return found
 
 
+def run_with_facts(script, tmp_path, dataset_dir, fake_config_file, *extra: str) -> None:
+    """The benchmark on split A, 2 conversations per pair, with the facts roleplayer."""
+    config = fake_config_file(tmp_path, dataset_dir)
+    config.write_text(config.read_text().replace("mode: persona", "mode: facts"))
+    run_dir = str(tmp_path / "ceiling")
+    script.main(["--config", str(config), "--split", "A", "--n", "2", "--run-dir", run_dir, *extra])
+
+
 def test_fixed_questions_are_asked_answered_and_paired(
     tmp_path, dataset_dir, fake_config_file, benchmark_script, capsys
 ):
     script = benchmark_script("question_ceiling")
-    config = fake_config_file(tmp_path, dataset_dir)
-    config.write_text(config.read_text().replace("mode: persona", "mode: facts"))
-    run_dir = str(tmp_path / "ceiling")
-    script.main(["--config", str(config), "--split", "A", "--n", "2", "--run-dir", run_dir])
+    run_with_facts(script, tmp_path, dataset_dir, fake_config_file)
     out = capsys.readouterr().out
     assert "split A: 4 pairs; Q_0 2 one-turn conversations per pair" in out
     table = rows(out, ["Q_0 (sampled)", *script.FIXED_QUESTIONS])
@@ -53,11 +58,8 @@ def test_openings_start_q0s_questions_and_fixed_ones_can_be_left_out(
     tmp_path, dataset_dir, fake_config_file, benchmark_script, capsys
 ):
     script = benchmark_script("question_ceiling")
-    config = fake_config_file(tmp_path, dataset_dir)
-    config.write_text(config.read_text().replace("mode: persona", "mode: facts"))
-    run_dir = str(tmp_path / "ceiling")
-    argv = ["--config", str(config), "--split", "A", "--n", "2", "--run-dir", run_dir]
-    script.main([*argv, "--no-fixed", "--opening", "What is your name"])
+    opening = ["--no-fixed", "--opening", "What is your name"]
+    run_with_facts(script, tmp_path, dataset_dir, fake_config_file, *opening)
     out = capsys.readouterr().out
     table = rows(out, ["Q_0 (sampled)", "Q_0 'What is your name'", *script.FIXED_QUESTIONS])
     assert set(table) == {"Q_0 (sampled)", "Q_0 'What is your name'"}
