@@ -6,13 +6,16 @@ conversations whose question is fixed, written by hand, next to Q_0's sampled on
 by the configured roleplayer and scored by the frozen base model. Printed per questioner: the
 gain over Q_0's mean (paired by pair, mean ± SEM), the gain over the negative control, the share
 of the persona gap closed, how often the roleplayer's reply holds the persona's first name
-(every bundled gold answer opens with it), and how often the question asks something (has a '?').
+(every bundled gold answer opens with it), and how often the question asks something (has a '?');
+with --address, also the gain over Q_0 when the gold answer's opening address ("Aoife,") is not
+scored: what the questions are worth beyond guessing the name.
 
 A training split only (A or B): this is about the environment, and the test split stays unseen.
 
     python benchmarks/question_ceiling.py [--config configs/demo.yaml] [--split B] [--n 4]
         [--set roles.questioner.prompt=questioner_person]   # Q_0 under another prompt
         [--opening "What is your"]   # also Q_0 whose question starts with these words
+        [--address]   # also the gains with the gold's opening address ("Aoife,") left out
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import Sequence
 from star_gate.config import load_config
 from star_gate.data.records import Conversation
 from star_gate.pipeline import Pipeline
+from star_gate.roles import views
 from star_gate.stages import score_controls, score_conversations, simulate
 from star_gate.stats import mean_sem, paired_differences, per_pair_means, persona_gap_share
 
@@ -65,6 +69,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--no-fixed", action="store_true", help="leave out the fixed questions (with --opening)"
     )
     parser.add_argument(
+        "--address",
+        action="store_true",
+        help="also the gain over Q_0 without the gold answer's opening address (its name): "
+        "log p(gold) - log p(address)",
+    )
+    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
     )
     args = parser.parse_args(argv)
@@ -83,6 +93,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     negative = {c.pair_id: c.logprob for c in controls if c.condition == "negative"}
     positive = {c.pair_id: c.logprob for c in controls if c.condition == "positive"}
     roleplayer = pipeline.players.roleplayer()
+    by_id = {p.pair_id: p for p in pairs}
+
+    def address(pair) -> str:
+        """The gold answer's opening address ("Aoife,"), when it opens with the first name."""
+        head, comma, _ = pair.gold.text.partition(",")
+        named = first_names[pair.pair_id] in head.lower() and len(head.split()) <= 3
+        return head + comma if comma and named else ""
+
+    def after_address(scored: list[Conversation]) -> list[Conversation]:
+        """log p(gold | ...) - log p(address | ...): the rest of the gold, given its address (the
+        address is whole words, so its tokens are the gold's first tokens)."""
+        chats = [views.scoring_chat(by_id[c.pair_id].task.text, c) for c in scored]
+        cost = scorer.logprobs(chats, [address(by_id[c.pair_id]) for c in scored])
+        return [c.replace(logprob=c.logprob - a) for c, a in zip(scored, cost)]
 
     def run(questioner, n: int, opening: str = "") -> tuple[list[Conversation], float]:
         started = time.time()
@@ -104,12 +128,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows += [(label, *run(FixedQuestioner(q), 1)) for label, q in fixed.items()]
     pair_means = {label: per_pair_means((c.pair_id, c.logprob) for c in s) for label, s, _ in rows}
     q0_means = pair_means["Q_0 (sampled)"]
+    rest_means = {}
+    if args.address:
+        for label, scored, _ in rows:
+            rest = after_address(scored)
+            rest_means[label] = per_pair_means((c.pair_id, c.logprob) for c in rest)
 
     width = max(18, *(len(label) for label, _, _ in rows))
     print(f"split {args.split}: {len(pairs)} pairs; Q_0 {args.n} one-turn conversations per pair")
     print(
         f"{'questioner':<{width}} {'vs Q_0 mean':>16} {'vs negative':>16} {'gap share':>10} "
         f"{'name told':>10} {'name asked':>11} {'asks':>5} {'secs':>6}"
+        + (f" {'after address':>16}" if args.address else "")
     )
     for label, scored, secs in rows:
         means = pair_means[label]
@@ -121,9 +151,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         asked = statistics.fmean("name" in " ".join(c.questions).lower() for c in scored)
         asks = statistics.fmean("?" in c.questions[0] for c in scored)
+        rest = ""
+        if args.address:
+            gain, sem = mean_sem(paired_differences(rest_means[label], rest_means["Q_0 (sampled)"]))
+            rest = f" {gain:>+8.2f} ± {sem:.2f}"
         print(
             f"{label:<{width}} {vs_q0[0]:>+8.2f} ± {vs_q0[1]:<5.2f} {vs_negative[0]:>+8.2f} ± "
             f"{vs_negative[1]:<5.2f} {share:>10.2f} {told:>10.2f} {asked:>11.2f} {asks:>5.2f} {secs:>6.0f}"
+            + rest
         )
     for label, question in fixed.items():
         print(f"  {label}: {question!r}")

@@ -65,3 +65,20 @@ def test_openings_start_q0s_questions_and_fixed_ones_can_be_left_out(
     assert set(table) == {"Q_0 (sampled)", "Q_0 'What is your name'"}
     # Every question of the opened row starts with the opening, so every one mentions a name
     assert float(table["Q_0 'What is your name'"][-3]) == 1.0
+
+
+def test_address_column_leaves_the_name_out_of_the_gain(
+    tmp_path, dataset_dir, fake_config_file, benchmark_script, capsys
+):
+    script = benchmark_script("question_ceiling")
+    run_with_facts(script, tmp_path, dataset_dir, fake_config_file, "--address")
+    out = capsys.readouterr().out
+    table = rows(out, ["Q_0 (sampled)", *script.FIXED_QUESTIONS])
+    assert "after address" in out and table["Q_0 (sampled)"][-3:] == ["+0.00", "±", "0.00"]
+    # The fake scorer charges 1 for a gold word found in the context and 3 for one not found, and
+    # here Q_0's replies always hold the name: a question that never draws it out is 2 nats
+    # further behind with the address scored than without, and one that always does is not.
+    name, hobby = table["name only"], table["what you enjoy"]
+    assert float(table["Q_0 (sampled)"][-7]) == 1.0 and float(hobby[-7]) == 0.0  # name told
+    assert float(hobby[-3]) == float(hobby[0]) + 2
+    assert float(name[-3]) == float(name[0])
