@@ -98,7 +98,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     def address(pair) -> str:
         """The gold answer's opening address ("Aoife,"), when it opens with the first name."""
         head, comma, _ = pair.gold.text.partition(",")
-        named = first_names[pair.pair_id] in head.lower() and len(head.split()) <= 3
+        # any part of the name: "Nguyen Lan" is addressed as "Lan,"
+        named = len(head.split()) <= 3 and any(
+            part.lower() in head.lower() for part in pair.persona.name.split()
+        )
         return head + comma if comma and named else ""
 
     def after_address(scored: list[Conversation]) -> list[Conversation]:
