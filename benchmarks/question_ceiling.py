@@ -24,11 +24,11 @@ import argparse
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 from star_gate.config import load_config
 from star_gate.data.records import Conversation
 from star_gate.pipeline import Pipeline
-from star_gate.roles import views
 from star_gate.stages import score_controls, score_conversations, simulate
 from star_gate.stats import mean_sem, paired_differences, per_pair_means, persona_gap_share
 
@@ -93,10 +93,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     negative = {c.pair_id: c.logprob for c in controls if c.condition == "negative"}
     positive = {c.pair_id: c.logprob for c in controls if c.condition == "positive"}
     roleplayer = pipeline.players.roleplayer()
-    by_id = {p.pair_id: p for p in pairs}
 
     def address(pair) -> str:
-        """The gold answer's opening address ("Aoife,"), when it opens with the first name."""
+        """The gold answer's opening address ("Aoife,"), when it opens with the person's name."""
         head, comma, _ = pair.gold.text.partition(",")
         # any part of the name: "Nguyen Lan" is addressed as "Lan,"
         named = len(head.split()) <= 3 and any(
@@ -104,12 +103,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         return head + comma if comma and named else ""
 
+    # Each pair with its address as the gold: the score stage then gives log p(address | ...)
+    addresses = [replace(p, gold=replace(p.gold, text=address(p))) for p in pairs]
+
     def after_address(scored: list[Conversation]) -> list[Conversation]:
         """log p(gold | ...) - log p(address | ...): the rest of the gold, given its address (the
         address is whole words, so its tokens are the gold's first tokens)."""
-        chats = [views.scoring_chat(by_id[c.pair_id].task.text, c) for c in scored]
-        cost = scorer.logprobs(chats, [address(by_id[c.pair_id]) for c in scored])
-        return [c.replace(logprob=c.logprob - a) for c, a in zip(scored, cost)]
+        cost = score_conversations(scored, addresses, scorer)
+        return [c.replace(logprob=c.logprob - a.logprob) for c, a in zip(scored, cost)]
 
     def run(questioner, n: int, opening: str = "") -> tuple[list[Conversation], float]:
         started = time.time()
