@@ -24,12 +24,12 @@ import argparse
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 
 from star_gate.config import load_config
 from star_gate.data.records import Conversation
 from star_gate.pipeline import Pipeline
 from star_gate.stages import score_controls, score_conversations, simulate
+from star_gate.stages.score import less_address
 from star_gate.stats import mean_sem, paired_differences, per_pair_means, persona_gap_share
 
 FIXED_QUESTIONS = {
@@ -94,24 +94,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     positive = {c.pair_id: c.logprob for c in controls if c.condition == "positive"}
     roleplayer = pipeline.players.roleplayer()
 
-    def address(pair) -> str:
-        """The gold answer's opening address ("Aoife,"), when it opens with the person's name."""
-        head, comma, _ = pair.gold.text.partition(",")
-        # any part of the name: "Nguyen Lan" is addressed as "Lan,"
-        named = len(head.split()) <= 3 and any(
-            part.lower() in head.lower() for part in pair.persona.name.split()
-        )
-        return head + comma if comma and named else ""
-
-    # Each pair with its address as the gold: the score stage then gives log p(address | ...)
-    addresses = [replace(p, gold=replace(p.gold, text=address(p))) for p in pairs]
-
-    def after_address(scored: list[Conversation]) -> list[Conversation]:
-        """log p(gold | ...) - log p(address | ...): the rest of the gold, given its address (the
-        address is whole words, so its tokens are the gold's first tokens)."""
-        cost = score_conversations(scored, addresses, scorer)
-        return [c.replace(logprob=c.logprob - a.logprob) for c, a in zip(scored, cost)]
-
     def run(questioner, n: int, opening: str = "") -> tuple[list[Conversation], float]:
         started = time.time()
         conversations = simulate(
@@ -135,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rest_means = {}
     if args.address:
         for label, scored, _ in rows:
-            rest = after_address(scored)
+            rest = less_address(scored, pairs, scorer)
             rest_means[label] = per_pair_means((c.pair_id, c.logprob) for c in rest)
 
     width = max(18, *(len(label) for label, _, _ in rows))

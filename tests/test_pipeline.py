@@ -459,3 +459,23 @@ def test_random_persona_condition_can_use_fewer_conversations(tmp_path, dataset_
     assert len(true_persona) == 3 * test_pairs
     assert len(random_persona) == test_pairs
     assert {c.sample_index for c in random_persona} == {0}
+
+
+def test_reward_after_address_scores_training_and_test_without_the_name(tmp_path, dataset_dir):
+    def scores(reward: str):
+        p = Pipeline(
+            fake_config(tmp_path / reward, dataset_dir, f"score.reward={reward}"), progress=False
+        )
+        p.controls_stage()
+        p.simulate_stage(1)
+        p.score_stage(1)
+        controls = p.run.records(p.run.CONTROLS_KEY, ScoredControl.from_json)
+        scored = p.run.records(p.run.stage_key(1, "score"), Conversation.from_json)
+        return [c.logprob for c in controls], scored
+
+    full_controls, full = scores("gold_logprob")
+    rest_controls, rest = scores("gold_after_address")
+    assert [c.replace(logprob=None) for c in rest] == [c.replace(logprob=None) for c in full]
+    # the fake charges 1 for "Aoife," once the conversation has the name, 3 before
+    assert {round(f.logprob - r.logprob, 6) for f, r in zip(full, rest)} <= {-1.0, -3.0}
+    assert all(f < r for f, r in zip(full_controls, rest_controls))

@@ -183,6 +183,8 @@ def _summarise(pipeline, rows) -> None:
         rows,
         "test score: share of missing details recovered (score.reward details), mean ± SEM"
         if details
+        else "test gold log-prob after its opening address, log p_base(g | ..., address), mean ± SEM"
+        if pipeline.config.score.reward == "gold_after_address"
         else "test gold log-prob, log p_base(g | ...), mean ± SEM",
     )
     results = pipeline.results()

@@ -18,7 +18,12 @@ from star_gate.roles.factory import Players
 from star_gate.roles.players import DetailsRoleplayer
 from star_gate.stages import regularize, score_controls, score_conversations, simulate
 from star_gate.stages.evaluate import answer_fits, judge_answers, judge_answers_by_fit
-from star_gate.stages.score import details_controls, score_details
+from star_gate.stages.score import (
+    details_controls,
+    score_controls_after_address,
+    score_conversations_after_address,
+    score_details,
+)
 
 
 def pairs_of(conversations: Sequence[Conversation], pairs: Sequence[Pair]) -> list[Pair]:
@@ -71,6 +76,10 @@ class ScoreJob:
             from star_gate.roles.detail_matcher import DetailMatcher
 
             return score_details(self.conversations, self.pairs, DetailMatcher())
+        if players.config.score.reward == "gold_after_address":
+            return score_conversations_after_address(
+                self.conversations, self.pairs, players.scorer()
+            )
         return score_conversations(self.conversations, self.pairs, players.scorer())
 
 
@@ -99,6 +108,8 @@ class ControlsJob:
     def run(self, players: Players) -> list:
         if players.config.score.reward == "details":
             return details_controls(self.pairs)
+        if players.config.score.reward == "gold_after_address":
+            return score_controls_after_address(self.pairs, players.scorer())
         return score_controls(self.pairs, players.scorer())
 
 

@@ -82,9 +82,10 @@ def runnable_dataset(config: RunConfig) -> Dataset:
 def _check_reward_data(config: RunConfig, dataset: Dataset) -> None:
     """What score.reward and a details roleplayer need of the dataset: gold answers, or missing
     details (details.jsonl)."""
-    if config.score.reward == "gold_logprob" and not dataset.gold:
+    if config.score.reward != "details" and not dataset.gold:
         raise ValueError(
-            "score.reward gold_logprob needs gold answers, and data.path has no gold.jsonl; "
+            f"score.reward {config.score.reward} needs gold answers, and data.path has no "
+            "gold.jsonl; "
             "score it by missing details with score.reward: details"
         )
     needs_details = config.score.reward == "details" or any(

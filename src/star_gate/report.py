@@ -62,10 +62,20 @@ GOLD_SECTION = (
     ),
 )
 
+ADDRESS_NOTE = (
+    " score.reward gold_after_address: every score here leaves out the gold answer's opening "
+    'address ("Aoife,"), log p_base(g | ·) − log p_base(address | ·).'
+)
+
 
 def score_section(runs) -> list[str]:
     """The heading and explanation of the test scores: gold log-probs, or details recovered."""
-    return list(DETAILS_SECTION if runs[0].config.score.reward == "details" else GOLD_SECTION)
+    reward = runs[0].config.score.reward
+    if reward == "details":
+        return list(DETAILS_SECTION)
+    if reward == "gold_after_address":
+        return [*GOLD_SECTION[:2], GOLD_SECTION[2] + ADDRESS_NOTE]
+    return list(GOLD_SECTION)
 
 
 def plot_logprobs(runs: Sequence[RunResults], path: Path) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from star_gate.backends.fake import FakeBackend
@@ -13,6 +15,11 @@ from star_gate.stages import (
     question_gains,
     score_controls,
     score_conversations,
+)
+from star_gate.stages.score import (
+    gold_address,
+    score_controls_after_address,
+    score_conversations_after_address,
 )
 
 
@@ -121,3 +128,43 @@ def test_question_gains_add_up_to_the_whole_conversations_gain(dataset):
         assert [g.question for g in mine] == list(range(1, len(c.answers) + 1))
         empty = score_conversations([c.replace(turns=())], pairs, scorer)[0].logprob
         assert sum(g.gain for g in mine) == pytest.approx(c.logprob - empty)
+
+
+def test_gold_address_is_the_opening_name_and_comma(dataset):
+    pair = dataset.pairs("A")[0]  # gold "Aoife, here is my answer ..."
+    assert gold_address(pair) == "Aoife,"
+    by_surname = replace(pair, persona=replace(pair.persona, name="Brennan Aoife"))
+    assert gold_address(by_surname) == "Aoife,"  # any part of the name
+    unnamed = replace(pair, gold=replace(pair.gold, text="Start small, then grow."))
+    assert gold_address(unnamed) == ""
+    long_head = replace(pair, gold=replace(pair.gold, text="If Aoife likes tea and cake, fine."))
+    assert gold_address(long_head) == ""  # a clause that mentions the name is no address
+
+
+def test_after_address_leaves_the_name_unscored(dataset):
+    pairs = dataset.pairs("A")[:1]
+    convs = conversations(pairs, answers=("I am Aoife.", "No comment."))
+    full = score_conversations(convs, pairs, FakeBackend())
+    rest = score_conversations_after_address(convs, pairs, FakeBackend())
+    # the fake charges 1 per word seen in the chat, 3 per unseen word: "Aoife," costs 1 or 3
+    assert [f.logprob - r.logprob for f, r in zip(full, rest)] == [-1.0, -3.0]
+    assert rest[0].logprob - rest[1].logprob == full[0].logprob - full[1].logprob - 2.0
+    assert [r.replace(logprob=None) for r in rest] == convs
+
+
+def test_pairs_without_an_address_score_the_whole_gold(dataset):
+    pairs = [replace(p, gold=replace(p.gold, text="Start small.")) for p in dataset.pairs("A")]
+    convs = conversations(pairs)
+    scorer = FakeBackend()
+    full = score_conversations(convs, pairs, scorer)
+    assert score_conversations_after_address(convs, pairs, scorer) == full
+    assert scorer.calls["logprobs"] == 2  # nothing to subtract: no second call
+
+
+def test_controls_after_address(dataset):
+    pairs = dataset.pairs("A")
+    full = score_controls(pairs, FakeBackend())
+    rest = score_controls_after_address(pairs, FakeBackend())
+    assert [(c.pair_id, c.condition) for c in rest] == [(c.pair_id, c.condition) for c in full]
+    for f, r in zip(full, rest):  # the name is in the positive control's persona, not the task
+        assert f.logprob - r.logprob == (-1.0 if f.condition == "positive" else -3.0)

@@ -1,5 +1,6 @@
 """Score conversations: the gold response's log-prob under the frozen base model, log p_base(g |
-t, s), and its controls (score.reward gold_logprob, the paper's); or the share of the pair's missing
+t, s), and its controls (score.reward gold_logprob, the paper's); the same with the gold answer's
+opening address left unscored (gold_after_address); or the share of the pair's missing
 details that the conversation's questions asked about (score.reward details), which needs no gold
 and no model.
 
@@ -8,6 +9,7 @@ Both rewards are stored in the records' `logprob` field, the conversation's scor
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from star_gate.backends.base import Backend
 from star_gate.data.records import Conversation, Pair, PairDetails, QuestionGain, ScoredControl
@@ -25,6 +27,51 @@ def score_conversations(
     return [c.replace(logprob=s) for c, s in zip(conversations, scores)]
 
 
+def gold_address(pair: Pair) -> str:
+    """The gold answer's opening address ("Aoife,") when it opens with any part of the person's
+    name ("Nguyen Lan" is addressed as "Lan,"), else ''. 354 of the 360 bundled gold answers do."""
+    head, comma, _ = pair.gold.text.partition(",")
+    named = len(head.split()) <= 3 and any(
+        part.lower() in head.lower() for part in pair.persona.name.split()
+    )
+    return head + comma if comma and named else ""
+
+
+def _address_cost(chats: list, pairs: Sequence[Pair], scorer: Backend) -> list[float]:
+    """log p_base(address | chat) per chat, 0 where the gold opens with no address. The address
+    is whole words, so its tokens are the gold's first tokens and subtracting this from the gold's
+    log-prob leaves log p(rest of the gold | chat, address)."""
+    addresses = [gold_address(p) for p in pairs]
+    costs = [0.0] * len(chats)
+    scored = [i for i, a in enumerate(addresses) if a]
+    if scored:
+        values = scorer.logprobs([chats[i] for i in scored], [addresses[i] for i in scored])
+        for i, value in zip(scored, values):
+            costs[i] = value
+    return costs
+
+
+def less_address(
+    scored: Sequence[Conversation], pairs: Sequence[Pair], scorer: Backend
+) -> list[Conversation]:
+    """Scored conversations less the log-prob of their gold's opening address: log p_base(rest of
+    the gold | task, conversation, address)."""
+    by_id = {p.pair_id: p for p in pairs}
+    chats = [views.scoring_chat(by_id[c.pair_id].task.text, c) for c in scored]
+    costs = _address_cost(chats, [by_id[c.pair_id] for c in scored], scorer)
+    return [c.replace(logprob=c.logprob - cost) for c, cost in zip(scored, costs)]
+
+
+def score_conversations_after_address(
+    conversations: Sequence[Conversation], pairs: Sequence[Pair], scorer: Backend
+) -> list[Conversation]:
+    """score.reward gold_after_address. The bundled gold answers open with the person's first
+    name, which one persona sentence gives away and which is worth about 6 nats: most of what a
+    conversation can gain. Without the address, the score is what the conversation tells about
+    the person beyond the name."""
+    return less_address(score_conversations(conversations, pairs, scorer), pairs, scorer)
+
+
 def score_controls(pairs: Sequence[Pair], scorer: Backend) -> list[ScoredControl]:
     """Negative (task only) and positive (persona + task) controls for every pair."""
     negative = [views.negative_control_chat(p.task.text) for p in pairs]
@@ -37,6 +84,20 @@ def score_controls(pairs: Sequence[Pair], scorer: Backend) -> list[ScoredControl
         for offset, condition in ((0, "negative"), (n, "positive"))
         for i, p in enumerate(pairs)
     ]
+
+
+def score_controls_after_address(pairs: Sequence[Pair], scorer: Backend) -> list[ScoredControl]:
+    """score_controls with each gold answer's opening address left unscored."""
+    controls = score_controls(pairs, scorer)
+    by_id = {p.pair_id: p for p in pairs}
+    chats = [
+        views.negative_control_chat(by_id[c.pair_id].task.text)
+        if c.condition == "negative"
+        else views.positive_control_chat(by_id[c.pair_id].task.text, by_id[c.pair_id].persona)
+        for c in controls
+    ]
+    costs = _address_cost(chats, [by_id[c.pair_id] for c in controls], scorer)
+    return [replace(c, logprob=c.logprob - cost) for c, cost in zip(controls, costs)]
 
 
 def details_reward(
