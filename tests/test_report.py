@@ -204,3 +204,22 @@ def test_win_rate_plot_without_judged_answers_has_no_empty_legend(tmp_path):
         warnings.simplefilter("error")  # matplotlib warns when a legend has nothing to show
         path = plot_win_rates([], tmp_path / "win_rates.png")
     assert path.exists()
+
+
+@pytest.mark.parametrize(
+    "reward, says",
+    [
+        ("gold_logprob", "log p_base(g | ·)"),
+        ("gold_after_address", "leaves out the gold answer's opening address"),
+        ("details", "missing details"),
+    ],
+)
+def test_the_score_section_names_the_reward(reward, says):
+    from types import SimpleNamespace
+
+    from star_gate.report import score_section
+
+    run = SimpleNamespace(config=SimpleNamespace(score=SimpleNamespace(reward=reward)))
+    text = " ".join(score_section([run]))
+    assert says in text
+    assert ("opening address" in text) == (reward == "gold_after_address")
