@@ -126,3 +126,13 @@ def test_peak_memory_names_the_stage_that_reached_it():
         "peak resident memory: 3.7 GB, in iter_1/train (every stage's is in manifest.json)"
     )
     assert _peak_memory({"stages": {"eval/controls": {}}}) is None
+
+
+def test_every_reward_has_a_table_title():
+    from typing import get_args
+
+    from star_gate.cli import SCORE_TITLES
+    from star_gate.config import ScoreConfig
+
+    rewards = get_args(ScoreConfig.model_fields["reward"].annotation)
+    assert set(SCORE_TITLES) == set(rewards)

@@ -172,6 +172,14 @@ def run(
         _summarise(pipeline, pipeline.run_all())
 
 
+SCORE_TITLES = {
+    "gold_logprob": "test gold log-prob, log p_base(g | ...), mean ± SEM",
+    "gold_after_address": "test gold log-prob after its opening address, "
+    "log p_base(g | ..., address), mean ± SEM",
+    "details": "test score: share of missing details recovered (score.reward details), mean ± SEM",
+}
+
+
 def _summarise(pipeline, rows) -> None:
     """The closing table, the paired gain and win rate of the last iteration, and report.md."""
     from star_gate.report import write_report
@@ -179,14 +187,7 @@ def _summarise(pipeline, rows) -> None:
     console.print(f"run directory: {pipeline.run.root}")
     details = pipeline.config.score.reward == "details"
     unit = "of the weighted missing details" if details else "nats"
-    print_eval_table(
-        rows,
-        "test score: share of missing details recovered (score.reward details), mean ± SEM"
-        if details
-        else "test gold log-prob after its opening address, log p_base(g | ..., address), mean ± SEM"
-        if pipeline.config.score.reward == "gold_after_address"
-        else "test gold log-prob, log p_base(g | ...), mean ± SEM",
-    )
+    print_eval_table(rows, SCORE_TITLES[pipeline.config.score.reward])
     results = pipeline.results()
     last = max(results.iterations())
     for k in results.iterations():

@@ -417,8 +417,9 @@ class ScoreConfig(Section):
         description="what a conversation scores: gold_logprob, log p_base(gold | task, "
         "conversation) (paper); gold_after_address, the same less the log-prob of the gold's "
         "opening address ('Aoife,'; any part of the persona's name, then a comma), so that "
-        "drawing out the person's name is not most of the reward; details, the importance-weighted share of the pair's missing "
-        "details its questions asked about (datasets with details.jsonl, e.g. IN3; no gold needed)",
+        "drawing out the person's name is not most of the reward; details, the "
+        "importance-weighted share of the pair's missing details its questions asked about "
+        "(datasets with details.jsonl, e.g. IN3; no gold needed)",
     )
 
 

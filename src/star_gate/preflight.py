@@ -85,8 +85,7 @@ def _check_reward_data(config: RunConfig, dataset: Dataset) -> None:
     if config.score.reward != "details" and not dataset.gold:
         raise ValueError(
             f"score.reward {config.score.reward} needs gold answers, and data.path has no "
-            "gold.jsonl; "
-            "score it by missing details with score.reward: details"
+            "gold.jsonl; score it by missing details with score.reward: details"
         )
     needs_details = config.score.reward == "details" or any(
         role is not None and role.mode == "details"

@@ -72,32 +72,34 @@ def score_conversations_after_address(
     return less_address(score_conversations(conversations, pairs, scorer), pairs, scorer)
 
 
+def _control_chats(pairs: Sequence[Pair]) -> list[tuple[str, Pair, list]]:
+    """(condition, pair, chat) of every pair's negative (task only), then positive (persona +
+    task) control: one definition for the controls' scores and their addresses' costs."""
+    return [("negative", p, views.negative_control_chat(p.task.text)) for p in pairs] + [
+        ("positive", p, views.positive_control_chat(p.task.text, p.persona)) for p in pairs
+    ]
+
+
 def score_controls(pairs: Sequence[Pair], scorer: Backend) -> list[ScoredControl]:
     """Negative (task only) and positive (persona + task) controls for every pair."""
-    negative = [views.negative_control_chat(p.task.text) for p in pairs]
-    positive = [views.positive_control_chat(p.task.text, p.persona) for p in pairs]
-    golds = [p.gold.text for p in pairs]
-    scores = scorer.logprobs(negative + positive, golds + golds)
-    n = len(pairs)
+    controls = _control_chats(pairs)
+    scores = scorer.logprobs(
+        [chat for _, _, chat in controls], [p.gold.text for _, p, _ in controls]
+    )
     return [
-        ScoredControl(p.task.task_id, p.persona.persona_id, condition, scores[offset + i])
-        for offset, condition in ((0, "negative"), (n, "positive"))
-        for i, p in enumerate(pairs)
+        ScoredControl(p.task.task_id, p.persona.persona_id, condition, score)
+        for (condition, p, _), score in zip(controls, scores)
     ]
 
 
 def score_controls_after_address(pairs: Sequence[Pair], scorer: Backend) -> list[ScoredControl]:
     """score_controls with each gold answer's opening address left unscored."""
-    controls = score_controls(pairs, scorer)
-    by_id = {p.pair_id: p for p in pairs}
-    chats = [
-        views.negative_control_chat(by_id[c.pair_id].task.text)
-        if c.condition == "negative"
-        else views.positive_control_chat(by_id[c.pair_id].task.text, by_id[c.pair_id].persona)
-        for c in controls
+    controls = _control_chats(pairs)
+    costs = _address_cost([chat for _, _, chat in controls], [p for _, p, _ in controls], scorer)
+    return [
+        replace(c, logprob=c.logprob - cost)
+        for c, cost in zip(score_controls(pairs, scorer), costs)
     ]
-    costs = _address_cost(chats, [by_id[c.pair_id] for c in controls], scorer)
-    return [replace(c, logprob=c.logprob - cost) for c, cost in zip(controls, costs)]
 
 
 def details_reward(
