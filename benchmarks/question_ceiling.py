@@ -8,7 +8,10 @@ gain over Q_0's mean (paired by pair, mean ± SEM), the gain over the negative c
 of the persona gap closed, how often the roleplayer's reply holds the persona's first name
 (every bundled gold answer opens with it), and how often the question asks something (has a '?');
 with --address, also the gain over Q_0 when the gold answer's opening address ("Aoife,") is not
-scored: what the questions are worth beyond guessing the name.
+scored: what the questions are worth beyond guessing the name. With --hint, also Q_0 shown the
+pair's gold answer as a private note while it asks (STaR's rationalization, applied to the
+question): does a hint teach it better questions, or do its questions copy the answer, which the
+scorer then finds in the conversation?
 
 A training split only (A or B): this is about the environment, and the test split stays unseen.
 
@@ -16,18 +19,23 @@ A training split only (A or B): this is about the environment, and the test spli
         [--set roles.questioner.prompt=questioner_person]   # Q_0 under another prompt
         [--opening "What is your"]   # also Q_0 whose question starts with these words
         [--address]   # also the gains with the gold's opening address ("Aoife,") left out
+        [--hint]   # also Q_0 shown the gold answer while it asks
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 from star_gate.config import load_config
 from star_gate.data.records import Conversation
 from star_gate.pipeline import Pipeline
+from star_gate.roles import views
+from star_gate.roles.players import Questioner, first_paragraph
 from star_gate.stages import score_controls, score_conversations, simulate
 from star_gate.stages.score import less_address
 from star_gate.stats import mean_sem, paired_differences, per_pair_means, persona_gap_share
@@ -38,6 +46,45 @@ FIXED_QUESTIONS = {
     "name only": "What is your name?",
     "what you enjoy": "What do you enjoy doing in your free time?",
 }
+
+
+# Appended to the request in the questioner's view only; the roleplayer and the scorer never see it.
+GOLD_HINT = (
+    "\n\n(A note for the assistant only; the user cannot see it. The reply that will suit this "
+    'user is:\n"{gold}"\nDo not give it yet. First ask the user the one short question whose '
+    "answer tells you what you need to know to write it.)"
+)
+
+
+class HintedQuestioner:
+    """The questioner shown each pair's gold answer while it asks (the simulate stage's questioner
+    protocol): STaR's rationalization, the answer given as a hint."""
+
+    def __init__(self, questioner: Questioner, golds: dict[str, str]):
+        self.questioner, self.golds = questioner, golds
+
+    def ask(
+        self, tasks: Sequence[str], conversations: Sequence[Conversation], seed: int
+    ) -> list[str]:
+        q = self.questioner
+        chats = [
+            views.questioner_chat(q.template, t + GOLD_HINT.format(gold=self.golds[c.pair_id]), c)
+            for t, c in zip(tasks, conversations)
+        ]
+        replies = q.backend.generate(chats, replace(q.params, n=1, seed=seed))
+        return [first_paragraph(r[0]) for r in replies]
+
+
+def word_runs(text: str, words: int) -> set[tuple[str, ...]]:
+    tokens = re.findall(r"[a-z0-9']+", text.lower())
+    return {tuple(tokens[i : i + words]) for i in range(len(tokens) - words + 1)}
+
+
+def copies(question: str, gold: str, first_name: str, words: int = 4) -> bool:
+    """Whether a question holds the person's first name or any run of `words` words of the gold."""
+    return (first_name,) in word_runs(question, 1) or bool(
+        word_runs(question, words) & word_runs(gold, words)
+    )
 
 
 class FixedQuestioner:
@@ -75,6 +122,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "log p(gold) - log p(address)",
     )
     parser.add_argument(
+        "--hint",
+        action="store_true",
+        help="also Q_0 shown the pair's gold answer as a private note while it asks",
+    )
+    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
     )
     args = parser.parse_args(argv)
@@ -110,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     questioner = pipeline.players.questioner()
     rows = [("Q_0 (sampled)", *run(questioner, args.n))]
     rows += [(f"Q_0 '{o}'", *run(questioner, args.n, o)) for o in args.opening]
+    golds = {p.pair_id: p.gold.text for p in pairs}
+    if args.hint:
+        rows.append(("Q_0 shown the gold", *run(HintedQuestioner(questioner, golds), args.n)))
     fixed = {} if args.no_fixed else FIXED_QUESTIONS
     rows += [(label, *run(FixedQuestioner(q), 1)) for label, q in fixed.items()]
     pair_means = {label: per_pair_means((c.pair_id, c.logprob) for c in s) for label, s, _ in rows}
@@ -148,6 +203,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     for label, question in fixed.items():
         print(f"  {label}: {question!r}")
+    if args.hint:
+        print_hint_summary(rows[-1][1], golds, first_names, q0_means)
+
+
+def print_hint_summary(hinted, golds, first_names, q0_means) -> None:
+    """How many hinted questions copy the answer, and what the others gain over Q_0."""
+    copied = [copies(c.questions[0], golds[c.pair_id], first_names[c.pair_id]) for c in hinted]
+    own = per_pair_means((c.pair_id, c.logprob) for c, cp in zip(hinted, copied) if not cp)
+    gain, sem = mean_sem(paired_differences(own, q0_means)) if own else (float("nan"),) * 2
+    print(
+        f"Q_0 shown the gold: {sum(copied)} of {len(copied)} questions hold the person's name or "
+        f"4 words in a row of the gold answer; the others, vs Q_0 mean: {gain:+.2f} ± {sem:.2f} "
+        f"over {len(own)} pairs"
+    )
 
 
 if __name__ == "__main__":

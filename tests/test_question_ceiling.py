@@ -1,6 +1,11 @@
 """benchmarks/question_ceiling.py end to end on the fake backend: every pair gets the fixed
 questions, the facts roleplayer answers them, and the gains are paired against Q_0's own."""
 
+from star_gate.backends.base import SamplingParams
+from star_gate.data.records import Conversation
+from star_gate.roles.players import Questioner
+from star_gate.roles.prompts import get_template
+
 
 def rows(output: str, labels) -> dict[str, list[str]]:
     """questioner label -> the numbers of its row."""
@@ -82,3 +87,44 @@ def test_address_column_leaves_the_name_out_of_the_gain(
     assert float(table["Q_0 (sampled)"][-7]) == 1.0 and float(hobby[-7]) == 0.0  # name told
     assert float(hobby[-3]) == float(hobby[0]) + 2
     assert float(name[-3]) == float(name[0])
+
+
+def test_hint_row_shows_q0_the_gold_and_counts_questions_that_copy_it(
+    tmp_path, dataset_dir, fake_config_file, benchmark_script, capsys
+):
+    script = benchmark_script("question_ceiling")
+    run_with_facts(script, tmp_path, dataset_dir, fake_config_file, "--no-fixed", "--hint")
+    out = capsys.readouterr().out
+    table = rows(out, ["Q_0 (sampled)", "Q_0 shown the gold"])
+    assert set(table) == {"Q_0 (sampled)", "Q_0 shown the gold"}
+    # The fake questioner's words come from a hash of the request, so none copies the gold, and
+    # the summary pairs all 4 pairs' hinted conversations with Q_0's
+    assert "Q_0 shown the gold: 0 of 8 questions hold" in out
+    assert "over 4 pairs" in out
+
+
+def test_the_hint_reaches_the_questioner_only(benchmark_script):
+    script = benchmark_script("question_ceiling")
+    seen = []
+
+    class Recording:
+        def generate(self, chats, params):
+            seen.extend(chats)
+            return [["What is your name?"] for _ in chats]
+
+    questioner = Questioner(Recording(), get_template("questioner_plain"), SamplingParams())
+    conversation = Conversation(task_id="t1", persona_id="p1", sample_index=0, target_turns=1)
+    golds = {conversation.pair_id: "Aoife, try the lentil soup."}
+    hinted = script.HintedQuestioner(questioner, golds)
+    assert hinted.ask(["Suggest a dinner."], [conversation], seed=0) == ["What is your name?"]
+    request = seen[0][-1]["content"]
+    assert request.startswith("Suggest a dinner.") and '"Aoife, try the lentil soup."' in request
+
+
+def test_copies_finds_the_name_or_four_words_of_the_gold(benchmark_script):
+    copies = benchmark_script("question_ceiling").copies
+    gold = "Aoife, a big pot of lentil soup will feed you all week."
+    assert copies("Aoife, do you cook?", gold, "aoife")
+    assert copies("Would a big pot of stew do?", gold, "aoife")  # "a big pot of"
+    assert not copies("What do you like to eat?", gold, "aoife")
+    assert not copies("Is a big pan fine?", gold, "aoife")  # three words only
