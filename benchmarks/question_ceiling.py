@@ -29,13 +29,11 @@ import re
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 
 from star_gate.config import load_config
 from star_gate.data.records import Conversation
 from star_gate.pipeline import Pipeline
-from star_gate.roles import views
-from star_gate.roles.players import Questioner, first_paragraph
+from star_gate.roles.players import Questioner
 from star_gate.stages import score_controls, score_conversations, simulate
 from star_gate.stages.score import less_address
 from star_gate.stats import mean_sem, paired_differences, per_pair_means, persona_gap_share
@@ -66,13 +64,11 @@ class HintedQuestioner:
     def ask(
         self, tasks: Sequence[str], conversations: Sequence[Conversation], seed: int
     ) -> list[str]:
-        q = self.questioner
-        chats = [
-            views.questioner_chat(q.template, t + GOLD_HINT.format(gold=self.golds[c.pair_id]), c)
-            for t, c in zip(tasks, conversations)
+        hinted = [
+            task + GOLD_HINT.format(gold=self.golds[c.pair_id])
+            for task, c in zip(tasks, conversations)
         ]
-        replies = q.backend.generate(chats, replace(q.params, n=1, seed=seed))
-        return [first_paragraph(r[0]) for r in replies]
+        return self.questioner.ask(hinted, conversations, seed)
 
 
 def word_runs(text: str, words: int) -> set[tuple[str, ...]]:

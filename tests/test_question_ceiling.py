@@ -103,7 +103,7 @@ def test_hint_row_shows_q0_the_gold_and_counts_questions_that_copy_it(
     assert "over 4 pairs" in out
 
 
-def test_the_hint_reaches_the_questioner_only(benchmark_script):
+def test_the_hint_is_appended_to_the_request_the_questioner_sees(benchmark_script):
     script = benchmark_script("question_ceiling")
     seen = []
 
