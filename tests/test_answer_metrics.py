@@ -71,7 +71,11 @@ def test_pipeline_records_new_methods_and_persona_fit(
     assert "final answers on the test split" in table and "persona fit" in table and "Q_1" in table
     assert ("n/a" in table) == (order != "calibrated")
     report = write_report([results.root], tmp_path / "report").read_text(encoding="utf-8")
-    assert "## Final answers" in report and "| Q_1 | 0.00 ± 0.00 (4) |" in report
+    turns = sum(len(c.questions) for c in results.scored(1))
+    asking = results.asking(1)  # the fake questioner asks "... what about you matters here?"
+    assert asking.mean == 1.0 and asking.count == turns > 0
+    assert "## Final answers" in report
+    assert f"| Q_1 | 1.00 ± 0.00 ({turns}) | 0.00 ± 0.00 (4) |" in report
 
 
 def test_persona_fit_off_and_no_win_rates_write_no_fit(fake_config_file, tmp_path, dataset_dir):

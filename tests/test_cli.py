@@ -136,3 +136,27 @@ def test_every_reward_has_a_table_title():
 
     rewards = get_args(ScoreConfig.model_fields["reward"].annotation)
     assert set(SCORE_TITLES) == set(rewards)
+
+
+def test_chat_talks_to_the_runs_measured_policy(tiny_run, cli):
+    """Given a run directory, chat loads Q_k's checkpoint with the run's prompt, sampling and
+    final-answer settings; a missing iteration exits 2."""
+    from star_gate.cli import _chat_questioner
+    from star_gate.rundir import Layout
+
+    config, _ = tiny_run
+    saved = Layout.checkpoints(config.run_dir)
+    questioner, turns, answer_tokens = _chat_questioner(config.run_dir, 2, "", None)
+    assert questioner.backend.name == str(saved[1])
+    assert questioner.template.name == config.questioner_prompt(trained=True)
+    assert questioner.params.temperature == config.roles.questioner.temperature
+    assert questioner.ask_samples == config.simulate.ask_samples
+    assert questioner.answer_samples == config.regularize.answer_samples
+    assert (turns, answer_tokens) == (
+        config.eval_max_turns,
+        config.evaluate.answer_max_new_tokens,
+    )
+    base, _, _ = _chat_questioner(config.run_dir, 0, "", None)
+    assert base.template.name == config.questioner_prompt(trained=False)
+    result = cli("chat", config.run_dir, "--iteration", "7", input="hi\n")
+    assert result.exit_code == 2 and "no Q_7" in result.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
@@ -152,6 +153,26 @@ def print_answer_table(results) -> None:
         console.print(f"regularization answers that are no answer: {cells}")
 
 
+def print_asking(results) -> None:
+    """The share of questioner turns that ask, per Q_k on test and per training iteration, sampled
+    and kept by selection; and how many samples were resampled for asking nothing."""
+    asking = [(k, a) for k in results.iterations() if (a := results.asking(k))]
+    if asking:
+        cells = ", ".join(f"Q_{k} {_cell(a, percent=True)} of {a.count}" for k, a in asking)
+        console.print(f"questioner turns that ask, test: {cells}")
+        rejected = [(k, r) for k, _ in asking if (r := results.rejected_questions(k))]
+        if rejected:
+            cells = ", ".join(f"Q_{k} {r:.2f}" for k, r in rejected)
+            console.print(f"samples rejected for asking nothing, per test turn: {cells}")
+    training = [(k, t) for k in results.training_iterations() if (t := results.training_asking(k))]
+    if training:
+        cells = ", ".join(
+            f"iter_{k} (Q_{k - 1}) {_cell(sampled, percent=True)} → {_cell(kept, percent=True)}"
+            for k, (sampled, kept) in training
+        )
+        console.print(f"questioner turns that ask, training conversations sampled → kept: {cells}")
+
+
 @app.command()
 def run(
     config: ConfigArg,
@@ -201,6 +222,7 @@ def _summarise(pipeline, rows) -> None:
     if results.controls("positive") and shares:
         cells = ", ".join(f"Q_{k} {share:.2f} ± {sem:.2f}" for k, (share, sem) in shares)
         console.print(f"share of the persona gap closed: {cells}")
+    print_asking(results)
     if pipeline.config.simulate.stop_early:  # the questioner decided when to stop
         asked = [results.questions_asked(k) for k in results.iterations()]
         cells = ", ".join(
@@ -471,24 +493,29 @@ def print_in3_table(rows, cfg) -> None:
 
 @app.command()
 def chat(
-    checkpoint: Annotated[str, typer.Argument(help="a checkpoint folder, a hub id or 'bundled'")],
+    source: Annotated[
+        str,
+        typer.Argument(help="a run directory (its Q_k as measured), a checkpoint, or 'bundled'"),
+    ],
+    iteration: Annotated[
+        int | None,
+        typer.Option(help="with a run directory: which Q_k (0 = the base model); default: the last"),
+    ] = None,
     prompt: Annotated[
-        str, typer.Option(help="questioner prompt template; default: the questioner's")
+        str, typer.Option(help="questioner prompt template; default: the run's or the questioner's")
     ] = "",
-    turns: Annotated[int, typer.Option(help="questions before the final answer")] = 3,
+    turns: Annotated[
+        int | None, typer.Option(help="questions before the final answer; default: the run's K")
+    ] = None,
 ) -> None:
-    """Talk to a questioner as the user: give it a request, answer its questions, get its answer."""
-    from star_gate.backends.base import SamplingParams
-    from star_gate.backends.hf import TransformersBackend
-    from star_gate.data.records import Conversation
-    from star_gate.roles.players import Questioner
-    from star_gate.roles.prompts import template_for
+    """Talk to a questioner as the user: give it a request, answer its questions, get its answer.
 
-    questioner = Questioner(
-        TransformersBackend(checkpoint, progress=False),
-        template_for("questioner", prompt),
-        SamplingParams(max_new_tokens=64),
-    )
+    Given a run directory, it talks to the policy that run measured: Q_k's checkpoint with the
+    run's prompt, sampling, resampling of turns that ask nothing, and final-answer prompt and
+    sampling, as in its evaluation."""
+    from star_gate.data.records import Conversation
+
+    questioner, turns, answer_tokens = _chat_questioner(source, iteration, prompt, turns)
     task = typer.prompt("Your request")
     conversation = Conversation(
         task_id="chat", persona_id="you", sample_index=0, target_turns=turns
@@ -500,8 +527,40 @@ def chat(
         conversation = conversation.with_turn("questioner", question).with_turn(
             "roleplayer", answer
         )
-    final = questioner.respond([task], [conversation], max_new_tokens=200)[0]
+    final = questioner.respond([task], [conversation], max_new_tokens=answer_tokens)[0]
     console.print(f"[bold cyan]assistant:[/bold cyan] {final}")
+
+
+def _chat_questioner(source: str, iteration: int | None, prompt: str, turns: int | None):
+    """The questioner to chat with, its number of questions and its final answers' length: a run
+    directory's Q_k as its evaluation used it, or a bare checkpoint with default sampling."""
+    from star_gate.backends.base import SamplingParams
+    from star_gate.backends.hf import TransformersBackend
+    from star_gate.roles.factory import Players
+    from star_gate.roles.players import Questioner
+    from star_gate.roles.prompts import template_for
+    from star_gate.rundir import Layout
+
+    root = Path(source)
+    if not (root / "manifest.json").exists():
+        if iteration is not None:
+            _fail(f"--iteration needs a run directory; {source} has no manifest.json")
+        questioner = Questioner(
+            TransformersBackend(source, progress=False),
+            template_for("questioner", prompt),
+            SamplingParams(max_new_tokens=64),
+        )
+        return questioner, turns or 3, 200
+    cfg = _load(str(root / "config.yaml"), [])
+    saved = Layout.checkpoints(root)
+    k = len(saved) if iteration is None else iteration
+    if not 0 <= k <= len(saved):
+        _fail(f"{source} has checkpoints for iterations 1..{len(saved)}; no Q_{k}")
+    questioner = Players(cfg).questioner(str(saved[k - 1]) if k else None)
+    if prompt:
+        questioner.template = template_for("questioner", prompt)
+    console.print(f"Q_{k} of {source}" + (f" ({saved[k - 1]})" if k else " (the base model)"))
+    return questioner, turns or cfg.eval_max_turns, cfg.evaluate.answer_max_new_tokens
 
 
 def main() -> None:  # pragma: no cover

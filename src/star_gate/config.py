@@ -235,7 +235,7 @@ class RoleplayerConfig(RoleConfig):
     answer_questions_only: bool = Field(
         False,
         description="grounded and facts modes: the facts are retrieved for the turn's questions "
-        "(its sentences ending in '?') only, and a turn that asks nothing is told nothing ('Okay.'): "
+        "(its sentences that ask, roles/answers.py) only, and a turn that asks nothing is told nothing ('Okay.'): "
         "advice whose words happen to lie near a persona sentence no longer draws it out",
     )
 
@@ -373,6 +373,13 @@ class SimulateConfig(Section):
     )
     chunk_pairs: int = Field(
         16, ge=1, description="pairs per saved chunk (a crash loses at most one)"
+    )
+    ask_samples: int = Field(
+        0,
+        ge=0,
+        description="a questioner turn that asks nothing (roles/answers.py) is replaced by the "
+        "first of up to this many further samples that asks, in training, evaluation and chat "
+        "alike (part of the policy); each conversation counts its rejected samples; 0: never",
     )
     openings: list[str] = Field(
         [],

@@ -336,16 +336,31 @@ def answer_tables(run: RunResults) -> list[str]:
     lines = [f"### {run.name}", ""]
     if iterations:
         lines += [
-            "| Q_k | non-answers ± SEM (n) | persona fit, nats/token | persona fit − Q_0, paired |",
-            "|---|---|---|---|",
+            "| Q_k | turns that ask ± SEM (turns) | non-answers ± SEM (n) | persona fit, "
+            "nats/token | persona fit − Q_0, paired |",
+            "|---|---|---|---|---|",
         ]
         for k in iterations:
-            share, fit = run.non_answers(k), run.persona_fit(k)
+            share, fit, asking = run.non_answers(k), run.persona_fit(k), run.asking(k)
             gain = run.persona_fit_gain(k) if k > 0 else None
             lines.append(
-                f"| Q_{k} | {fmt(share.mean, share.sem)} ({share.count}) | "
+                f"| Q_{k} | {fmt(asking.mean, asking.sem) + f' ({asking.count})' if asking else '–'} | "
+                f"{fmt(share.mean, share.sem)} ({share.count}) | "
                 f"{fmt(fit.mean, fit.sem, 3) if fit else '–'} | {fmt(gain.mean, gain.sem, 3) if gain else '–'} |"
             )
+        lines.append("")
+    training = [(k, t) for k in run.training_iterations() if (t := run.training_asking(k))]
+    if training:
+        lines += [
+            "Questioner turns that ask in training conversations (written by Q_{k-1}):",
+            "",
+            "| training iteration | sampled ± SEM (turns) | kept by selection ± SEM (turns) |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {k} | {fmt(s.mean, s.sem)} ({s.count}) | {fmt(kept.mean, kept.sem)} ({kept.count}) |"
+            for k, (s, kept) in training
+        ]
         lines.append("")
     if regularized:
         lines += [

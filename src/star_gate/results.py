@@ -22,6 +22,7 @@ from star_gate.data.records import AnswerFit, Conversation, Judgement, QuestionG
 from star_gate.rundir import Layout
 from star_gate.stats import (
     WinRate,
+    asking_share,
     mean_sem,
     non_answer_share,
     paired_differences,
@@ -215,6 +216,31 @@ class RunResults:
             else None
         )
 
+    def asking(self, iteration: int) -> Estimate | None:
+        """Share of Q_k's questioner turns in its test conversations that ask (roles/answers.asks),
+        mean ± SEM over test pairs; n counts turns."""
+        mean, sem, turns = asking_share(self.scored(iteration))
+        return Estimate(f"Q_{iteration} turns that ask", mean, sem, turns) if turns else None
+
+    def training_asking(self, iteration: int) -> tuple[Estimate, Estimate] | None:
+        """Training iteration k (questions by Q_{k-1}): the share of questioner turns that ask in
+        all its sampled conversations, and in those selection kept."""
+        shares = []
+        for stage in ("score", "select"):
+            rows = self._rows(Layout.stage_key(iteration, stage), Conversation.from_json)
+            mean, sem, turns = asking_share(rows)
+            if not turns:
+                return None
+            shares.append(Estimate(f"iter_{iteration} {stage}", mean, sem, turns))
+        return shares[0], shares[1]
+
+    def rejected_questions(self, iteration: int) -> float | None:
+        """Questioner samples rejected for asking nothing (simulate.ask_samples), per turn of Q_k's
+        test conversations; None without conversations."""
+        rows = self.scored(iteration)
+        turns = sum(len(c.questions) for c in rows)
+        return sum(c.rejected_questions for c in rows) / turns if turns else None
+
     def questions_asked(self, iteration: int) -> Estimate | None:
         """Questions Q_k asked per test conversation (answered ones): mean ± SEM over test pairs.
         With simulate.stop_early the questioner decides; otherwise the sampler does."""
@@ -258,6 +284,7 @@ class RunResults:
             "eval/persona_fit": self.persona_fit(iteration),
             "eval/non_answers": self.non_answers(iteration),
             "eval/questions_asked": self.questions_asked(iteration),
+            "eval/asking_share": self.asking(iteration),
         }
         metrics |= {
             name: estimate.mean for name, estimate in estimates.items() if estimate is not None

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from star_gate.data.records import Judgement
-from star_gate.roles.answers import is_non_answer
+from star_gate.roles.answers import asks, is_non_answer
 
 
 def mean_sem(values: Sequence[float]) -> tuple[float, float]:
@@ -26,6 +26,17 @@ def non_answer_share(texts: Iterable[str | None]) -> tuple[float, float, int]:
     """Share of final answers that are non-answers, its SEM, and the number of answers."""
     flags = [float(is_non_answer(t)) for t in texts]
     return (*mean_sem(flags), len(flags)) if flags else (float("nan"), float("nan"), 0)
+
+
+# -- questioner turns that ask ----------------------------------------------------------------------
+def asking_share(conversations: Iterable) -> tuple[float, float, int]:
+    """Share of questioner turns that ask the person something (roles/answers.asks): the mean over
+    pairs of each pair's share, its SEM over pairs (a pair's turns are not independent), and the
+    number of turns."""
+    flags = [(c.pair_id, float(asks(q))) for c in conversations for q in c.questions]
+    if not flags:
+        return float("nan"), float("nan"), 0
+    return (*mean_sem(list(per_pair_means(flags).values())), len(flags))
 
 
 @dataclass(frozen=True)

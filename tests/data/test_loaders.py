@@ -14,13 +14,13 @@ from star_gate.data.loaders import bundled_path, load_dataset, resolve_dataset_p
 
 def test_bundled_dataset_loads_with_expected_sizes():
     dataset = load_dataset("bundled")
-    assert len(dataset.tasks) == 50
-    assert len(dataset.personas) == 20
-    assert len(dataset.gold) == 360
+    assert len(dataset.tasks) == 60
+    assert len(dataset.personas) == 28
+    assert len(dataset.gold) == 560
     assert sorted(dataset.splits) == ["A", "B", "test"]
     assert len(dataset.pairs("A")) == 160
     assert len(dataset.pairs("B")) == 160
-    assert len(dataset.pairs("test")) == 40
+    assert len(dataset.pairs("test")) == 240  # version 2: 20 tasks x 12 personas
 
 
 def test_bundled_splits_are_disjoint():

@@ -137,6 +137,7 @@ class Conversation(PairRecord):
     )
     logprob: float | None = None  # log p_base(gold | task, conversation), set by the score stage
     response: str | None = None  # final assistant answer, set by the regularize stage
+    rejected_questions: int = 0  # questioner samples resampled for asking nothing (ask_samples)
 
     @property
     def questions(self) -> list[str]:

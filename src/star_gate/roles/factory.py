@@ -87,6 +87,7 @@ class Players:
             answer_template=get_template(answer_prompt) if answer_prompt else None,
             answer_samples=self.config.regularize.answer_samples,
             answer_temperature=self.config.regularize.answer_temperature,
+            ask_samples=self.config.simulate.ask_samples,
         )
 
     def roleplayer(self, role: RoleplayerConfig | None = None) -> Roleplayer:

@@ -13,10 +13,9 @@ from collections.abc import Sequence
 import torch
 
 from star_gate.backends.models import bundled_embedder
-from star_gate.roles.answers import ends_with_question
+from star_gate.roles.answers import asking_sentences
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
-_ANY_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def split_facts(description: str) -> list[str]:
@@ -25,10 +24,10 @@ def split_facts(description: str) -> list[str]:
 
 
 def questions_in(turn: str) -> str:
-    """The sentences of a turn that ask something (end with '?'), joined; '' when none does.
-    "Great idea! Try a DSLR. What do you like to shoot?" -> "What do you like to shoot?"."""
-    sentences = (s.strip() for s in _ANY_SENTENCE_END.split(turn.strip()))
-    return " ".join(s for s in sentences if ends_with_question(s))
+    """The sentences of a turn that ask the person something (roles/answers.is_asking), joined;
+    '' when none does. "Great idea! Try a DSLR. What do you like to shoot?" -> "What do you like
+    to shoot?"; "Have you tried miso soup?" proposes, so it asks nothing."""
+    return " ".join(asking_sentences(turn))
 
 
 class FactRetriever:

@@ -14,7 +14,7 @@ from typing import Literal
 from star_gate.backends.base import Backend, SamplingParams
 from star_gate.data.records import Conversation, Pair, PairDetails, Persona
 from star_gate.roles import views
-from star_gate.roles.answers import is_non_answer
+from star_gate.roles.answers import asks, is_non_answer
 from star_gate.roles.grounding import FactRetriever, questions_in, split_facts
 from star_gate.roles.prompts import PromptTemplate, template_for
 
@@ -45,6 +45,7 @@ class Questioner:
     answer_template: PromptTemplate | None = None  # final answers' template; None: `template`
     answer_samples: int = 0  # samples drawn when the greedy final answer is no answer
     answer_temperature: float = 1.0  # and their temperature
+    ask_samples: int = 0  # samples drawn when a turn asks nothing (simulate.ask_samples)
 
     def ask(
         self,
@@ -55,13 +56,45 @@ class Questioner:
     ) -> list[str]:
         """The next question of each conversation. openings (one per conversation, '' for none):
         words the question must start with; the model writes the rest (simulate.openings)."""
+        return self.ask_counting(tasks, conversations, seed, openings)[0]
+
+    def ask_counting(
+        self,
+        tasks: Sequence[str],
+        conversations: Sequence[Conversation],
+        seed: int,
+        openings: Sequence[str] | None = None,
+    ) -> tuple[list[str], list[int]]:
+        """ask, and how many samples of each turn were rejected for asking nothing.
+
+        A turn that asks nothing (roles/answers.asks) is replaced by the first of up to
+        `ask_samples` further samples that asks, drawn in rounds of ANSWER_ROUND for the turns
+        no earlier round fixed; if none asks, the first sample stays (and counts as rejected).
+        """
         openings = openings or [""] * len(tasks)
         chats = [
             views.questioner_chat(self.template, t, c) + views.opening_message(o)
             for t, c, o in zip(tasks, conversations, openings)
         ]
         replies = self.backend.generate(chats, replace(self.params, n=1, seed=seed))
-        return [first_paragraph(continued(o, r[0])) for o, r in zip(openings, replies)]
+        questions = [first_paragraph(continued(o, r[0])) for o, r in zip(openings, replies)]
+        todo = [i for i, q in enumerate(questions) if not asks(q)]
+        rejected = [int(i in set(todo)) for i in range(len(questions))]
+        drawn = 0
+        while todo and drawn < self.ask_samples:
+            n = min(ANSWER_ROUND, self.ask_samples - drawn)
+            params = replace(self.params, n=n, seed=seed + 7919 * (1 + drawn // ANSWER_ROUND))
+            fixed = set()
+            for i, samples in zip(todo, self.backend.generate([chats[i] for i in todo], params)):
+                candidates = [first_paragraph(continued(openings[i], s)) for s in samples]
+                asking = next((k for k, q in enumerate(candidates) if asks(q)), None)
+                rejected[i] += len(candidates) if asking is None else asking
+                if asking is not None:
+                    questions[i] = candidates[asking]
+                    fixed.add(i)
+            todo = [i for i in todo if i not in fixed]
+            drawn += n
+        return questions, rejected
 
     def respond(
         self, tasks: Sequence[str], conversations: Sequence[Conversation], max_new_tokens: int

@@ -60,9 +60,14 @@ def simulate(
             extra["openings"] = [
                 openings[conversations[i].sample_index % len(openings)] for i in live
             ]
-        questions = questioner.ask(
-            tasks, [conversations[i] for i in live], seed=seed * 1000 + 2 * turn, **extra
+        questions, rejected = _ask(
+            questioner, tasks, [conversations[i] for i in live], seed * 1000 + 2 * turn, extra
         )
+        for i, count in zip(live, rejected):
+            if count:
+                conversations[i] = conversations[i].replace(
+                    rejected_questions=conversations[i].rejected_questions + count
+                )
         if stop_early:  # an answer instead of a question ends the conversation
             asking = []
             for i, question in zip(live, questions):
@@ -84,3 +89,12 @@ def simulate(
         for i, answer in zip(live, answers):
             conversations[i] = conversations[i].with_turn("roleplayer", answer)
     return conversations
+
+
+def _ask(questioner, tasks, conversations, seed, extra) -> tuple[list[str], list[int]]:
+    """The questions, and per question the samples rejected for asking nothing where the
+    questioner resamples (Questioner.ask_counting); a fixed or scripted questioner rejects none."""
+    if hasattr(questioner, "ask_counting"):
+        return questioner.ask_counting(tasks, conversations, seed=seed, **extra)
+    questions = questioner.ask(tasks, conversations, seed=seed, **extra)
+    return questions, [0] * len(questions)

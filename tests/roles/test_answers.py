@@ -1,0 +1,94 @@
+"""The rules for what asks and what answers, on labelled examples: questioner turns of the
+bundled model, hand-written cases, and every bundled gold answer (each one answers)."""
+
+from __future__ import annotations
+
+import pytest
+
+from star_gate.data.loaders import load_dataset
+from star_gate.roles.answers import asking_sentences, asks, is_non_answer
+
+ASKS = [
+    "What kind of food do you like?",
+    "Do you have any dietary restrictions?",
+    "Any allergies?",
+    "Great question! What's your favourite genre?",
+    "Tell me about your budget.",
+    "Let me know what you usually cook on weeknights.",
+    "I'd love to know more about your taste in music.",
+    "I'm curious about how much time you have.",
+    "Before I suggest anything, is this for a special occasion?",
+    "That sounds fun. How many people will come?",
+    '"What do you enjoy doing on weekends?"',
+]
+ASKS_NOTHING = [
+    "",
+    "I recommend Dune.",
+    "Have you tried miso soup?",
+    "Have you ever considered learning the guitar?",
+    "Why not try a cooking class?",
+    "How about a trip to Lisbon?",
+    "What about trying a vegetable curry tonight?",
+    "Would you like me to list some options?",
+    "Shall I suggest a few books?",
+    "Who doesn't love pizza?",
+    "I'm so sorry to hear about your illness.",
+    "You're so brave.",
+    "Cooking at home is a great way to save money.",
+    "Did you know that walking helps you sleep?",
+]
+
+
+@pytest.mark.parametrize("turn", ASKS)
+def test_turns_that_ask(turn):
+    assert asks(turn)
+
+
+@pytest.mark.parametrize("turn", ASKS_NOTHING)
+def test_turns_that_ask_nothing(turn):
+    assert not asks(turn)
+
+
+def test_asking_sentences_keep_only_the_asking_ones():
+    turn = "Great idea! Have you tried hiking? Try a DSLR. What do you like to shoot?"
+    assert asking_sentences(turn) == ["What do you like to shoot?"]
+
+
+NON_ANSWERS = [
+    "",
+    "Sure!",
+    "I'm so glad you're committed to your culinary journey.",
+    "I'm so sorry to hear about your illness. You're so brave.",
+    "That sounds wonderful, I hope you have a lovely evening.",
+    "What kind of cuisine do you like?",
+    "Great, thanks for sharing. What is your budget for the trip?",
+    "Looking for a book? What genres do you like? I can help.",
+    "Thank you for telling me all of this about yourself.",
+]
+ANSWERS = [
+    "Try a leek soup tonight with chives from your garden.",
+    "Why not let your garden decide? A leek soup costs very little.",
+    "I recommend Dune by Frank Herbert, a classic of science fiction.",
+    "You could take the train to Porto and spend two days by the river.",
+    "First, set a budget of two hundred euros a month for the plan.",
+    "Here is a bio you could use: Grace manages a coffee cooperative.",
+    "A tin whistle is a great choice, because it is cheap and portable.",
+    "Day one, head up the coast and check into a cabin near the beach.",
+]
+
+
+@pytest.mark.parametrize("text", NON_ANSWERS)
+def test_non_answers(text):
+    assert is_non_answer(text)
+
+
+@pytest.mark.parametrize("text", ANSWERS)
+def test_answers(text):
+    assert not is_non_answer(text)
+
+
+def test_every_bundled_gold_answer_answers_and_asks_nothing():
+    gold = load_dataset("bundled").gold
+    assert len(gold) >= 560
+    assert [key for key, g in gold.items() if is_non_answer(g.text)] == []
+    assert [key for key, g in gold.items() if asks(g.text)] == []
