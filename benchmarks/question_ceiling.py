@@ -6,7 +6,7 @@ conversations whose question is fixed, written by hand, next to Q_0's sampled on
 by the configured roleplayer and scored by the frozen base model. Printed per questioner: the
 gain over Q_0's mean (paired by pair, mean ± SEM), the gain over the negative control, the share
 of the persona gap closed, how often the roleplayer's reply holds the persona's first name
-(every bundled gold answer opens with it), and how often the question asks something (has a '?');
+(every bundled gold answer opens with it), and how often the question asks something (roles/answers.asks);
 with --address, also the gain over Q_0 when the gold answer's opening address ("Aoife,") is not
 scored: what the questions are worth beyond guessing the name. With --hint, also Q_0 shown the
 pair's gold answer as a private note while it asks (STaR's rationalization, applied to the
@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from star_gate.config import load_config
 from star_gate.data.records import Conversation
 from star_gate.pipeline import Pipeline
+from star_gate.roles.answers import asks
 from star_gate.roles.players import Questioner
 from star_gate.stages import score_controls, score_conversations, simulate
 from star_gate.stages.score import less_address
@@ -187,14 +188,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             first_names[c.pair_id] in " ".join(c.answers).lower() for c in scored
         )
         asked = statistics.fmean("name" in " ".join(c.questions).lower() for c in scored)
-        asks = statistics.fmean("?" in c.questions[0] for c in scored)
+        asking = statistics.fmean(asks(c.questions[0]) for c in scored)
         rest = ""
         if args.address:
             gain, sem = mean_sem(paired_differences(rest_means[label], rest_means["Q_0 (sampled)"]))
             rest = f" {gain:>+8.2f} ± {sem:.2f}"
         print(
             f"{label:<{width}} {vs_q0[0]:>+8.2f} ± {vs_q0[1]:<5.2f} {vs_negative[0]:>+8.2f} ± "
-            f"{vs_negative[1]:<5.2f} {share:>10.2f} {told:>10.2f} {asked:>11.2f} {asks:>5.2f} {secs:>6.0f}"
+            f"{vs_negative[1]:<5.2f} {share:>10.2f} {told:>10.2f} {asked:>11.2f} {asking:>5.2f} {secs:>6.0f}"
             + rest
         )
     for label, question in fixed.items():

@@ -266,3 +266,17 @@ def test_the_config_sets_how_final_answers_are_sampled_again(
     )
     questioner = Players(config).questioner()
     assert (questioner.answer_samples, questioner.answer_temperature) == (3, 0.6)
+
+
+def test_judged_pairs_judges_the_same_drawn_pairs_for_every_questioner(
+    fake_config_file, tmp_path, dataset_dir
+):
+    extra = "evaluate: {conversations_per_pair: 2, judged_pairs: 2, random_persona: false}\n"
+    config = load_config(fake_config_file(tmp_path, dataset_dir, extra))
+    with Pipeline(config, progress=False, checkpoints={1: "q1"}) as pipeline:
+        pipeline.evaluate_checkpoints()
+        results = pipeline.results()
+    tested = {c.pair_id for c in results.scored(1)}
+    judged = [{c.pair_id for c in results.answers(k)} for k in (0, 1)]
+    assert len(tested) == 4 and judged[0] == judged[1] and len(judged[0]) == 2
+    assert {j.pair_id for j in results.judgements(1)} == judged[0]

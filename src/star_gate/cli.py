@@ -499,7 +499,9 @@ def chat(
     ],
     iteration: Annotated[
         int | None,
-        typer.Option(help="with a run directory: which Q_k (0 = the base model); default: the last"),
+        typer.Option(
+            help="with a run directory: which Q_k (0 = the base model); default: the last"
+        ),
     ] = None,
     prompt: Annotated[
         str, typer.Option(help="questioner prompt template; default: the run's or the questioner's")

@@ -664,6 +664,13 @@ class EvaluateConfig(Section):
     judged_conversations_per_pair: int = Field(
         1, ge=1, description="conversations per test pair whose final answers are judged (paper: 1)"
     )
+    judged_pairs: int | None = Field(
+        None,
+        ge=1,
+        description="test pairs whose final answers are written, judged and fitted, drawn once "
+        "from the seed, the same for every Q_k: final answers are the evaluation's slowest part; "
+        "None: all",
+    )
     judge_order: Literal["random", "counterbalanced", "calibrated"] = Field(
         "random",
         description="random: one order per comparison, drawn from the seed (paper); "

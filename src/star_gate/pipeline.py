@@ -8,6 +8,8 @@ skipped when rerun.
 
 from __future__ import annotations
 
+import random
+
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -541,10 +543,12 @@ class Pipeline:
         self._write(key, self.run.eval_output(iteration, "question_gains"), gains)
 
     def _judged_conversations(self, iteration: int) -> list[Conversation]:
-        """The first evaluate.judged_conversations_per_pair test conversations of each pair."""
+        """The first evaluate.judged_conversations_per_pair test conversations of each pair, of
+        the evaluate.judged_pairs pairs drawn from the seed (the same pairs for every Q_k)."""
         keep = self.config.evaluate.judged_conversations_per_pair
         scored = self.run.records(self.run.eval_key(iteration), Conversation.from_json)
-        return [c for c in scored if c.sample_index < keep]
+        judged = judged_pairs(scored, self.config.evaluate.judged_pairs, self.config.seed)
+        return [c for c in scored if c.sample_index < keep and c.pair_id in judged]
 
     def _final_answers(self, iteration: int, pairs: list[Pair]) -> None:
         """Q_iteration answers at temperature 0 after its own test conversations (sampled at the
@@ -671,3 +675,9 @@ class Pipeline:
                 if (row := results.logprob(iteration, condition))
             ]
         return rows
+
+
+def judged_pairs(conversations: list[Conversation], count: int | None, seed: int) -> set:
+    """The pair ids whose final answers are judged: all of them, or `count` drawn with the seed."""
+    ids = sorted({c.pair_id for c in conversations})
+    return set(ids if count is None else random.Random(seed).sample(ids, min(count, len(ids))))

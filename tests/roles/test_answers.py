@@ -64,6 +64,7 @@ NON_ANSWERS = [
     "Great, thanks for sharing. What is your budget for the trip?",
     "Looking for a book? What genres do you like? I can help.",
     "Thank you for telling me all of this about yourself.",
+    "What a great idea! I'm so glad you asked me.",
 ]
 ANSWERS = [
     "Try a leek soup tonight with chives from your garden.",
@@ -74,6 +75,7 @@ ANSWERS = [
     "Here is a bio you could use: Grace manages a coffee cooperative.",
     "A tin whistle is a great choice, because it is cheap and portable.",
     "Day one, head up the coast and check into a cabin near the beach.",
+    "The best place to start is the public library, which lends e-books for free.",
 ]
 
 

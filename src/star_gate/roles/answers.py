@@ -67,11 +67,10 @@ _ADVICE = re.compile(
     r"\b(?:you (?:could|should|might|can|may|will|'ll|need|want|would)|you'd|you'll"
     r"|i (?:recommend|suggest|would|'d)|i'd|my (?:suggestion|recommendation|advice|pick)"
     r"|here(?:'s| is| are)|why not|how about|try|consider|start|begin|pick|choose|go for"
-    r"|opt for|look (?:at|for|into)|recommend\w*|suggest\w*|option|choice|idea|plan|tip"
+    r"|opt for|look (?:at|for|into)|recommend\w*|suggest\w*"
     r"|would (?:suit|be|make|give|help|work)|(?:is|are|makes?) (?:a |an )?(?:great|good|perfect|"
     r"ideal|wonderful|lovely|fine|solid|safe|smart|nice|easy|cheap|fun)"
-    r"|(?:great|good|best|perfect|ideal) (?:way|place|choice|fit|option|start|pick)"
-    r"|(?:first|then|next|finally|also),)\b",
+    r"|(?:good|best|ideal) (?:way|place|choice|fit|option|start|pick) (?:is|would|to|for))\b",
     re.IGNORECASE,
 )
 _CLAUSE_SPLIT = re.compile(r"[,;:]\s+")
@@ -83,7 +82,7 @@ _IMPERATIVE = re.compile(
     r"|explore|open|order|pack|pay|plan|plant|play|practi[cs]e|prepare|put|read|remember|rent"
     r"|replace|request|reserve|ride|save|say"
     r"|schedule|see|serve|set|share|sign|skip|spend|stay|stick|swap|switch|take|talk|tell|treat"
-    r"|return|turn|use|visit|walk|watch|wear|write)\b",
+    r"|return|turn|use|visit|walk|watch|wear|work|write|audit|cancel|compare|list|note|track)\b",
     re.IGNORECASE,
 )
 
@@ -91,7 +90,9 @@ _IMPERATIVE = re.compile(
 def gives_advice(sentence: str) -> bool:
     """Whether a sentence suggests, recommends, instructs or offers the thing asked for."""
     body = sentence.strip().lstrip("\"'*_ ")
-    return bool(_ADVICE.search(body)) or any(_IMPERATIVE.match(c) for c in _CLAUSE_SPLIT.split(body))
+    return bool(_ADVICE.search(body)) or any(
+        _IMPERATIVE.match(c) for c in _CLAUSE_SPLIT.split(body)
+    )
 
 
 def is_non_answer(text: str | None) -> bool:
