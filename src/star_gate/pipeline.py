@@ -9,7 +9,6 @@ skipped when rerun.
 from __future__ import annotations
 
 import random
-
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path

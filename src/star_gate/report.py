@@ -336,8 +336,10 @@ def answer_tables(run: RunResults) -> list[str]:
     lines = [f"### {run.name}", ""]
     if iterations:
         lines += [
-            "| Q_k | turns that ask ± SEM (turns) | non-answers ± SEM (n) | persona fit, "
-            "nats/token | persona fit − Q_0, paired |",
+            (
+                "| Q_k | turns that ask ± SEM (turns) | non-answers ± SEM (n) | persona fit, "
+                "nats/token | persona fit − Q_0, paired |"
+            ),
             "|---|---|---|---|---|",
         ]
         for k in iterations:
