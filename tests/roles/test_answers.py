@@ -65,6 +65,7 @@ NON_ANSWERS = [
     "Looking for a book? What genres do you like? I can help.",
     "Thank you for telling me all of this about yourself.",
     "What a great idea! I'm so glad you asked me.",
+    "I'm so sorry to hear that. What's your favorite comfort food? I can recommend a few.",
 ]
 ANSWERS = [
     "Try a leek soup tonight with chives from your garden.",

@@ -73,6 +73,7 @@ _ADVICE = re.compile(
     r"|(?:good|best|ideal) (?:way|place|choice|fit|option|start|pick) (?:is|would|to|for))\b",
     re.IGNORECASE,
 )
+_SECOND_PERSON = re.compile(r"\b(?:you|your|yours|yourself)\b", re.IGNORECASE)
 _CLAUSE_SPLIT = re.compile(r"[,;:]\s+")
 _IMPERATIVE = re.compile(
     r"^(?:(?:first|then|next|also|finally|so|just|simply|perhaps|maybe|instead|now|and|or)"
@@ -97,18 +98,18 @@ def gives_advice(sentence: str) -> bool:
 
 def is_non_answer(text: str | None) -> bool:
     """Whether a final answer fails to answer: it is empty or shorter than MIN_ANSWER_WORDS words,
-    it ends with a question mark, its first sentence asks (is_asking: "Why not try Dune?" proposes,
-    "What genre do you like?" asks), or no sentence of it gives advice (gives_advice):
-    "I'm so glad you're committed to your culinary journey." neither answers nor asks.
+    it ends with a question mark, any sentence of it asks the person about themselves (is_asking,
+    with "you": "What genre do you like?" asks, "Why not try Dune?" proposes, and a rhetorical
+    "Why? Because ..." asks nothing of them), or no sentence of it gives advice
+    (gives_advice): "I'm so glad you're committed to your culinary journey." neither answers nor
+    asks.
 
     Such an answer asks another question, or says nothing, instead of answering the request. The
     rule is deliberately strict: "Looking for a book? Try Dune." counts as a non-answer.
     """
     stripped = (text or "").strip()
-    if len(stripped.split()) < MIN_ANSWER_WORDS:
+    if len(stripped.split()) < MIN_ANSWER_WORDS or ends_with_question(stripped):
         return True
-    if ends_with_question(stripped):
-        return True
-    if is_asking(sentences(stripped)[0]):
-        return True
-    return not any(gives_advice(s) for s in sentences(stripped))
+    parts = sentences(stripped)
+    asks_back = any(is_asking(s) and _SECOND_PERSON.search(s) for s in parts)
+    return asks_back or not any(gives_advice(s) for s in parts)
