@@ -139,3 +139,45 @@ def test_verbatim_roleplayer_answers_with_facts_and_no_model():
         PERSONAS, TASKS, asked(["What work do you do?", "Where did you grow up?"]), seed=0
     )
     assert answers == ["I work as a nurse.", "I grew up in Oslo. I work as a chef."]
+
+
+class ScriptedSamples:
+    """Replies to call c with script[c][row], n times (samples within a call are alike)."""
+
+    name = "scripted"
+
+    def __init__(self, script):
+        self.script, self.calls = script, []
+
+    def generate(self, chats, params):
+        self.calls.append((len(chats), params))
+        replies = self.script[len(self.calls) - 1]
+        return [[replies[i]] * params.n for i in range(len(chats))]
+
+
+def test_ask_resamples_turns_that_ask_nothing_and_counts_the_rejections():
+    backend = ScriptedSamples(
+        [
+            ["What do you like?", "Try a film.", "Go hiking."],  # row 0 asks at once
+            ["Sure thing.", "Any favourite genre?"],  # round 1: row 2 still advises
+            ["Why not Rome?"],  # round 2: row 2 proposes again; the bound is reached
+        ]
+    )
+    questioner = Questioner(backend, QUESTIONER_FEWSHOT, SamplingParams(seed=3), ask_samples=5)
+    conversations = asked(["", "", ""])
+    questions, rejected = questioner.ask_counting(TASKS + ["Any plan?"], conversations, seed=3)
+    assert questions == ["What do you like?", "Try a film.", "Any favourite genre?"]
+    # row 1: its first sample, round 1's 4 and round 2's 1 ask nothing: the first one stays
+    assert rejected == [0, 1 + 4 + 1, 1]
+    assert [rows for rows, _ in backend.calls] == [3, 2, 1]
+    assert [p.n for _, p in backend.calls] == [1, 4, 1]  # 4 + 1 = ask_samples
+    assert len({p.seed for _, p in backend.calls}) == 3  # every round draws anew
+
+
+def test_ask_without_ask_samples_keeps_the_first_sample():
+    backend = ScriptedSamples([["Try a film.", "Go hiking."]])
+    questioner = Questioner(backend, QUESTIONER_FEWSHOT, SamplingParams())
+    assert questioner.ask_counting(TASKS, asked(["", ""]), seed=0) == (
+        ["Try a film.", "Go hiking."],
+        [0, 0],
+    )

@@ -225,3 +225,22 @@ def test_openings_continue_on_the_tiny_model(dataset, recording, tiny_backend, t
     chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Could"}]
     prompt = tiny_backend.encode_prompt(chat)
     assert tiny_tokenizer.decode(prompt).endswith("Could")
+
+
+class NeverAsks:
+    """A questioner backend whose every sample gives advice."""
+
+    name = "never-asks"
+
+    def generate(self, chats, params):
+        return [["Try a long walk."] * params.n for _ in chats]
+
+
+def test_conversations_count_the_samples_rejected_for_asking_nothing(dataset, recording):
+    pairs = dataset.pairs("A")[:2]
+    _, roleplayer, _, _ = players(recording)
+    questioner = Questioner(NeverAsks(), QUESTIONER_FEWSHOT, SamplingParams(), ask_samples=6)
+    out = simulate(pairs, questioner, roleplayer, conversations_per_pair=2, max_turns=2, seed=0)
+    # each turn: its first sample and the 6 resampled ones ask nothing; the first one stays
+    assert [c.rejected_questions for c in out] == [7 * c.target_turns for c in out]
+    assert all(q == "Try a long walk." for c in out for q in c.questions)

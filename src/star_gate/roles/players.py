@@ -65,7 +65,8 @@ class Questioner:
         seed: int,
         openings: Sequence[str] | None = None,
     ) -> tuple[list[str], list[int]]:
-        """ask, and how many samples of each turn were rejected for asking nothing.
+        """ask, and how many samples of each turn were rejected for asking nothing (none when
+        ask_samples is 0: nothing is resampled, so nothing is rejected).
 
         A turn that asks nothing (roles/answers.asks) is replaced by the first of up to
         `ask_samples` further samples that asks, drawn in rounds of ANSWER_ROUND for the turns
@@ -79,7 +80,7 @@ class Questioner:
         replies = self.backend.generate(chats, replace(self.params, n=1, seed=seed))
         questions = [first_paragraph(continued(o, r[0])) for o, r in zip(openings, replies)]
         todo = [i for i, q in enumerate(questions) if not asks(q)]
-        rejected = [int(i in set(todo)) for i in range(len(questions))]
+        rejected = [int(i in set(todo) and self.ask_samples > 0) for i in range(len(questions))]
         drawn = 0
         while todo and drawn < self.ask_samples:
             n = min(ANSWER_ROUND, self.ask_samples - drawn)
