@@ -48,3 +48,14 @@ def drop_gold(task_id: str, persona_id: str):
         path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     return mutate
+
+
+def append_gold(task_id: str, persona_id: str):
+    """Add a gold answer for one pair at the end of gold.jsonl."""
+
+    def mutate(folder: Path) -> None:
+        row = {"task_id": task_id, "persona_id": persona_id, "text": "Try the local library."}
+        with (folder / "gold.jsonl").open("a", encoding="utf-8") as out:
+            out.write(json.dumps(row) + "\n")
+
+    return mutate

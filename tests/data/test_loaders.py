@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from dataset_edits import drop_gold, edit_line, edit_splits, without
+from dataset_edits import append_gold, drop_gold, edit_line, edit_splits, without
 
 from star_gate.data.jsonl import DataError
 from star_gate.data.loaders import bundled_path, load_dataset, resolve_dataset_path
@@ -144,6 +144,18 @@ BAD_INPUTS = {
     "empty split list": (
         edit_splits(lambda s: s["B"].update(tasks=[])),
         ["splits.json", "split 'B' field 'tasks' must be a non-empty list"],
+    ),
+    "task shared between splits": (
+        edit_splits(lambda s: s["test"]["tasks"].append("t1")),
+        ["splits.json, line 1", "split 'test' field 'tasks'", "'t1' is also in split 'A'"],
+    ),
+    "persona shared between splits": (
+        edit_splits(lambda s: s["B"]["personas"].append("p1")),
+        ["splits.json", "split 'B' field 'personas'", "'p1' is also in split 'A'"],
+    ),
+    "gold for a pair in no split": (
+        append_gold("t1", "p3"),
+        ["gold.jsonl, line 13", "fields 'task_id', 'persona_id'", "pair (t1, p3) is in no split"],
     ),
     "splits not JSON": (
         lambda folder: (folder / "splits.json").write_text("{'A': nope"),

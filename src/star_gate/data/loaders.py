@@ -133,6 +133,9 @@ def load_dataset(path: str | Path = BUNDLED) -> Dataset:
     gold = load_gold(gold_path, tasks, personas) if has_gold else {}
     details = load_details(details_path, tasks, personas) if details_path.exists() else {}
     splits = _load_splits(root / "splits.json", tasks, personas)
+    _check_disjoint(root / "splits.json", splits)
+    if has_gold:
+        _check_gold_in_splits(gold_path, gold, splits)
     for name, spec in splits.items():
         for key in split_pair_ids(spec):
             if has_gold and key not in gold:
@@ -148,6 +151,58 @@ def load_dataset(path: str | Path = BUNDLED) -> Dataset:
                     f"split '{name}': no missing details for pair ({key[0]}, {key[1]})",
                 )
     return Dataset(tasks, personas, gold, splits, details)
+
+
+def _check_disjoint(path: Path, splits: dict[str, dict]) -> None:
+    """No task or persona (no pair, for splits given as pairs) belongs to two splits: a test
+    split must hold people and requests that training never saw."""
+    names = list(splits)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            a, b = splits[first], splits[second]
+            fields = ("tasks", "personas") if "pairs" not in a and "pairs" not in b else ()
+            for field_name in fields:
+                shared = sorted(set(a[field_name]) & set(b[field_name]))
+                if shared:
+                    raise DataError(
+                        path,
+                        _line_of(path, shared[0], second),
+                        f"split '{second}' field '{field_name}': {shared[0]!r} is also in "
+                        f"split '{first}'; splits must not share {field_name}",
+                    )
+            if not fields and (shared := set(split_pair_ids(a)) & set(split_pair_ids(b))):
+                pair = min(shared)
+                raise DataError(
+                    path, None, f"split '{second}' field 'pairs': {pair} is also in '{first}'"
+                )
+
+
+def _check_gold_in_splits(path: Path, gold: dict, splits: dict[str, dict]) -> None:
+    """Every gold answer belongs to a pair of some split: one that belongs to none is a typo in
+    an id or a split, and would silently never be used."""
+    in_splits = {key for spec in splits.values() for key in split_pair_ids(spec)}
+    stray = [key for key in gold if key not in in_splits]
+    if stray:
+        line = next(
+            number
+            for number, row in read_jsonl(path)
+            if (row.get("task_id"), row.get("persona_id")) == stray[0]
+        )
+        raise DataError(
+            path,
+            line,
+            f"fields 'task_id', 'persona_id': pair ({stray[0][0]}, {stray[0][1]}) is in no split",
+        )
+
+
+def _line_of(path: Path, ident: str, split: str) -> int | None:
+    """The line of splits.json where `ident` is listed under `split` (None if not found)."""
+    inside = False
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        inside = inside or f'"{split}"' in line
+        if inside and f'"{ident}"' in line:
+            return number
+    return None
 
 
 DETAILS = "details.jsonl"
