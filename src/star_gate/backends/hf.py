@@ -182,7 +182,7 @@ class TransformersBackend(LocalTokenizerBackend):
             scoring = self.model
             if self._score_dtype is not None:
                 # Layers at score_dtype, the output layer and the log-softmax at full precision
-                # (README, "Score"): a conversation's log-prob moves by about 0.5 nats, paired
+                # (docs/performance.md, "Score"): a conversation's log-prob moves by about 0.5 nats, paired
                 # means by a few hundredths.
                 output = self.model.get_output_embeddings()
                 scoring = with_output_layer(self._copy_at(self._score_dtype), output)
