@@ -39,14 +39,11 @@ ASKS_NOTHING = [
 ]
 
 
-@pytest.mark.parametrize("turn", ASKS)
-def test_turns_that_ask(turn):
-    assert asks(turn)
-
-
-@pytest.mark.parametrize("turn", ASKS_NOTHING)
-def test_turns_that_ask_nothing(turn):
-    assert not asks(turn)
+@pytest.mark.parametrize(
+    "turn, asking", [(t, True) for t in ASKS] + [(t, False) for t in ASKS_NOTHING]
+)
+def test_which_turns_ask(turn, asking):
+    assert asks(turn) == asking
 
 
 def test_asking_sentences_keep_only_the_asking_ones():
@@ -56,7 +53,14 @@ def test_asking_sentences_keep_only_the_asking_ones():
 
 NON_ANSWERS = [
     "",
+    "   ",
     "Sure!",
+    "Happy to help.",
+    "What kind of books do you enjoy reading?",
+    "Great! Before I answer, how much time do you have each week?",
+    "Could you tell me more about your budget? Then I can suggest a plan.",
+    'Thanks! And what is your favourite cuisine?"',
+    "Which of these do you prefer: hiking or painting?",
     "I'm so glad you're committed to your culinary journey.",
     "I'm so sorry to hear about your illness. You're so brave.",
     "That sounds wonderful, I hope you have a lovely evening.",
@@ -68,6 +72,11 @@ NON_ANSWERS = [
     "I'm so sorry to hear that. What's your favorite comfort food? I can recommend a few.",
 ]
 ANSWERS = [
+    "Try watercolour painting: you already love it, and a weekly class fits your schedule.",
+    "Since you work night shifts, cook a big pot of lentil soup on Sunday and reheat it.",
+    "Read 'The Name of the Rose'. It is a crime novel set in a medieval abbey, e.g. for long rides.",
+    "I recommend saving 10% of each pay cheque. Why? Because small habits add up over 3.5 years.",
+    "Go to Lisbon in May!",
     "Try a leek soup tonight with chives from your garden.",
     "Why not let your garden decide? A leek soup costs very little.",
     "I recommend Dune by Frank Herbert, a classic of science fiction.",
@@ -80,14 +89,11 @@ ANSWERS = [
 ]
 
 
-@pytest.mark.parametrize("text", NON_ANSWERS)
-def test_non_answers(text):
-    assert is_non_answer(text)
-
-
-@pytest.mark.parametrize("text", ANSWERS)
-def test_answers(text):
-    assert not is_non_answer(text)
+@pytest.mark.parametrize(
+    "text, failing", [(t, True) for t in NON_ANSWERS] + [(t, False) for t in ANSWERS]
+)
+def test_which_final_answers_answer(text, failing):
+    assert is_non_answer(text) == failing
 
 
 def test_every_bundled_gold_answer_answers_and_asks_nothing():

@@ -11,7 +11,6 @@ from star_gate.backends.base import SamplingParams
 from star_gate.backends.fake import FakeBackend
 from star_gate.config import ConfigError, load_config
 from star_gate.data.records import AnswerFit, Conversation, Judgement
-from star_gate.roles.answers import is_non_answer
 from star_gate.roles.players import Judge
 from star_gate.roles.prompts import get_template
 from star_gate.stages.evaluate import answer_fits, judge_answers, judge_answers_by_fit, persona_fits
@@ -220,38 +219,9 @@ def test_persona_fit_is_per_token_when_the_scorer_lists_tokens(dataset):
     assert AnswerFit.from_json(fits[0].to_json()) == fits[0]
 
 
-NON_ANSWERS = [
-    "",
-    "   ",
-    "Sure!",
-    "Happy to help.",
-    "What kind of books do you enjoy reading?",
-    "Great! Before I answer, how much time do you have each week?",
-    "Could you tell me more about your budget? Then I can suggest a plan.",
-    'Thanks! And what is your favourite cuisine?"',
-    "Which of these do you prefer: hiking or painting?",
-]
-ANSWERS = [
-    "Try watercolour painting: you already love it, and a weekly class fits your schedule.",
-    "Since you work night shifts, cook a big pot of lentil soup on Sunday and reheat it.",
-    "Read 'The Name of the Rose'. It is a crime novel set in a medieval abbey, e.g. for long rides.",
-    "I recommend saving 10% of each pay cheque. Why? Because small habits add up over 3.5 years.",
-    "Go to Lisbon in May!",
-]
-
-
-@pytest.mark.parametrize("text", NON_ANSWERS)
-def test_non_answers(text):
-    assert is_non_answer(text)
-
-
-@pytest.mark.parametrize("text", ANSWERS)
-def test_answers(text):
-    assert not is_non_answer(text)
-
-
 def test_non_answer_share():
-    mean, sem, count = non_answer_share([*NON_ANSWERS[:2], *ANSWERS[:2], None])
+    answers = ["", "Sure!", "Go to Lisbon in May!", "I recommend saving 10% of each pay cheque."]
+    mean, sem, count = non_answer_share([*answers, None])
     assert (mean, count) == (pytest.approx(0.6), 5) and sem > 0
     assert non_answer_share([])[2] == 0
 
