@@ -31,7 +31,7 @@ def squash(text: str) -> str:
 def test_validate_good_config(cli):
     result = cli("validate", TINY)
     assert result.exit_code == 0, result.output
-    assert "ok: 50 tasks, 20 personas, 360 gold" in result.output
+    assert "ok: 60 tasks, 28 personas, 560 gold" in result.output
 
 
 def test_validate_with_overrides(cli, dataset_dir):
