@@ -20,6 +20,8 @@ ASKS = [
     "Before I suggest anything, is this for a special occasion?",
     "That sounds fun. How many people will come?",
     '"What do you enjoy doing on weekends?"',
+    "What's the type of cuisine you love, and I'd love to recommend a dish.",
+    "Do you cook at home most nights.",
 ]
 ASKS_NOTHING = [
     "",
@@ -36,6 +38,8 @@ ASKS_NOTHING = [
     "You're so brave.",
     "Cooking at home is a great way to save money.",
     "Did you know that walking helps you sleep?",
+    "What a wonderful goal you have.",
+    "How wonderful that you love cooking.",
 ]
 
 
@@ -70,6 +74,7 @@ NON_ANSWERS = [
     "Thank you for telling me all of this about yourself.",
     "What a great idea! I'm so glad you asked me.",
     "I'm so sorry to hear that. What's your favorite comfort food? I can recommend a few.",
+    "I'm glad to know! What's the type of cuisine you love, and I'd love to recommend a dish.",
 ]
 ANSWERS = [
     "Try watercolour painting: you already love it, and a weekly class fits your schedule.",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 MIN_ANSWER_WORDS = 4
+_SECOND_PERSON = re.compile(r"\b(?:you|your|yours|yourself)\b", re.IGNORECASE)
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])[\"')\]*_]*\s+")
 
 # A '?' that proposes instead of asking: "Have you tried miso soup?", "Why not try Dune?"
@@ -32,6 +33,15 @@ _INFO_REQUEST = re.compile(
 )
 
 
+# A question written without its '?': "What's the type of cuisine you love, and I'd love to ..."
+_INTERROGATIVE = re.compile(
+    r"^(?:(?:what|which|where|when|who|how)(?:'s| is| are| do| does| did| would| could| can"
+    r"| kind| type| sort| much| many| often| long)|(?:do|does|are|is|have|has|could|would|can|will)"
+    r" you)\b",
+    re.IGNORECASE,
+)
+
+
 def sentences(text: str) -> list[str]:
     """The sentences of a text, split after '.', '!' or '?' and any closing quote or bracket."""
     return [s.strip() for s in _SENTENCE_SPLIT.split((text or "").strip()) if s.strip()]
@@ -45,11 +55,15 @@ def ends_with_question(text: str) -> bool:
 def is_asking(sentence: str) -> bool:
     """Whether one sentence asks the person something: a question that is not a suggestion,
     an offer or a rhetorical one ("Have you tried X?", "Why not X?", "Shall I list some?",
-    "Who doesn't love pizza?"), or a request for information ("Tell me about your diet.")."""
+    "Who doesn't love pizza?"), a question about the person written without its '?' ("What's the
+    cuisine you love."), or a request for information ("Tell me about your diet.")."""
     sentence = sentence.strip().lstrip("\"'*_ ")
     if _INFO_REQUEST.match(sentence):
         return True
-    return ends_with_question(sentence) and not _SUGGESTION.search(sentence)
+    questioning = ends_with_question(sentence) or (
+        _INTERROGATIVE.match(sentence) and _SECOND_PERSON.search(sentence)
+    )
+    return bool(questioning) and not _SUGGESTION.search(sentence)
 
 
 def asking_sentences(turn: str) -> list[str]:
@@ -73,7 +87,6 @@ _ADVICE = re.compile(
     r"|(?:good|best|ideal) (?:way|place|choice|fit|option|start|pick) (?:is|would|to|for))\b",
     re.IGNORECASE,
 )
-_SECOND_PERSON = re.compile(r"\b(?:you|your|yours|yourself)\b", re.IGNORECASE)
 _CLAUSE_SPLIT = re.compile(r"[,;:]\s+")
 _IMPERATIVE = re.compile(
     r"^(?:(?:first|then|next|also|finally|so|just|simply|perhaps|maybe|instead|now|and|or)"
