@@ -34,7 +34,10 @@ DATA_FILES = ("tasks.jsonl", "personas.jsonl", "gold.jsonl", "splits.json")
 
 
 def write_dataset(source: Path, target: Path, split: str, trained_tasks: int) -> str:
-    """Copy the dataset and add a split of the tasks after the first `trained_tasks`; its name."""
+    """Copy the dataset, keep in `split` the first `trained_tasks` tasks, and add a split of the
+    pairs of the tasks after them; its name. The new split is written as pairs: splits given as
+    tasks and personas may share neither (data/loaders.py), and these pairs share their
+    personas with the training split on purpose."""
     splits = json.loads((source / "splits.json").read_text())
     untrained = splits[split]["tasks"][trained_tasks:]
     if not untrained:
@@ -43,7 +46,9 @@ def write_dataset(source: Path, target: Path, split: str, trained_tasks: int) ->
     for name in DATA_FILES:
         shutil.copyfile(source / name, target / name)
     name = f"{split}_untrained"
-    splits[name] = {"tasks": untrained, "personas": splits[split]["personas"]}
+    personas = splits[split]["personas"]
+    splits[split] = {"tasks": splits[split]["tasks"][:trained_tasks], "personas": personas}
+    splits[name] = {"pairs": [[task, persona] for task in untrained for persona in personas]}
     (target / "splits.json").write_text(json.dumps(splits, indent=1) + "\n")
     return name
 

@@ -158,5 +158,5 @@ def test_chat_talks_to_the_runs_measured_policy(tiny_run, cli):
     )
     base, _, _ = _chat_questioner(config.run_dir, 0, "", None)
     assert base.template.name == config.questioner_prompt(trained=False)
-    result = cli("chat", config.run_dir, "--iteration", "7", input="hi\n")
+    result = cli("chat", config.run_dir, "--iteration", "7")
     assert result.exit_code == 2 and "no Q_7" in result.output
