@@ -79,8 +79,9 @@ class Questioner:
         ]
         replies = self.backend.generate(chats, replace(self.params, n=1, seed=seed))
         questions = [first_paragraph(continued(o, r[0])) for o, r in zip(openings, replies)]
-        todo = [i for i, q in enumerate(questions) if not asks(q)]
-        rejected = [int(i in set(todo) and self.ask_samples > 0) for i in range(len(questions))]
+        failing = [not asks(q) for q in questions]
+        todo = [i for i, fails in enumerate(failing) if fails]
+        rejected = [int(fails and self.ask_samples > 0) for fails in failing]
         drawn = 0
         while todo and drawn < self.ask_samples:
             n = min(ANSWER_ROUND, self.ask_samples - drawn)
